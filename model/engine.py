@@ -1,0 +1,122 @@
+"""Static-shape forward passes over one KV cache, replayed from CUDA graphs on GPU (plain eager calls on CPU).
+
+Every pass is (tokens[T], cache slots[T], rope positions[T], mask[T, S]) with T from a small fixed set; inputs are
+copied into static buffers shared by all graphs of the same T, so a replay costs a handful of tiny copies plus the
+graph. A graph is keyed by (T, skip set, head); heads post-process logits inside the graph (argmax, top-k, sampling)
+so that only a few numbers ever leave the GPU.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+
+from model.llama import NO_SKIP, LayerSkip, Transformer
+
+MAX_GRAPHS = 48
+
+
+class _Static:
+    def __init__(self, T: int, S: int, device):
+        self.tok = torch.zeros(T, dtype=torch.long, device=device)
+        self.cpos = torch.arange(T, dtype=torch.long, device=device)
+        self.rpos = torch.zeros(T, dtype=torch.long, device=device)
+        self.mask = torch.zeros(T, S, dtype=torch.bool, device=device)
+        self.gates = None  # per-token keep flags [n_layers, T] (attention, MLP) for batched skip-set scoring
+
+
+class Engine:
+    def __init__(self, model: Transformer, max_seq_len: int, cuda_graphs: bool | None = None):
+        self.model = model
+        self.args = model.args
+        self.device = model.output.weight.device
+        self.cache = model.setup_cache(max_seq_len)
+        self.max_seq_len = max_seq_len
+        self.arange = torch.arange(max_seq_len, device=self.device)
+        self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
+        self._static: dict[int, _Static] = {}
+        self._graphs: OrderedDict = OrderedDict()
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self.graph_captures = 0
+
+    # ---- plumbing -------------------------------------------------------------------------------------------------
+    def static(self, T: int) -> _Static:
+        if T not in self._static:
+            self._static[T] = _Static(T, self.max_seq_len, self.device)
+        return self._static[T]
+
+    def _forward(self, st: _Static, skip: LayerSkip, head: Callable, gates=None):
+        logits = self.model(st.tok[None], st.cpos, st.rpos, st.mask, skip=skip, gates=gates)[0]
+        return head(logits)
+
+    @torch.inference_mode()
+    def run(self, T: int, skip: LayerSkip, head_name: str, head: Callable, gates=None):
+        """Run the model on static(T)'s current contents; replay a captured graph when enabled."""
+        st = self.static(T)
+        if not self.cuda_graphs:
+            return self._forward(st, skip, head, gates)
+        key = (T, skip, head_name, gates is not None)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(lambda: self._forward(st, skip, head, gates))
+            self._graphs[key] = entry
+            if len(self._graphs) > MAX_GRAPHS:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        graph, out = entry
+        graph.replay()
+        return out
+
+    def _capture(self, fn):
+        # Warm-up runs write the same K/V the replay will write (same static inputs), so they are harmless.
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = fn()
+        self.graph_captures += 1
+        return graph, out
+
+    # ---- passes ---------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Eager forward of a prompt chunk at slots start.. (causal, sees everything before); last position's logits."""
+        T = tokens.shape[0]
+        pos = self.arange[start:start + T]
+        mask = self.arange[None, :] <= pos[:, None]
+        return self.model(tokens[None].to(self.device), pos, pos, mask, last_only=True)[0, -1]
+
+    def decode(self, tok: torch.Tensor, pos: int, skip: LayerSkip = NO_SKIP, head_name="logits", head=None):
+        """One token at slot `pos` (rope position `pos`), attending slots [0, pos]."""
+        st = self.static(1)
+        st.tok.copy_(tok.reshape(1))
+        st.cpos.fill_(pos)
+        st.rpos.fill_(pos)
+        torch.le(self.arange, pos, out=st.mask[0])
+        return self.run(1, skip, head_name, head or _identity)
+
+    def block(self, T: int, tokens: torch.Tensor, prefix: int, start: int, rope_pos: torch.Tensor,
+              intra: torch.Tensor, head_name="logits", head=None, skip: LayerSkip = NO_SKIP, gates=None):
+        """T tokens at slots [start, start+T) that see slots [0, prefix) plus `intra` [T, T] among themselves."""
+        st = self.static(T)
+        st.tok.copy_(tokens)
+        torch.add(self.arange[:T], start, out=st.cpos)
+        st.rpos.copy_(rope_pos)
+        torch.lt(self.arange.expand(T, -1), prefix, out=st.mask)
+        st.mask[:, start:start + T] = intra
+        if gates is not None:
+            if st.gates is None:
+                st.gates = (torch.ones_like(gates[0]), torch.ones_like(gates[1]))
+            st.gates[0].copy_(gates[0])
+            st.gates[1].copy_(gates[1])
+        return self.run(T, skip, head_name, head or _identity, st.gates if gates is not None else None)
+
+
+def _identity(x):
+    return x

@@ -1,0 +1,191 @@
+"""A compact LLaMA-family decoder (Llama, Mistral, Qwen2) whose forward pass takes a layer-skip set.
+
+forward(idx, cache_pos, rope_pos, mask, skip=None, gates=None) -> logits
+
+* `cache_pos` are the KV-cache slots written by the T input tokens; `rope_pos` their rotary positions. They differ
+  for token trees (slots are consecutive, positions follow tree depth).
+* `mask` is an explicit bool mask `[B, 1, T, S]` over all S cache slots (True = may attend).
+* `skip` (LayerSkip) removes whole attention / MLP sub-layers: the residual stream passes unchanged and a skipped
+  attention sub-layer writes no KV. This is the draft model of self-speculative decoding.
+* `gates` (two bool tensors `[n_layers, T]`, True = keep) apply a *per-token* skip set inside one forward, so several
+  candidate skip sets can be scored in one batched pass (each candidate is a block of tokens). Sub-layers still run
+  for every token; a gated-off token keeps its residual unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.config import ModelArgs
+from model.kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class LayerSkip:
+    """Which sub-layers the draft skips: layer indices whose attention / MLP sub-layer is bypassed."""
+
+    attn: frozenset = frozenset()
+    mlp: frozenset = frozenset()
+
+    @classmethod
+    def of(cls, attn=(), mlp=()) -> "LayerSkip":
+        return cls(frozenset(int(i) for i in attn), frozenset(int(i) for i in mlp))
+
+    def __len__(self) -> int:
+        return len(self.attn) + len(self.mlp)
+
+    def to_dict(self) -> dict:
+        return {"attn": sorted(self.attn), "mlp": sorted(self.mlp)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerSkip":
+        return cls.of(d.get("attn", ()), d.get("mlp", ()))
+
+    def to_bits(self, n_layers: int) -> list[int]:
+        """2*n_layers bits: attention bits of layers 0..L-1, then MLP bits."""
+        return [int(i in self.attn) for i in range(n_layers)] + [int(i in self.mlp) for i in range(n_layers)]
+
+
+NO_SKIP = LayerSkip()
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
+
+
+def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
+    """Inverse frequencies, including the `linear` and `llama3` scaling types."""
+    d = args.head_dim
+    inv = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    sc = args.rope_scaling
+    kind = sc.get("rope_type", "default") if sc else "default"
+    if kind == "linear":
+        inv = inv / sc["factor"]
+    elif kind == "llama3":
+        factor, lo, hi = sc["factor"], sc.get("low_freq_factor", 1.0), sc.get("high_freq_factor", 4.0)
+        old = sc.get("original_max_position_embeddings", 8192)
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+        inv = torch.where(medium, smoothed, scaled)
+    return inv.float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, H, D]; cos/sin: [B, T, 1, D] (rotate-half convention of HF checkpoints)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=args.qkv_bias)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache, layer: int, cache_pos, mask):
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
+        q = apply_rope(q.view(B, T, self.n_heads, self.hd), cos, sin)
+        k = apply_rope(k.view(B, T, self.n_kv, self.hd), cos, sin)
+        keys, values = cache.update(layer, cache_pos, k.transpose(1, 2), v.view(B, T, self.n_kv, self.hd).transpose(1, 2))
+        # Grouped-query attention without repeating K/V: fold the query heads of one KV head into the query axis.
+        g = self.n_heads // self.n_kv
+        q = q.view(B, T, self.n_kv, g, self.hd).permute(0, 2, 3, 1, 4).reshape(B, self.n_kv, g * T, self.hd)
+        m = mask.repeat(1, 1, g, 1) if g > 1 else mask
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=m)
+        o = o.view(B, self.n_kv, g, T, self.hd).permute(0, 3, 1, 2, 4).reshape(B, T, self.n_heads * self.hd)
+        return self.wo(o)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.hidden = args.intermediate_size
+        self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)  # gate and up projections, fused
+        self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w13(x).split(self.hidden, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+
+    def forward(self, x, cos, sin, cache, cache_pos, mask, skip_attn=False, skip_mlp=False,
+                attn_gate=None, mlp_gate=None):
+        if not skip_attn:
+            h = x + self.attention(self.attention_norm(x), cos, sin, cache, self.layer, cache_pos, mask)
+            x = h if attn_gate is None else torch.where(attn_gate, h, x)
+        if not skip_mlp:
+            h = x + self.feed_forward(self.ffn_norm(x))
+            x = h if mlp_gate is None else torch.where(mlp_gate, h, x)
+        return x
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
+        self.cache: KVCache | None = None
+
+    def setup_cache(self, max_seq_len: int, batch_size: int = 1) -> KVCache:
+        """Allocate the static KV cache (all layers in one tensor) on the model's device and dtype."""
+        w = self.output.weight
+        self.cache = KVCache(self.args.n_layers, batch_size, self.args.n_kv_heads, max_seq_len, self.args.head_dim,
+                             dtype=w.dtype, device=w.device)
+        return self.cache
+
+    def rope(self, rope_pos: torch.Tensor):
+        freqs = rope_pos.float()[..., None] * self.inv_freq  # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]
+        return emb.cos(), emb.sin()
+
+    def forward(self, idx: torch.Tensor, cache_pos: torch.Tensor, rope_pos: torch.Tensor, mask: torch.Tensor,
+                skip: LayerSkip | None = None, gates: tuple[torch.Tensor, torch.Tensor] | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        assert self.cache is not None, "call setup_cache() first"
+        if rope_pos.dim() == 1:
+            rope_pos = rope_pos[None].expand(idx.shape[0], -1)
+        if mask.dim() == 2:
+            mask = mask[None, None]
+        cos, sin = self.rope(rope_pos)
+        x = self.tok_embeddings(idx)
+        skip = skip or NO_SKIP
+        for i, layer in enumerate(self.layers):
+            ga = gm = None
+            if gates is not None:
+                ga, gm = gates[0][i][None, :, None], gates[1][i][None, :, None]
+            x = layer(x, cos, sin, self.cache, cache_pos, mask, i in skip.attn, i in skip.mlp, ga, gm)
+        if last_only:
+            x = x[:, -1:]
+        return self.output(self.norm(x)).float()

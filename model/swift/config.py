@@ -1,0 +1,77 @@
+"""SWIFT settings in one frozen dataclass (paper defaults), validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from model.errors import UserError
+
+# (threshold, candidates): depth d gets the count of the first row whose threshold <= the draft's top-1 probability
+DEFAULT_TREE_RULE = ((0.95, 1), (0.8, 2), (0.5, 4), (0.0, 8))
+
+
+@dataclass(frozen=True)
+class SwiftConfig:
+    # optimization phase (paper: r = 0.45 for 13B, 0.5 for 34B/70B; gamma = 32, beta = 25, S = 1000)
+    skip_ratio: float | None = None  # None = automatic: adapt the ratio to the model during the optimization phase
+    context_window: int = 32  # gamma: tokens scored for matchness
+    bayes_interval: int = 25  # beta: a Bayesian-optimization proposal every beta steps
+    max_opt_iter: int = 1000  # S
+    max_tolerance_iter: int = 300  # stop after this many steps without improvement
+    max_score: float = 0.95  # stop once matchness reaches this
+    num_candidates: int = 4  # skip sets scored per optimization step, in one batched forward
+    bayes_history: int = 128  # most recent observations the Gaussian process is fitted on
+    # automatic skip ratio
+    ratio_init: float = 0.45
+    ratio_min: float = 0.1
+    ratio_max: float = 0.6
+    ratio_step: float = 0.05
+    ratio_low_score: float = 0.75  # lower the ratio while the best matchness stays below this
+    ratio_patience: int = 25  # optimization steps at one ratio before it may change
+    # acceleration phase
+    draft_stop_threshold: float = 0.8
+    max_draft_len: int = 25
+    tree_rule: tuple = DEFAULT_TREE_RULE
+    max_tree_nodes: int = 64
+    # speed guard: fall back to plain decoding when SWIFT is slower than plain steps measured in the same stream
+    guard: bool = True
+    guard_probe_tokens: int = 8
+    guard_min_cycles: int = 12
+    guard_margin: float = 1.0  # fall back when swift tokens/s < margin * plain tokens/s
+    seed: int = 0
+
+    def __post_init__(self):
+        def need(ok, msg):
+            if not ok:
+                raise UserError(msg)
+        if self.skip_ratio is not None:
+            need(0 < self.skip_ratio < 1, f"skip ratio must be in (0, 1), got {self.skip_ratio}.")
+        need(self.context_window >= 2, f"context window (gamma) must be >= 2, got {self.context_window}.")
+        need(self.bayes_interval >= 1, f"Bayesian interval (beta) must be >= 1, got {self.bayes_interval}.")
+        need(self.max_opt_iter >= 0, f"max optimization steps must be >= 0, got {self.max_opt_iter}.")
+        need(self.max_tolerance_iter >= 1, f"max tolerance steps must be >= 1, got {self.max_tolerance_iter}.")
+        need(0 < self.max_score <= 1, f"matchness threshold must be in (0, 1], got {self.max_score}.")
+        need(1 <= self.num_candidates <= 16, f"candidates per step must be in [1, 16], got {self.num_candidates}.")
+        need(0 < self.draft_stop_threshold <= 1,
+             f"draft stop threshold must be in (0, 1], got {self.draft_stop_threshold}.")
+        need(1 <= self.max_draft_len <= 32, f"max draft length must be in [1, 32], got {self.max_draft_len}.")
+        need(self.max_draft_len + 2 <= self.max_tree_nodes <= 128,
+             f"max tree nodes must be in [max draft length + 2, 128], got {self.max_tree_nodes}.")
+        need(0 < self.ratio_min <= self.ratio_init <= self.ratio_max < 1 and self.ratio_step > 0,
+             "automatic ratio bounds must satisfy 0 < min <= init <= max < 1 and step > 0.")
+        need(self.guard_margin > 0, f"guard margin must be > 0, got {self.guard_margin}.")
+        need(self.context_window * self.num_candidates <= 128,
+             "context window x candidates must be <= 128 tokens (one scoring pass).")
+
+    @property
+    def auto_ratio(self) -> bool:
+        return self.skip_ratio is None
+
+    @property
+    def top_k(self) -> int:
+        return max(c for _, c in self.tree_rule)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tree_rule"] = [list(r) for r in self.tree_rule]
+        return d

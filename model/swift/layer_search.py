@@ -1,0 +1,221 @@
+"""On-the-fly search for the skip set: random search, a Bayesian-optimization proposal every beta steps.
+
+Search space: 2*(L-2) bits, the attention and MLP sub-layers of layers 1..L-2 (the first and last layer are always
+kept). A candidate skips exactly round(r * 2(L-2)) sub-layers. The score is matchness (see decoding.score_candidates).
+State lives in one `SearchState` per stream or task; the caller owns the `LayerSearch` and decides when to `reset()`.
+
+Automatic ratio: every `ratio_patience` steps at a ratio, a best matchness below `ratio_low_score` lowers r by
+`ratio_step` (and caps it there for good); a best matchness >= `max_score` raises r by one step while under the cap,
+remembering the last good set; if a raised ratio cannot reach `ratio_low_score`, the search returns to that set.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.llama import LayerSkip
+from model.swift.config import SwiftConfig
+
+
+@dataclass
+class SearchState:
+    ratio: float
+    best_skip: LayerSkip | None = None
+    best_score: float = -1.0
+    n_iter: int = 0
+    n_stale: int = 0
+    active: bool = True
+    steps_at_ratio: int = 0
+    ratio_cap: float = 1.0
+    good: tuple | None = None  # (ratio, skip, score) of the last set that reached max_score
+    stop_reason: str | None = None
+    history: list = field(default_factory=list)  # (n_iter, ratio, best_score, skip dict) on every change of best
+
+
+def _cheap_ucb():
+    """UCB whose acquisition maximisation uses fewer random and L-BFGS starts than bayes_opt's defaults (10000/10):
+    the suggestion is only ranked into a top-k skip set, and a suggestion must cost milliseconds, not seconds."""
+    from bayes_opt import acquisition
+
+    class CheapUCB(acquisition.UpperConfidenceBound):
+        def suggest(self, gp, target_space, n_random=4000, n_smart=0, fit_gp=True, random_state=None):
+            return super().suggest(gp, target_space, n_random=n_random, n_smart=n_smart, fit_gp=fit_gp,
+                                   random_state=random_state)
+
+    return CheapUCB(kappa=2.5)
+
+
+class LayerSearch:
+    def __init__(self, n_layers: int, cfg: SwiftConfig, seed: int | None = None):
+        if n_layers < 3:
+            raise ValueError("layer search needs at least 3 layers")
+        self.n_layers, self.cfg = n_layers, cfg
+        self.dims = 2 * (n_layers - 2)
+        self.seed = cfg.seed if seed is None else seed
+        self.reset()
+
+    # ---- state ----------------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        cfg = self.cfg
+        self.rng = np.random.default_rng(self.seed)
+        self.state = SearchState(ratio=cfg.ratio_init if cfg.auto_ratio else cfg.skip_ratio)
+        self._obs: list[tuple[np.ndarray, float]] = []
+        self._pending_best = True  # best must be (re-)scored
+
+    @property
+    def active(self) -> bool:
+        return self.state.active
+
+    @property
+    def best(self) -> LayerSkip | None:
+        return self.state.best_skip
+
+    def n_skip(self, ratio: float | None = None) -> int:
+        r = self.state.ratio if ratio is None else ratio
+        return max(1, min(self.dims - 1, int(round(r * self.dims))))
+
+    # ---- encoding ---------------------------------------------------------------------------------------------------
+    def to_skip(self, bits: np.ndarray) -> LayerSkip:
+        idx = np.flatnonzero(bits)
+        h = self.n_layers - 2
+        return LayerSkip.of([1 + i for i in idx if i < h], [1 + i - h for i in idx if i >= h])
+
+    def to_bits(self, skip: LayerSkip) -> np.ndarray:
+        h = self.n_layers - 2
+        b = np.zeros(self.dims, dtype=np.int8)
+        b[[i - 1 for i in skip.attn]] = 1
+        b[[h + i - 1 for i in skip.mlp]] = 1
+        return b
+
+    def _random(self) -> np.ndarray:
+        b = np.zeros(self.dims, dtype=np.int8)
+        b[self.rng.choice(self.dims, self.n_skip(), replace=False)] = 1
+        return b
+
+    def _resize(self, bits: np.ndarray, k: int) -> np.ndarray:
+        """Add or drop random skipped sub-layers so exactly k are skipped."""
+        b = bits.copy()
+        on, off = np.flatnonzero(b), np.flatnonzero(b == 0)
+        if len(on) > k:
+            b[self.rng.choice(on, len(on) - k, replace=False)] = 0
+        elif len(on) < k:
+            b[self.rng.choice(off, k - len(on), replace=False)] = 1
+        return b
+
+    def _mutate(self, bits: np.ndarray) -> np.ndarray:
+        b = bits.copy()
+        swaps = 1 + int(self.rng.integers(0, 2))
+        on, off = np.flatnonzero(b), np.flatnonzero(b == 0)
+        swaps = min(swaps, len(on), len(off))
+        b[self.rng.choice(on, swaps, replace=False)] = 0
+        b[self.rng.choice(off, swaps, replace=False)] = 1
+        return b
+
+    def _bayes(self) -> np.ndarray | None:
+        """Fit a GP (bayes_opt) on recent observations; turn its continuous suggestion into the top-k sub-layers."""
+        if len(self._obs) < 4:
+            return None
+        from bayes_opt import BayesianOptimization
+        names = [f"x{i:03d}" for i in range(self.dims)]
+        bo = BayesianOptimization(f=None, pbounds={n: (0.0, 1.0) for n in names}, verbose=0,
+                                  acquisition_function=_cheap_ucb(),
+                                  random_state=int(self.rng.integers(1 << 31)), allow_duplicate_points=True)
+        bo.set_gp_params(optimizer=None)  # fixed Matern kernel on the unit cube: no hyper-parameter fit every call
+        recent = {}  # unique points, most recent score wins
+        for bits, score in self._obs[-self.cfg.bayes_history:]:
+            recent[bits.tobytes()] = (bits, score)
+        for bits, score in recent.values():
+            bo.space.register(bits.astype(float), float(score))  # the public register() re-reads all points each call
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x = bo.suggest()
+        v = np.array([x[n] for n in names])
+        b = np.zeros(self.dims, dtype=np.int8)
+        b[np.argsort(-v)[: self.n_skip()]] = 1
+        return b
+
+    # ---- propose / observe -----------------------------------------------------------------------------------------
+    def propose(self, n: int) -> list[LayerSkip]:
+        """n candidate skip sets: the current best when it needs scoring, a Bayesian proposal every beta steps, and
+        random ones (half local mutations of the best, half uniform)."""
+        st, out = self.state, []
+        best_bits = self.to_bits(st.best_skip) if st.best_skip is not None else None
+        if best_bits is not None and self._pending_best:
+            out.append(self._resize(best_bits, self.n_skip()))
+        if st.n_iter > 0 and st.n_iter % self.cfg.bayes_interval == 0:
+            b = self._bayes()
+            if b is not None:
+                out.append(b)
+        while len(out) < n:
+            use_local = best_bits is not None and len(out) % 2 == 1
+            out.append(self._mutate(self._resize(best_bits, self.n_skip())) if use_local else self._random())
+        return [self.to_skip(b) for b in out[:n]]
+
+    def observe(self, skips: list[LayerSkip], scores: list[float]) -> None:
+        st, cfg = self.state, self.cfg
+        if self._pending_best and st.best_skip is not None:
+            st.best_score = -1.0  # the re-sized best is judged afresh
+        self._pending_best = False
+        improved = False
+        for skip, score in zip(skips, scores):
+            self._obs.append((self.to_bits(skip), score))
+            if score > st.best_score:
+                st.best_skip, st.best_score, improved = skip, float(score), True
+        st.n_iter += 1
+        st.steps_at_ratio += 1
+        st.n_stale = 0 if improved else st.n_stale + 1
+        if improved:
+            st.history.append((st.n_iter, st.ratio, st.best_score, st.best_skip.to_dict()))
+        if cfg.auto_ratio:
+            self._adapt_ratio()
+        elif st.best_score >= cfg.max_score:
+            self._stop("matchness threshold reached")
+        if st.active and st.n_iter >= cfg.max_opt_iter:
+            self._stop("max optimization steps")
+        if st.active and st.n_stale >= cfg.max_tolerance_iter:
+            self._stop("no improvement")
+
+    def _stop(self, reason: str) -> None:
+        self.state.active, self.state.stop_reason = False, reason
+
+    def _set_ratio(self, ratio: float, seed_bits: np.ndarray | None) -> None:
+        st = self.state
+        st.ratio, st.steps_at_ratio, st.n_stale = round(ratio, 4), 0, 0
+        self._obs = []  # scores at another ratio are not comparable for the GP
+        if seed_bits is not None:
+            st.best_skip = self.to_skip(self._resize(seed_bits, self.n_skip()))
+            self._pending_best = True
+        st.best_score = -1.0
+
+    def _adapt_ratio(self) -> None:
+        st, cfg = self.state, self.cfg
+        step = cfg.ratio_step
+        if st.best_score >= cfg.max_score:
+            st.good = (st.ratio, st.best_skip, st.best_score)
+            nxt = st.ratio + step
+            if nxt <= min(cfg.ratio_max, st.ratio_cap) + 1e-9 and self.n_skip(nxt) > self.n_skip():
+                self._set_ratio(nxt, self.to_bits(st.best_skip))
+            else:
+                self._stop("matchness threshold reached")
+            return
+        if st.steps_at_ratio < cfg.ratio_patience or st.best_score >= cfg.ratio_low_score:
+            return
+        if st.good is not None and st.good[0] < st.ratio:  # a raise went too far: return to the last good set
+            st.ratio_cap = st.ratio - step
+            ratio, skip, score = st.good
+            st.ratio, st.best_skip, st.best_score = ratio, skip, score
+            self._stop("returned to the last ratio that reached the threshold")
+            return
+        nxt = st.ratio - step
+        if nxt >= cfg.ratio_min - 1e-9:
+            st.ratio_cap = min(st.ratio_cap, nxt)
+            self._set_ratio(nxt, self.to_bits(st.best_skip) if st.best_skip is not None else None)
+
+    def summary(self) -> dict:
+        st = self.state
+        return {"ratio": st.ratio, "best_score": st.best_score, "n_iter": st.n_iter, "active": st.active,
+                "stop_reason": st.stop_reason, "best_skip": st.best_skip.to_dict() if st.best_skip else None,
+                "n_skipped": len(st.best_skip) if st.best_skip else 0, "search_dims": self.dims}
