@@ -54,6 +54,12 @@ def logits_to_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
+def accept_probability(p_child: float, rejected_mass: float) -> float:
+    """Probability of accepting a candidate with target probability `p_child` after siblings holding
+    `rejected_mass` of the target distribution were rejected (see the module docstring)."""
+    return p_child / (1.0 - rejected_mass) if rejected_mass < 1.0 else 0.0
+
+
 def sample_from_probs(probs: torch.Tensor) -> torch.Tensor:
     """One sample per row (exponential race: argmax p/E with E ~ Exp(1)); CUDA-graph safe, no host sync."""
     return torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1)

@@ -377,6 +377,8 @@ def convert(spec: ModelSpec, gguf_path: Path, out: Path) -> None:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not sys.stderr.isatty():
+        transformers.utils.logging.disable_progress_bar()
     src, fname = str(gguf_path.parent), gguf_path.name
     kw = {}
     try:  # transformers >= 5 keeps GGUF weights packed unless asked to de-quantize
@@ -431,8 +433,10 @@ def convert(spec: ModelSpec, gguf_path: Path, out: Path) -> None:
     # Final checks on what was written, loaded back as a user would.
     check = AutoTokenizer.from_pretrained(out)
     meta = gguf_metadata(gguf_path)
-    if meta["eos"] is not None and check.eos_token_id != meta["eos"]:
-        raise FetchError(f"{spec.name}: tokenizer EOS id {check.eos_token_id} != GGUF EOS id {meta['eos']}.")
+    for k in ("eos", "bos", "pad"):
+        got = getattr(check, f"{k}_token_id")
+        if meta[k] is not None and got != meta[k]:
+            raise FetchError(f"{spec.name}: tokenizer {k.upper()} id {got} != GGUF {k.upper()} id {meta[k]}.")
     if meta["pre"] == "smollm":
         n = len(check("12345", add_special_tokens=False).input_ids)
         if n != 5:
@@ -465,8 +469,6 @@ def fix_metadata(spec: ModelSpec, gguf_path: Path, out: Path, tok) -> None:
     for k, v in ids.items():  # some releases also store (stale) ids here
         if f"{k}_token_id" in tc:
             tc[f"{k}_token_id"] = v
-    if tc.get("pad_token_id", 0) is None and "pad" not in ids:
-        tc.pop("pad_token_id")
     tc_path.write_text(json.dumps(tc, indent=2, sort_keys=True) + "\n")
     _update_json(out / "generation_config.json", gen_ids)
     config_path = out / "config.json"
@@ -587,6 +589,8 @@ def fetch_model(spec: ModelSpec, target: Path, local_gguf: Path | None, skip_con
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not sys.stderr.isatty():  # keep logs readable: no carriage-return progress bars (read at tqdm import)
+        os.environ.setdefault("TQDM_DISABLE", "1")
     t0 = time.monotonic()
     try:
         target = args.target.expanduser().absolute()

@@ -18,6 +18,7 @@ import torch
 from model.engine import Engine
 from model.generate import GenerationResult, check_lengths, sampling_head, sync
 from model.llama import NO_SKIP, LayerSkip
+from model import sampling as rules
 from model.sampling import SamplingConfig, logits_to_probs, sample_from_probs
 from model.swift.config import SwiftConfig
 from model.swift.layer_search import LayerSearch
@@ -177,7 +178,7 @@ def verify(s: _Stream, tree: TokenTree, table: torch.Tensor) -> tuple[list[int],
     while True:
         mass, nxt = 0.0, None
         for c in tree.children[node]:
-            if mass < 1.0 and u[c] < p_child[c] / (1.0 - mass):
+            if u[c] < rules.accept_probability(p_child[c], mass):
                 nxt = c
                 break
             mass += p_child[c]

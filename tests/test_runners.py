@@ -1,0 +1,241 @@
+"""End-to-end runs of the evaluation runners on the real SmolLM2-135M (CPU).
+
+Both runners answer 2 instances of every paper task with a small budget; then: the records'
+layout, greedy SWIFT == vanilla token for token, the speed report on the result, resuming (a second
+run writes nothing), a sharded run in 2 CPU processes (same answers as 1 process) and the
+layer-configuration cache (written by the search, read with --cache-hit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data import PAPER_TASKS
+from evaluation_llama import inference_baseline, inference_swift, runner
+from evaluation_llama.answers import read_answer_file
+from model.loading import model_name
+from model.swift.config import SwiftConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]
+
+MAX_NEW = 12
+NUM = 2
+SWIFT_SMALL = ["--context-window", "8", "--num-candidates", "2", "--max-opt-iter", "6"]
+CONFIG_KEYS = {"model_path", "model_id", "task", "method", "dtype", "device", "temperature",
+               "top_p", "top_k", "max_new_tokens", "num_samples", "seed", "chat_template",
+               "data_source", "swift", "cache_hit"}
+RECORD_KEYS = {"question_id", "model_id", "task", "method", "tstamp", "choices", "token_ids",
+               "prompt_tokens", "config", "stats"}
+CHOICE_KEYS = {"index", "turns", "new_tokens", "wall_time", "accept_lengths", "num_drafted"}
+
+
+def base_args(model, data, task, answer, num=NUM, max_new=MAX_NEW):
+    return ["--model-path", str(model), "--data-dir", str(data), "--task", task,
+            "--num-samples", str(num), "--max-new-tokens", str(max_new), "--warmup", "0",
+            "--device", "cpu", "--answer-file", str(answer)]
+
+
+def by_id(path):
+    header, records = read_answer_file(path)
+    return header, {r["question_id"]: r for r in records}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, smollm2_path, shared_data_dir):
+    """{task: {"vanilla": path, "swift": path, "layer_cache": path}} after one run of each."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for task in PAPER_TASKS:
+        d = root / task
+        paths = {"vanilla": d / "vanilla.jsonl", "swift": d / "swift.jsonl",
+                 "layer_cache": d / "layer_config.json"}
+        assert inference_baseline.main(
+            base_args(smollm2_path, shared_data_dir, task, paths["vanilla"])) == 0
+        assert inference_swift.main(
+            base_args(smollm2_path, shared_data_dir, task, paths["swift"]) + SWIFT_SMALL
+            + ["--layer-cache", str(paths["layer_cache"])]) == 0
+        out[task] = paths
+    return out
+
+
+def test_records_have_the_documented_layout(runs):
+    for task, paths in runs.items():
+        for method in ("vanilla", "swift"):
+            header, records = by_id(paths[method])
+            assert header is not None and header["config"]["method"] == method
+            assert len(records) == NUM
+            for qid, r in records.items():
+                assert RECORD_KEYS <= set(r), (task, method, set(r))
+                assert r["task"] == task and r["method"] == method
+                assert CONFIG_KEYS <= set(r["config"])
+                (choice,) = r["choices"]
+                assert CHOICE_KEYS <= set(choice)
+                n = choice["new_tokens"][0]
+                assert 1 <= n <= MAX_NEW and len(r["token_ids"][0]) == n
+                assert sum(choice["accept_lengths"]) == n and choice["wall_time"][0] > 0
+                assert r["prompt_tokens"] > 0 and isinstance(choice["turns"][0], str)
+                assert r["stats"]["method"] == method
+            cfg = header["config"]
+            assert cfg["task"] == task and cfg["temperature"] == 0.0 and cfg["num_samples"] == NUM
+            assert not os.path.isabs(cfg["data_source"])
+            if method == "vanilla":
+                assert cfg["swift"] is None
+                assert all(r["choices"][0]["num_drafted"] == [0] for r in records.values())
+            else:
+                expected = SwiftConfig(context_window=8, num_candidates=2, max_opt_iter=6).to_dict()
+                assert cfg["swift"] == expected and cfg["cache_hit"] is False
+                for r in records.values():
+                    assert r["stats"]["num_layers"] == 30
+                    assert "search" in r["stats"] and "final_skip" in r["stats"]
+
+
+def test_greedy_swift_equals_vanilla(runs):
+    for task, paths in runs.items():
+        _, vanilla = by_id(paths["vanilla"])
+        _, swift = by_id(paths["swift"])
+        assert set(vanilla) == set(swift)
+        for qid in vanilla:
+            assert swift[qid]["token_ids"] == vanilla[qid]["token_ids"], (task, qid)
+            assert swift[qid]["choices"][0]["turns"] == vanilla[qid]["choices"][0]["turns"]
+
+
+def test_speed_report_on_the_results(runs):
+    paths = runs["humaneval"]
+    proc = subprocess.run([sys.executable, "-m", "evaluation_llama.speed", "--file-path",
+                           str(paths["swift"]), "--base-path", str(paths["vanilla"]), "--json"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["overall"]["answers"] == NUM
+    assert result["overall"]["identical_fraction"] == 1.0
+    assert result["method"] == "swift" and result["base_method"] == "vanilla"
+
+
+def test_layer_config_written_by_the_search(runs, smollm2_path):
+    for task, paths in runs.items():
+        data = json.loads(paths["layer_cache"].read_text())
+        assert data["model_id"] == model_name(str(smollm2_path)) and data["num_layers"] == 30
+        assert data["task"] == task and (data["skip"]["attn"] or data["skip"]["mlp"])
+        _, swift = by_id(paths["swift"])
+        # the search stopped during the run (max-opt-iter 6): the saved set is the final one
+        last = list(swift.values())[-1]
+        assert last["stats"]["search"]["active"] is False
+        assert data["skip"] == last["stats"]["final_skip"]
+
+
+def test_resume_writes_nothing_new(runs, smollm2_path, shared_data_dir, capsys):
+    for method, mod in (("vanilla", inference_baseline), ("swift", inference_swift)):
+        path = runs["tinystories"][method]
+        before = path.read_bytes()
+        extra = SWIFT_SMALL + ["--layer-cache", str(runs["tinystories"]["layer_cache"])] \
+            if method == "swift" else []
+        assert mod.main(base_args(smollm2_path, shared_data_dir, "tinystories", path) + extra) == 0
+        assert "nothing to do" in capsys.readouterr().out
+        assert path.read_bytes() == before
+
+
+def test_cache_hit_reads_the_layer_config(runs, smollm2_path, shared_data_dir, tmp_path):
+    paths = runs["humaneval"]
+    answer = tmp_path / "swift-cache-hit.jsonl"
+    assert inference_swift.main(
+        base_args(smollm2_path, shared_data_dir, "humaneval", answer) + SWIFT_SMALL
+        + ["--layer-cache", str(paths["layer_cache"]), "--cache-hit"]) == 0
+    header, records = by_id(answer)
+    _, vanilla = by_id(paths["vanilla"])
+    skip = json.loads(paths["layer_cache"].read_text())["skip"]
+    assert header["config"]["cache_hit"] is True
+    for qid, r in records.items():
+        assert r["stats"]["cache_hit"] is True and r["stats"]["search"] is None
+        assert r["stats"]["final_skip"] == skip
+        assert r["token_ids"] == vanilla[qid]["token_ids"]
+
+
+def test_sharded_run_matches_single_process(runs, smollm2_path, shared_data_dir, tmp_path):
+    task = "humaneval"
+    answer = tmp_path / "swift.jsonl"
+    cache = tmp_path / "layer_config.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "evaluation_llama.inference_swift",
+         *base_args(smollm2_path, shared_data_dir, task, answer), *SWIFT_SMALL,
+         "--layer-cache", str(cache), "--num-shards", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, sharded = by_id(answer)
+    _, single = by_id(runs[task]["swift"])
+    assert set(sharded) == set(single)
+    for qid in single:
+        assert sharded[qid]["token_ids"] == single[qid]["token_ids"]
+    assert "shard" not in header["config"]  # merged: the per-shard keys are gone
+    # the shards were merged and removed; the best shard layer cache became the run's cache
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer_config.json", "swift.jsonl"]
+    assert json.loads(cache.read_text())["num_layers"] == 30
+
+
+def test_both_ways_of_starting_the_runners_show_help():
+    for cmd in ([sys.executable, "-m", "evaluation_llama.inference_swift", "--help"],
+                [sys.executable, str(ROOT / "evaluation_llama" / "inference_baseline.py"),
+                 "--help"]):
+        proc = subprocess.run(cmd, cwd=ROOT.parent, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "--max-new-tokens" in proc.stdout and "--num-gpus" in proc.stdout
+
+
+def test_every_flag_has_help_and_both_runners_share_the_common_flags():
+    parsers = {m: runner.build_parser(m) for m in ("swift", "vanilla")}
+    flags = {}
+    for method, parser in parsers.items():
+        flags[method] = set()
+        for action in parser._actions:
+            assert action.help, f"{method}: {action.option_strings} has no help"
+            flags[method].update(action.option_strings)
+    swift_only = flags["swift"] - flags["vanilla"]
+    assert flags["vanilla"] <= flags["swift"]
+    expected = {"--skip-ratio", "--context-window", "--bayes-interval", "--max-opt-iter",
+                "--max-tolerance-iter", "--max-score", "--num-candidates",
+                "--draft-stop-threshold", "--max-draft-len", "--max-tree-nodes", "--no-guard",
+                "--guard-margin", "--layer-cache", "--cache-hit", "--reset-search-per-instance"}
+    assert swift_only == expected
+
+
+def test_swift_flags_map_one_to_one_onto_swift_config():
+    values = {"skip_ratio": 0.3, "context_window": 12, "bayes_interval": 7, "max_opt_iter": 50,
+              "max_tolerance_iter": 9, "max_score": 0.9, "num_candidates": 3,
+              "draft_stop_threshold": 0.7, "max_draft_len": 10, "max_tree_nodes": 40,
+              "guard_margin": 1.2}
+    argv = ["--task", "gsm8k", "--seed", "5", "--no-guard"]
+    for name, value in values.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    args = runner.build_parser("swift").parse_args(argv)
+    cfg = runner.check_args(args, "swift")
+    for name, value in values.items():
+        assert getattr(cfg, name) == value, name
+    assert cfg.guard is False and cfg.seed == 5
+    default = runner.check_args(runner.build_parser("swift").parse_args(["--task", "gsm8k"]),
+                                "swift")
+    assert dataclasses.asdict(default) == dataclasses.asdict(SwiftConfig())
+    assert runner.check_args(runner.build_parser("vanilla").parse_args(["--task", "gsm8k"]),
+                             "vanilla") is None
+
+
+def test_default_answer_file_and_layer_cache(smollm2_path):
+    mid = model_name(str(smollm2_path))
+    for method, argv, expected in (
+            ("vanilla", ["--task", "gsm8k"], f"outputs/{mid}/gsm8k/vanilla.jsonl"),
+            ("swift", ["--task", "humaneval", "--temperature", "0.6", "--top-p", "0.95"],
+             f"outputs/{mid}/humaneval/swift-t0.6.jsonl")):
+        args = runner.build_parser(method).parse_args(
+            ["--model-path", str(smollm2_path), "--device", "cpu"] + argv)
+        s = runner.resolve_settings(args, method, runner.check_args(args, method))
+        assert s.answer_file.as_posix() == expected
+        assert s.dtype_name == "float32" and s.device.type == "cpu"
+        if method == "swift":
+            assert s.layer_cache.as_posix() == f"outputs/{mid}/humaneval/layer_config.json"

@@ -1,0 +1,281 @@
+"""SWIFT: lossless greedy and sampling, planted redundancy, early stops, automatic ratio, guard, layer cache."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from model import sampling as rules
+from model.engine import Engine
+from model.errors import UserError
+from model.generate import vanilla_generate
+from model.llama import LayerSkip
+from model.sampling import SamplingConfig
+from model.swift.config import SwiftConfig
+from model.swift.decoding import score_candidates, swift_generate
+from model.swift.layer_cache import load_layer_config, save_layer_config
+from model.swift.layer_search import LayerSearch
+from tests.helpers import hf_config, hf_model, ours_from_hf, tiny_engine
+
+
+def _prompt(n=40, vocab=97, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n,), generator=g).tolist()
+
+
+@pytest.mark.parametrize("seed,ratio", [(0, 0.25), (1, 0.5), (2, None), (3, 0.75)])
+def test_greedy_swift_equals_vanilla_tiny(seed, ratio):
+    eng, _ = tiny_engine(seed=seed, scale=6, num_hidden_layers=6)
+    prompt = _prompt(seed=seed)
+    want = vanilla_generate(eng, prompt, 120).tokens
+    cfg = SwiftConfig(skip_ratio=ratio, context_window=16, guard=False, seed=seed)
+    res = swift_generate(eng, prompt, 120, cfg=cfg, search=LayerSearch(6, cfg))
+    assert res.tokens == want
+    assert sum(res.accept_lengths) == len(res.tokens) == 120
+    assert res.num_drafted > 0 and res.stats["search"]["n_iter"] > 0
+
+
+def test_greedy_swift_stops_at_eos_like_vanilla():
+    eng, _ = tiny_engine(seed=4, scale=6, num_hidden_layers=6)
+    prompt = _prompt(seed=4)
+    full = vanilla_generate(eng, prompt, 80).tokens
+    eos = full[50]
+    want = vanilla_generate(eng, prompt, 80, eos_ids=(eos,)).tokens
+    cfg = SwiftConfig(skip_ratio=0.25, context_window=16, guard=False)
+    got = swift_generate(eng, prompt, 80, eos_ids=(eos,), cfg=cfg, search=LayerSearch(6, cfg)).tokens
+    assert got == want and got[-1] == eos
+
+
+# ---- sampling is lossless ------------------------------------------------------------------------------------------
+VOCAB = 8
+
+
+def _exact_joint(eng, prompt):
+    """Exact distribution of generated tokens 2 and 3 under vanilla sampling at T=1 (token 1 summed out)."""
+    model = eng.model
+    probs = {}
+    S = eng.max_seq_len
+
+    def dist(seq):
+        T = len(seq)
+        pos = torch.arange(T)
+        mask = torch.arange(S)[None, :] <= pos[:, None]
+        with torch.inference_mode():
+            return torch.softmax(model(torch.tensor(seq)[None], pos, pos, mask)[0, -1], -1).double()
+    p1 = dist(prompt)
+    joint = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+    for a in range(VOCAB):
+        p2 = dist(prompt + [a])
+        for b in range(VOCAB):
+            joint[b] += p1[a] * p2[b] * dist(prompt + [a, b])
+    return joint.reshape(-1)  # index b*VOCAB + c
+
+
+def _swift_samples(eng, prompt, n, cfg):
+    counts = np.zeros(VOCAB * VOCAB)
+    skip = LayerSkip.of(mlp=[1], attn=[2])
+    for i in range(n):
+        torch.manual_seed(1000 + i)
+        t = swift_generate(eng, prompt, 3, SamplingConfig(temperature=1.0), cfg=cfg, skip=skip).tokens
+        counts[t[1] * VOCAB + t[2]] += 1
+    return counts
+
+
+def _chi2_pvalue(counts, expected_p):
+    exp = expected_p.numpy() * counts.sum()
+    big = exp >= 5  # pool rare outcomes into one bin
+    obs = np.append(counts[big], counts[~big].sum())
+    ex = np.append(exp[big], exp[~big].sum())
+    return chisquare(obs, ex).pvalue
+
+
+@pytest.fixture(scope="module")
+def sampling_setup():
+    eng, _ = tiny_engine(seed=8, scale=25, vocab_size=VOCAB, max_seq_len=256)
+    prompt = _prompt(12, VOCAB, seed=8)
+    cfg = SwiftConfig(guard=False, tree_rule=((0.95, 1), (0.0, 3)), max_draft_len=3, draft_stop_threshold=0.5)
+    return eng, prompt, cfg, _exact_joint(eng, prompt)
+
+
+def test_sampling_matches_exact_distribution(sampling_setup):
+    eng, prompt, cfg, exact = sampling_setup
+    counts = _swift_samples(eng, prompt, 1500, cfg)
+    assert _chi2_pvalue(counts, exact) > 1e-3
+
+
+def test_wrong_acceptance_rule_is_detected(sampling_setup, monkeypatch):
+    eng, prompt, cfg, exact = sampling_setup
+    monkeypatch.setattr(rules, "accept_probability", lambda p, mass: p)  # forgets to renormalise the residual
+    counts = _swift_samples(eng, prompt, 1500, cfg)
+    assert _chi2_pvalue(counts, exact) < 1e-6
+
+
+# ---- the optimizer finds planted redundancy -------------------------------------------------------------------------
+def _planted_model():
+    hf = hf_model(hf_config("llama", num_hidden_layers=6), seed=9, scale=8)
+    model, args = ours_from_hf(hf)
+    noops = LayerSkip.of(attn=[2, 4], mlp=[1, 3])
+    with torch.no_grad():
+        for i in noops.attn:
+            model.layers[i].attention.wo.weight.zero_()
+        for i in noops.mlp:
+            model.layers[i].feed_forward.w2.weight.zero_()
+    return Engine(model, 512), noops
+
+
+def test_search_finds_planted_noops():
+    eng, noops = _planted_model()
+    prompt = _prompt(16, seed=9)
+    full = prompt + vanilla_generate(eng, prompt, 40).tokens  # a window of the model's own greedy tokens
+    seq_buf = torch.zeros(eng.max_seq_len, dtype=torch.long)
+    seq_buf[:len(full)] = torch.tensor(full)
+    eng.prefill(seq_buf[:len(full) - 1])
+    # precondition: skipping any other single sub-layer (plus the no-ops) changes the argmax on the window
+    others = [LayerSkip.of(attn=sorted(noops.attn | {i}), mlp=sorted(noops.mlp)) for i in (1, 3)] + \
+             [LayerSkip.of(attn=sorted(noops.attn), mlp=sorted(noops.mlp | {i})) for i in (2, 4)]
+    assert score_candidates(eng, seq_buf, len(full), [noops], 32) == [1.0]
+    assert all(s < 1.0 for s in score_candidates(eng, seq_buf, len(full), others, 32))
+    cfg = SwiftConfig(skip_ratio=0.5, max_score=1.0, guard=False, seed=3)
+    search = LayerSearch(6, cfg)
+    res = swift_generate(eng, prompt, 200, cfg=cfg, search=search)
+    assert search.best == noops and search.state.best_score == 1.0
+    assert search.state.stop_reason == "matchness threshold reached" and not search.active
+    assert res.tokens == vanilla_generate(eng, prompt, 200).tokens
+
+
+# ---- search control --------------------------------------------------------------------------------------------------
+def test_early_stop_rules():
+    s = LayerSearch(8, SwiftConfig(skip_ratio=0.4, max_score=0.5))
+    s.observe(s.propose(4), [0.1, 0.6, 0.2, 0.3])
+    assert not s.active and s.state.stop_reason == "matchness threshold reached"
+    s = LayerSearch(8, SwiftConfig(skip_ratio=0.4, max_opt_iter=3))
+    for _ in range(3):
+        s.observe(s.propose(4), [0.1] * 4)
+    assert not s.active and s.state.stop_reason == "max optimization steps"
+    s = LayerSearch(8, SwiftConfig(skip_ratio=0.4, max_tolerance_iter=2))
+    s.observe(s.propose(4), [0.3, 0.1, 0.1, 0.1])
+    s.observe(s.propose(4), [0.2] * 4)
+    assert s.active
+    s.observe(s.propose(4), [0.2] * 4)
+    assert not s.active and s.state.stop_reason == "no improvement"
+    assert s.state.best_score == 0.3
+
+
+def test_candidates_respect_ratio_and_keep_first_and_last_layer():
+    s = LayerSearch(10, SwiftConfig(skip_ratio=0.45))
+    for _ in range(30):
+        cands = s.propose(4)
+        for c in cands:
+            assert len(c) == round(0.45 * 16)
+            assert not ({0, 9} & (c.attn | c.mlp))
+        s.observe(cands, list(np.linspace(0.1, 0.4, 4)))
+
+
+def test_bayesian_proposal_every_beta_steps(monkeypatch):
+    s = LayerSearch(8, SwiftConfig(skip_ratio=0.4, bayes_interval=5))
+    calls = []
+    real = s._bayes
+    monkeypatch.setattr(s, "_bayes", lambda: calls.append(s.state.n_iter) or real())
+    for i in range(16):
+        s.observe(s.propose(3), [0.1 * ((i * 7) % 5)] * 3)
+    assert calls == [5, 10, 15]
+
+
+def test_auto_ratio_lowers_when_poor_and_raises_when_near_one():
+    cfg = SwiftConfig(ratio_patience=4)
+    s = LayerSearch(12, cfg)
+    assert s.state.ratio == cfg.ratio_init
+    for _ in range(4):
+        s.observe(s.propose(4), [0.3] * 4)
+    assert s.state.ratio == pytest.approx(cfg.ratio_init - cfg.ratio_step)
+    for _ in range(2):
+        s.observe(s.propose(4), [0.99, 0.1, 0.1, 0.1])
+    # raised back? no: the cap from the failed ratio forbids returning there, so it converges and stops
+    assert not s.active and s.state.ratio == pytest.approx(cfg.ratio_init - cfg.ratio_step)
+    s = LayerSearch(12, cfg)
+    s.observe(s.propose(4), [0.99, 0.1, 0.1, 0.1])
+    assert s.state.ratio == pytest.approx(cfg.ratio_init + cfg.ratio_step) and s.active
+    for _ in range(4):
+        s.observe(s.propose(4), [0.2] * 4)
+    assert not s.active and s.state.ratio == pytest.approx(cfg.ratio_init) and s.state.best_score == 0.99
+
+
+def test_guard_falls_back_and_stays_lossless():
+    eng, _ = tiny_engine(seed=5, scale=6, num_hidden_layers=6)
+    prompt = _prompt(seed=5)
+    want = vanilla_generate(eng, prompt, 150).tokens
+    skip = LayerSkip.of(mlp=[2])
+    slow = swift_generate(eng, prompt, 150, cfg=SwiftConfig(guard_margin=1000.0, guard_min_cycles=4), skip=skip)
+    assert slow.tokens == want and slow.stats["fallback_at"] is not None
+    fast = swift_generate(eng, prompt, 150, cfg=SwiftConfig(guard_margin=1e-6, guard_min_cycles=4), skip=skip)
+    assert fast.tokens == want and fast.stats["fallback_at"] is None
+    assert slow.num_drafted < fast.num_drafted
+
+
+def test_config_validation():
+    for bad in [dict(skip_ratio=0.0), dict(skip_ratio=1.0), dict(context_window=1), dict(bayes_interval=0),
+                dict(max_score=1.5), dict(draft_stop_threshold=0), dict(max_draft_len=0), dict(num_candidates=0)]:
+        with pytest.raises(UserError):
+            SwiftConfig(**bad)
+
+
+# ---- cached layer configurations -----------------------------------------------------------------------------------
+def test_layer_cache_roundtrip_and_cache_hit_generation(tmp_path):
+    eng, _ = tiny_engine(seed=6, scale=6, num_hidden_layers=6)
+    prompt = _prompt(seed=6)
+    skip = LayerSkip.of(attn=[1], mlp=[3, 4])
+    path = tmp_path / "cfg.json"
+    save_layer_config(str(path), "tiny", "LlamaForCausalLM", 6, "gsm8k", skip, 0.375, 0.9)
+    loaded, meta = load_layer_config(str(path), "tiny", 6, "gsm8k")
+    assert loaded == skip and meta["matchness"] == 0.9
+    res = swift_generate(eng, prompt, 100, cfg=SwiftConfig(guard=False), skip=loaded)
+    assert res.tokens == vanilla_generate(eng, prompt, 100).tokens
+    assert res.stats["cache_hit"] and res.stats["times"]["optimize"] == 0.0 and res.stats["search"] is None
+
+
+def test_bad_layer_cache_files_are_rejected(tmp_path):
+    path = tmp_path / "cfg.json"
+    save_layer_config(str(path), "tiny", "LlamaForCausalLM", 6, "gsm8k", LayerSkip.of(attn=[1]), 0.1, 0.9)
+    with pytest.raises(UserError, match="made for model 'tiny' with 6 layers"):
+        load_layer_config(str(path), "other", 6)
+    with pytest.raises(UserError, match="6 layers"):
+        load_layer_config(str(path), "tiny", 8)
+    with pytest.raises(UserError, match="task 'gsm8k'"):
+        load_layer_config(str(path), "tiny", 6, "humaneval")
+    with pytest.raises(UserError, match="does not exist"):
+        load_layer_config(str(tmp_path / "none.json"), "tiny", 6)
+    path.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_layer_config(str(path), "tiny", 6)
+    path.write_text(json.dumps({"format": "other"}))
+    with pytest.raises(UserError, match="not a SWIFT layer-config"):
+        load_layer_config(str(path), "tiny", 6)
+    save_layer_config(str(path), "tiny", "LlamaForCausalLM", 6, "gsm8k", LayerSkip.of(attn=[5]), 0.1, 0.9)
+    with pytest.raises(UserError, match="outside"):
+        load_layer_config(str(path), "tiny", 6)
+
+
+# ---- real model --------------------------------------------------------------------------------------------------------
+@pytest.mark.real_model
+def test_greedy_swift_equals_vanilla_real_smollm2(smollm2_path, shared_data_dir):
+    from data import load_task
+    from model.loading import load_model, load_tokenizer
+    tok = load_tokenizer(smollm2_path)
+    model, args = load_model(smollm2_path)
+    prompts = []
+    for task in ("gsm8k", "humaneval"):
+        for inst in load_task(task, str(shared_data_dir), num_samples=3, seed=0).instances:
+            prompts.append(tok(inst.prompt).input_ids[-400:])  # keep CPU time small; the tail holds the question
+    eng = Engine(model, max(map(len, prompts)) + 128 + 200)
+    cfg = SwiftConfig(context_window=16, num_candidates=2, guard=False)
+    search = LayerSearch(args.n_layers, cfg)  # carried across prompts, as in the paper
+    accepted = []
+    for p in prompts:
+        want = vanilla_generate(eng, p, 128).tokens
+        res = swift_generate(eng, p, 128, cfg=cfg, search=search)
+        assert res.tokens == want
+        accepted += res.accept_lengths
+    assert np.mean(accepted) > 1.0  # drafts were accepted at all
