@@ -24,6 +24,7 @@ class _Static:
         self.cpos = torch.arange(T, dtype=torch.long, device=device)
         self.rpos = torch.zeros(T, dtype=torch.long, device=device)
         self.mask = torch.zeros(T, S, dtype=torch.bool, device=device)
+        self.noise = None  # exponential noise [1, vocab] for sampling heads, drawn outside graphs
         self.gates = None  # per-token keep flags [n_layers, T] (attention, MLP) for batched skip-set scoring
 
 
@@ -49,11 +50,12 @@ class Engine:
 
     def _forward(self, st: _Static, skip: LayerSkip, head: Callable, gates=None):
         logits = self.model(st.tok[None], st.cpos, st.rpos, st.mask, skip=skip, gates=gates)[0]
-        return head(logits)
+        return head(logits, st)
 
     @torch.inference_mode()
     def run(self, T: int, skip: LayerSkip, head_name: str, head: Callable, gates=None):
-        """Run the model on static(T)'s current contents; replay a captured graph when enabled."""
+        """Run the model on static(T)'s current contents; replay a captured graph when enabled. `head(logits, static)`
+        post-processes the logits inside the graph."""
         st = self.static(T)
         if not self.cuda_graphs:
             return self._forward(st, skip, head, gates)
@@ -92,15 +94,23 @@ class Engine:
         mask = self.arange[None, :] <= pos[:, None]
         return self.model(tokens[None].to(self.device), pos, pos, mask, last_only=True)[0, -1]
 
-    def decode(self, tok: torch.Tensor, pos: int, skip: LayerSkip = NO_SKIP, head_name="logits", head=None):
-        """One token at slot `pos` (rope position `pos`), attending slots [0, pos]."""
+    @torch.inference_mode()
+    def decode(self, tok: torch.Tensor, pos: int, skip: LayerSkip = NO_SKIP, head_name="logits", head=None,
+               noise: bool = False):
+        """One token at slot `pos` (rope position `pos`), attending slots [0, pos]. With `noise`, fresh Exp(1) noise
+        is drawn (eagerly, from the global generator) into the static buffer a sampling head reads."""
         st = self.static(1)
+        if noise:
+            if st.noise is None:
+                st.noise = torch.empty(1, self.args.vocab_size, device=self.device)
+            st.noise.exponential_(1)
         st.tok.copy_(tok.reshape(1))
         st.cpos.fill_(pos)
         st.rpos.fill_(pos)
         torch.le(self.arange, pos, out=st.mask[0])
         return self.run(1, skip, head_name, head or _identity)
 
+    @torch.inference_mode()
     def block(self, T: int, tokens: torch.Tensor, prefix: int, start: int, rope_pos: torch.Tensor,
               intra: torch.Tensor, head_name="logits", head=None, skip: LayerSkip = NO_SKIP, gates=None):
         """T tokens at slots [start, start+T) that see slots [0, prefix) plus `intra` [T, T] among themselves."""
@@ -118,5 +128,5 @@ class Engine:
         return self.run(T, skip, head_name, head or _identity, st.gates if gates is not None else None)
 
 
-def _identity(x):
+def _identity(x, st=None):
     return x

@@ -60,8 +60,9 @@ def sync(device) -> None:
 
 
 def sampling_head(cfg: SamplingConfig):
-    """Graph head turning logits into the next token, named so graphs are keyed by the sampling settings."""
-    return f"next:{cfg}", (lambda logits: next_token(logits[-1:], cfg))
+    """Graph head turning logits into the next token, named so graphs are keyed by the sampling settings.
+    Sampling reads its exponential noise from the static buffer the engine refills before each replay."""
+    return f"next:{cfg}", (lambda logits, st: next_token(logits[-1:], cfg, None if cfg.greedy else st.noise))
 
 
 @torch.inference_mode()
@@ -84,7 +85,7 @@ def vanilla_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             if torch.isin(out[checked:n], eos).any().item():
                 break
             checked = n
-        out[n:n + 1] = engine.decode(out[n - 1], pos, head_name=name, head=head)
+        out[n:n + 1] = engine.decode(out[n - 1], pos, head_name=name, head=head, noise=not sampling.greedy)
         n, pos = n + 1, pos + 1
     tokens = cut_at_eos(out[:n].tolist(), set(eos_ids), max_new_tokens)
     sync(dev)

@@ -25,6 +25,9 @@ from model.config import ModelArgs
 from model.kv_cache import KVCache
 
 
+ATTENTION = "sdpa"  # "sdpa" (torch's fused kernels) or "matmul" (baddbmm + softmax + bmm)
+
+
 @dataclass(frozen=True)
 class LayerSkip:
     """Which sub-layers the draft skips: layer indices whose attention / MLP sub-layer is bypassed."""
@@ -61,7 +64,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused kernel on GPU
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
@@ -85,10 +88,9 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, T, H, D]; cos/sin: [B, T, 1, D] (rotate-half convention of HF checkpoints)."""
+    """x: [B, T, H, D]; cos/sin: [B, T, 1, D] in x's dtype (rotate-half convention of HF checkpoints)."""
     x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class Attention(nn.Module):
@@ -99,16 +101,23 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
     def forward(self, x, cos, sin, cache: KVCache, layer: int, cache_pos, mask):
+        """`mask` is an additive bias already expanded for grouped queries: [B, 1, g*T, S] (Transformer.forward)."""
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
-        q = apply_rope(q.view(B, T, self.n_heads, self.hd), cos, sin)
-        k = apply_rope(k.view(B, T, self.n_kv, self.hd), cos, sin)
-        keys, values = cache.update(layer, cache_pos, k.transpose(1, 2), v.view(B, T, self.n_kv, self.hd).transpose(1, 2))
+        qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv, self.hd)
+        qk = apply_rope(qkv[:, :, : self.n_heads + self.n_kv], cos, sin)  # q and k rotated in one pass
+        q, k, v = qk[:, :, : self.n_heads], qk[:, :, self.n_heads:], qkv[:, :, self.n_heads + self.n_kv:]
+        keys, values = cache.update(layer, cache_pos, k.transpose(1, 2), v.transpose(1, 2))
         # Grouped-query attention without repeating K/V: fold the query heads of one KV head into the query axis.
         g = self.n_heads // self.n_kv
         q = q.view(B, T, self.n_kv, g, self.hd).permute(0, 2, 3, 1, 4).reshape(B, self.n_kv, g * T, self.hd)
-        m = mask.repeat(1, 1, g, 1) if g > 1 else mask
-        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=m)
+        if ATTENTION == "sdpa":
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        else:  # explicit matmul-softmax-matmul (well parallelised over the key axis for tiny query counts)
+            scores = torch.baddbmm(mask.expand(B, self.n_kv, -1, -1).reshape(B * self.n_kv, g * T, -1),
+                                   q.reshape(B * self.n_kv, g * T, self.hd),
+                                   keys.reshape(B * self.n_kv, -1, self.hd).transpose(1, 2), alpha=self.hd ** -0.5)
+            o = torch.bmm(torch.softmax(scores.float(), dim=-1).to(q.dtype), values.reshape(B * self.n_kv, -1, self.hd))
+            o = o.view(B, self.n_kv, g * T, self.hd)
         o = o.view(B, self.n_kv, g, T, self.hd).permute(0, 3, 1, 2, 4).reshape(B, T, self.n_heads * self.hd)
         return self.wo(o)
 
@@ -165,10 +174,10 @@ class Transformer(nn.Module):
                              dtype=w.dtype, device=w.device)
         return self.cache
 
-    def rope(self, rope_pos: torch.Tensor):
+    def rope(self, rope_pos: torch.Tensor, dtype):
         freqs = rope_pos.float()[..., None] * self.inv_freq  # [B, T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]
-        return emb.cos(), emb.sin()
+        return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def forward(self, idx: torch.Tensor, cache_pos: torch.Tensor, rope_pos: torch.Tensor, mask: torch.Tensor,
                 skip: LayerSkip | None = None, gates: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -178,8 +187,13 @@ class Transformer(nn.Module):
             rope_pos = rope_pos[None].expand(idx.shape[0], -1)
         if mask.dim() == 2:
             mask = mask[None, None]
-        cos, sin = self.rope(rope_pos)
         x = self.tok_embeddings(idx)
+        g = self.args.n_heads // self.args.n_kv_heads
+        if g > 1:  # rows ordered (query head in group, token), as Attention folds them
+            mask = mask.repeat(1, 1, g, 1)
+        # one additive bias for all layers (SDPA would otherwise convert a bool mask in every layer)
+        mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        cos, sin = self.rope(rope_pos, x.dtype)
         skip = skip or NO_SKIP
         for i, layer in enumerate(self.layers):
             ga = gm = None

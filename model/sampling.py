@@ -60,13 +60,16 @@ def accept_probability(p_child: float, rejected_mass: float) -> float:
     return p_child / (1.0 - rejected_mass) if rejected_mass < 1.0 else 0.0
 
 
-def sample_from_probs(probs: torch.Tensor) -> torch.Tensor:
-    """One sample per row (exponential race: argmax p/E with E ~ Exp(1)); CUDA-graph safe, no host sync."""
-    return torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1)
+def sample_from_probs(probs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One sample per row by the exponential race: argmax p/E with E ~ Exp(1), no host sync. Inside a CUDA graph,
+    pass `noise` drawn outside it, so that the random stream does not depend on when graphs were captured."""
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_(1)
+    return torch.argmax(probs / noise, dim=-1)
 
 
-def next_token(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+def next_token(logits: torch.Tensor, cfg: SamplingConfig, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Next token ids from logits `[..., V]` (greedy or sampled)."""
     if cfg.greedy:
         return torch.argmax(logits, dim=-1)
-    return sample_from_probs(logits_to_probs(logits, cfg))
+    return sample_from_probs(logits_to_probs(logits, cfg), noise)

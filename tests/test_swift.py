@@ -279,3 +279,24 @@ def test_greedy_swift_equals_vanilla_real_smollm2(smollm2_path, shared_data_dir)
         assert res.tokens == want
         accepted += res.accept_lengths
     assert np.mean(accepted) > 1.0  # drafts were accepted at all
+
+
+def test_draft_calibrator_learns_acceptance():
+    from model.swift.decoding import DraftCalibrator
+    c = DraftCalibrator()
+    assert c(0.55) == pytest.approx(0.575)  # the prior is centred on the raw probability (bin middle)
+    for _ in range(200):
+        c.update([0.55, 0.55, 0.55], 3)  # confident-looking or not, these were all accepted
+        c.update([0.97, 0.97], 0)  # first token rejected: the second was never tested
+    assert c(0.55) > 0.95 and c(0.97) < 0.05
+    assert c(0.3) == pytest.approx(0.325)  # untouched bins keep the prior
+
+
+def test_paper_confidence_stop_is_available_and_lossless():
+    eng, _ = tiny_engine(seed=7, scale=6, num_hidden_layers=6)
+    prompt = _prompt(seed=7)
+    cfg = SwiftConfig(skip_ratio=0.25, context_window=16, guard=False, draft_stop="confidence")
+    res = swift_generate(eng, prompt, 80, cfg=cfg, search=LayerSearch(6, cfg))
+    assert res.tokens == vanilla_generate(eng, prompt, 80).tokens
+    with pytest.raises(UserError, match="draft stop rule"):
+        SwiftConfig(draft_stop="sometimes")

@@ -30,6 +30,7 @@ class SwiftConfig:
     ratio_patience: int = 25  # optimization steps at one ratio before it may change
     # acceleration phase
     draft_stop_threshold: float = 0.8
+    draft_stop: str = "calibrated"  # "confidence" (paper: raw top-1 probability) or "calibrated" (learned mapping)
     max_draft_len: int = 25
     tree_rule: tuple = DEFAULT_TREE_RULE
     max_tree_nodes: int = 64
@@ -54,6 +55,8 @@ class SwiftConfig:
         need(1 <= self.num_candidates <= 16, f"candidates per step must be in [1, 16], got {self.num_candidates}.")
         need(0 < self.draft_stop_threshold <= 1,
              f"draft stop threshold must be in (0, 1], got {self.draft_stop_threshold}.")
+        need(self.draft_stop in ("confidence", "calibrated"),
+             f"draft stop rule must be 'confidence' or 'calibrated', got '{self.draft_stop}'.")
         need(1 <= self.max_draft_len <= 32, f"max draft length must be in [1, 32], got {self.max_draft_len}.")
         need(self.max_draft_len + 2 <= self.max_tree_nodes <= 128,
              f"max tree nodes must be in [max draft length + 2, 128], got {self.max_tree_nodes}.")

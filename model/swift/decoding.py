@@ -19,10 +19,40 @@ from model.engine import Engine
 from model.generate import GenerationResult, check_lengths, sampling_head, sync
 from model.llama import NO_SKIP, LayerSkip
 from model import sampling as rules
-from model.sampling import SamplingConfig, logits_to_probs, sample_from_probs
+from model.sampling import SamplingConfig, logits_to_probs, next_token, sample_from_probs
 from model.swift.config import SwiftConfig
 from model.swift.layer_search import LayerSearch
 from model.tree import TokenTree, branch_counts, build_tree, tree_tensors
+
+
+class DraftCalibrator:
+    """Maps the draft's top-1 probability to the observed chance that the full model accepts that chain token.
+
+    The paper stops drafting when the draft's top-1 probability falls below 0.8, treating confidence as the
+    acceptance probability. A skipped model is often right while unsure (skipping flattens its distribution), so
+    we learn the mapping online: per probability bin, accepted / tested chain tokens (Laplace prior centred on the
+    raw probability, old counts decaying), and stop when the *calibrated* probability falls below the threshold."""
+
+    BINS = 20
+
+    def __init__(self, prior_weight: float = 4.0, decay: float = 0.995):
+        mid = (torch.arange(self.BINS, dtype=torch.float64) + 0.5) / self.BINS
+        self.acc = (mid * prior_weight).tolist()
+        self.n = [prior_weight] * self.BINS
+        self.decay = decay
+
+    def _bin(self, p: float) -> int:
+        return min(int(p * self.BINS), self.BINS - 1)
+
+    def __call__(self, p: float) -> float:
+        b = self._bin(p)
+        return self.acc[b] / self.n[b]
+
+    def update(self, top1: list[float], n_accepted_chain: int) -> None:
+        for d, p in enumerate(top1[: n_accepted_chain + 1]):  # tokens after the first rejection were not tested
+            b = self._bin(p)
+            self.acc[b] = self.acc[b] * self.decay + (d < n_accepted_chain)
+            self.n[b] = self.n[b] * self.decay + 1
 
 
 class SpeedGuard:
@@ -78,10 +108,10 @@ class _Stream:
 
 
 def _topk_head(k: int):
-    return f"topk{k}", (lambda logits: torch.softmax(logits[-1], dim=-1).topk(k))
+    return f"topk{k}", (lambda logits, st: torch.softmax(logits[-1], dim=-1).topk(k))
 
 
-def _argmax(logits):
+def _argmax(logits, st=None):
     return logits.argmax(dim=-1)
 
 
@@ -91,7 +121,8 @@ def plain_steps(s: _Stream, n: int) -> None:
     name, head = sampling_head(s.sampling)
     L0 = s.L
     for _ in range(n):
-        s.seq[s.L:s.L + 1] = s.engine.decode(s.seq[s.L - 1], s.L - 1, head_name=name, head=head)
+        s.seq[s.L:s.L + 1] = s.engine.decode(s.seq[s.L - 1], s.L - 1, head_name=name, head=head,
+                                             noise=not s.sampling.greedy)
         s.L += 1
     s.append(s.seq[L0:s.L].tolist(), one_step=False)
 
@@ -127,9 +158,10 @@ def _block_causal(n: int, gamma: int, device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def draft(s: _Stream, skip: LayerSkip, table: torch.Tensor) -> list[float]:
+def draft(s: _Stream, skip: LayerSkip, table: torch.Tensor, calibrate=None) -> list[float]:
     """Chain draft with the skipped model: top-1 each step, top-k kept in `table` [max_draft_len, k]; stops when the
-    top-1 probability drops below the threshold, at the length cap, or at the end of the output budget."""
+    top-1 probability (mapped through `calibrate` when given) drops below the threshold, at the length cap, or at
+    the end of the output budget."""
     cfg = s.cfg
     name, head = _topk_head(cfg.top_k)
     top1, tok = [], s.seq[s.L - 1]
@@ -140,7 +172,7 @@ def draft(s: _Stream, skip: LayerSkip, table: torch.Tensor) -> list[float]:
         p = probs[0].item()  # the draft-stop decision: the one host sync per drafted token
         top1.append(p)
         tok = ids[0]
-        if p < cfg.draft_stop_threshold:
+        if (calibrate(p) if calibrate else p) < cfg.draft_stop_threshold:
             break
     return top1
 
@@ -204,9 +236,11 @@ def commit(s: _Stream, tree: TokenTree, path: list[int], bonus: int, tok: list[i
 @torch.inference_mode()
 def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
                    sampling: SamplingConfig = SamplingConfig(), eos_ids=(), cfg: SwiftConfig = SwiftConfig(),
-                   search: LayerSearch | None = None, skip: LayerSkip | None = None) -> GenerationResult:
+                   search: LayerSearch | None = None, skip: LayerSkip | None = None,
+                   calibrator: DraftCalibrator | None = None) -> GenerationResult:
     """SWIFT generation. Pass `search` (owned by the caller, carried across prompts of a task, or reset) to optimize
-    the skip set on the fly, or a fixed `skip` (e.g. from a layer-config cache) to only accelerate."""
+    the skip set on the fly, or a fixed `skip` (e.g. from a layer-config cache) to only accelerate. `calibrator`
+    (draft_stop="calibrated") can likewise be carried across prompts; a fresh one is made when omitted."""
     check_lengths(engine, len(prompt_ids), max_new_tokens)
     if search is None and skip is None:
         search = LayerSearch(engine.args.n_layers, cfg)
@@ -216,13 +250,15 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     seq = torch.zeros(engine.max_seq_len, dtype=torch.long, device=dev)
     seq[:len(prompt_ids)] = torch.tensor(prompt_ids)
     s = _Stream(engine, cfg, sampling, frozenset(eos_ids), max_new_tokens, len(prompt_ids), seq, len(prompt_ids))
-    name, head = sampling_head(sampling)
-    s.seq[s.L:s.L + 1] = head(engine.prefill(s.seq[:s.L])[None])       # prefill -> first token (the root)
+    s.seq[s.L:s.L + 1] = next_token(engine.prefill(s.seq[:s.L])[None], sampling)  # prefill -> the first root
     s.L += 1
     s.append(s.seq[s.L - 1:s.L].tolist(), one_step=False)
     s.times["prefill"] = time.perf_counter() - t0
     table = torch.zeros(cfg.max_draft_len, cfg.top_k, dtype=torch.long, device=dev)
     guard, drafted, skip_log = SpeedGuard(cfg), 0, []
+    if cfg.draft_stop == "calibrated" and calibrator is None:
+        calibrator = DraftCalibrator()
+    calibrate = calibrator if cfg.draft_stop == "calibrated" else None
     if cfg.guard and not s.done:                                          # probe: plain steps, timed
         t, n0 = time.perf_counter(), len(s.new)
         plain_steps(s, min(cfg.guard_probe_tokens, max_new_tokens - len(s.new)))
@@ -244,11 +280,13 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             skip_log.append((len(s.new), current.to_dict()))
         captures = engine.graph_captures
         t = time.perf_counter()
-        top1 = draft(s, current, table)                                   # draft a chain with the skip set
+        top1 = draft(s, current, table, calibrate)                        # draft a chain with the skip set
         t1 = time.perf_counter()
         tree = build_tree(branch_counts(top1, cfg.tree_rule, cfg.max_tree_nodes))  # dynamic tree from confidence
         path, bonus, tok = verify(s, tree, table)                         # one full-model pass over the tree
         n_new = commit(s, tree, path, bonus, tok)                         # accept path + bonus, no cache copies
+        if calibrate:
+            calibrator.update(top1, sum(1 for c in path if c <= tree.chain_len))
         t2 = time.perf_counter()
         s.times["draft"] += t1 - t
         s.times["verify"] += t2 - t1
