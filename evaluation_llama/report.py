@@ -69,7 +69,7 @@ def discover(outputs: Path, notes: list[str]) -> dict[str, dict[str, dict[str, P
     for path in sorted(outputs.glob("*/*/*.jsonl")):
         if not path.is_file():
             continue
-        if "." in path.stem:
+        if re.search(r"\.shard\d+$", path.stem):
             notes.append(f"ignored {path} (not named <method>.jsonl; merge shards first)")
             continue
         model, task = path.parent.parent.name, path.parent.name

@@ -67,6 +67,7 @@ SWIFT_FLAGS = {
     "max_score": "max_score",
     "num_candidates": "num_candidates",
     "draft_stop_threshold": "draft_stop_threshold",
+    "draft_stop": "draft_stop",
     "max_draft_len": "max_draft_len",
     "max_tree_nodes": "max_tree_nodes",
     "guard_margin": "guard_margin",
@@ -160,7 +161,8 @@ def build_parser(method: str) -> argparse.ArgumentParser:
         description=f"Answer the instances of one evaluation task with {what}, writing one JSON "
                     f"line per answer (resumable: re-running the same command continues where it "
                     f"stopped). Compare two answer files with `python -m evaluation_llama.speed`.",
-        formatter_class=_HelpFormatter)
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False)  # exact flag names: the parent rewrites its children's flags
     g = p.add_argument_group("model")
     g.add_argument("--model-path", default=DEFAULT_MODEL_PATH,
                    help="Hugging Face model folder, .gguf file or hub id (owner/name) of a "
@@ -172,6 +174,9 @@ def build_parser(method: str) -> argparse.ArgumentParser:
                    help="torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:<i>")
     g.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
                    help="weight and KV-cache precision; auto is bfloat16 on cuda, float32 on cpu")
+    g.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                   help="torch.compile the per-sub-layer functions (fuses their elementwise work; the "
+                        "CUDA graphs are kept); auto = on for cuda, off for cpu")
     g.add_argument("--chat-template", action="store_true",
                    help="wrap every prompt as one user turn in the tokenizer's chat template "
                         "(for instruction-tuned models); default: plain prompts")
@@ -223,7 +228,9 @@ def build_parser(method: str) -> argparse.ArgumentParser:
                         "the shards are merged at the end")
     g.add_argument("--shard", type=NONNEG_INT, default=None,
                    help="answer only shard I of --num-shards (into <answer>.shard<I>.jsonl); used "
-                        "by the parent process, or by hand to spread a run over machines")
+                        "by the parent process, or by hand to spread a run over machines (then "
+                        "run the same command without --shard to merge the shard files, which "
+                        "also answers whatever they miss)")
 
     if swift:
         g = p.add_argument_group("SWIFT (defaults are the paper's settings)")
@@ -258,6 +265,12 @@ def build_parser(method: str) -> argparse.ArgumentParser:
                        default=None, help=f"stop drafting when the draft's top-1 probability "
                                           f"falls below this (default "
                                           f"{d['draft_stop_threshold']})")
+        if "draft_stop" in d:
+            g.add_argument("--draft-stop", choices=("confidence", "calibrated"), default=None,
+                           help=f"when drafting stops: 'confidence' compares the draft's raw top-1 "
+                                f"probability with --draft-stop-threshold (the paper's rule), "
+                                f"'calibrated' first maps it to an estimated acceptance "
+                                f"probability (default {d['draft_stop']})")
         g.add_argument("--max-draft-len", type=_number(int, 1, 32, what="a whole number in "
                                                                         "[1, 32]"),
                        default=None, help=f"most tokens drafted per cycle "
@@ -282,8 +295,9 @@ def build_parser(method: str) -> argparse.ArgumentParser:
         g.add_argument("--cache-hit", action="store_true",
                        help="read the skip set from --layer-cache and skip the optimization phase")
         g.add_argument("--reset-search-per-instance", action="store_true",
-                       help="start the layer search afresh for every instance (default: one search "
-                            "carried across all instances of the task, as in the paper)")
+                       help="start the layer search (and the draft-stop calibration) afresh for "
+                            "every instance (default: one search carried across all instances of "
+                            "the task, as in the paper)")
 
     p.add_argument("--debug", action="store_true",
                    help="show full Python tracebacks instead of one-paragraph error messages")
@@ -358,7 +372,7 @@ def check_args(args: argparse.Namespace, method: str) -> Optional[SwiftConfig]:
     swift_cfg = None
     if method == "swift":
         values = {name: getattr(args, flag) for flag, name in SWIFT_FLAGS.items()
-                  if getattr(args, flag) is not None}
+                  if getattr(args, flag, None) is not None}
         values["guard"] = not args.no_guard
         values["seed"] = args.seed
         try:
@@ -410,7 +424,9 @@ def resolve_settings(args: argparse.Namespace, method: str,
     from model.sampling import SamplingConfig
 
     method = normalize_method(method)
-    model_path = args.model_path
+    if not args.model_path.strip():
+        raise UserError("--model-path is empty; pass a model folder, a .gguf file or a hub id.")
+    model_path = os.path.normpath(args.model_path.strip())  # "./m/" and "m" are one model
     load_path = model_path
     if model_path == DEFAULT_MODEL_PATH and not Path(model_path).exists() \
             and (REPO_ROOT / model_path).exists():
@@ -442,7 +458,9 @@ def resolve_settings(args: argparse.Namespace, method: str,
                             f"process gets its own GPU).")
         if num_shards > torch.cuda.device_count():
             raise UserError(f"--num-gpus {num_shards} asks for more GPUs than the "
-                            f"{torch.cuda.device_count()} visible here.")
+                            f"{torch.cuda.device_count()} visible here (CUDA_VISIBLE_DEVICES "
+                            f"limits which are visible); pass at most --num-gpus "
+                            f"{torch.cuda.device_count()}.")
     return Settings(method=method, args=args, model_path=model_path, load_path=load_path,
                     model_id=model_id, task=args.task, data_dir=resolve_data_dir(args),
                     device=device,
@@ -474,6 +492,11 @@ def _data_source(source: str) -> str:
         return source
 
 
+def _use_compile(s: Settings) -> bool:
+    c = s.args.compile
+    return c == "on" or (c == "auto" and s.device.type == "cuda")
+
+
 def build_config(s: Settings, data_source: str) -> dict:
     """The run configuration recorded in the header and in every record."""
     a = s.args
@@ -485,6 +508,7 @@ def build_config(s: Settings, data_source: str) -> dict:
         "method": s.method,
         "dtype": s.dtype_name,
         "device": s.device.type,
+        "compile": _use_compile(s),
         "temperature": a.temperature,
         "top_p": a.top_p,
         "top_k": a.top_k,
@@ -701,6 +725,29 @@ def _existing_ids(path: Path, config: dict) -> set[str]:
     return {str(r["question_id"]) for r in records}
 
 
+def open_writer(path: Path, config: dict, overwrite: bool = False) -> AnswerWriter:
+    """AnswerWriter with file-system problems (permissions, a full disk) as UserErrors."""
+    try:
+        return AnswerWriter(path, config, overwrite=overwrite)
+    except OSError as exc:
+        raise UserError(f"cannot write the answer file {path} ({exc.strerror or exc}); choose a "
+                        f"writable place with --answer-file.") from exc
+
+
+def check_writable(path: Path) -> None:
+    """Fail early (before the model is loaded) when the answer file's folder cannot be made or
+    written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder of the answer file {path} "
+                        f"({exc.strerror or exc}); choose a writable place with --answer-file."
+                        ) from exc
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"the folder of the answer file {path} is not writable; choose a writable "
+                        f"place with --answer-file.")
+
+
 def _has_records(path: Path) -> bool:
     if not path.exists() or path.stat().st_size == 0:
         return False
@@ -744,35 +791,40 @@ class _Tally:
 
 @dataclass
 class _LayerCacheKeeper:
-    """Writes the layer-configuration cache when a search stops and at the end of the run, always
-    with the best-scoring skip set seen so far."""
+    """Writes the layer-configuration cache when a search stops and at the end of the run.
+
+    One search carried across the task: its current best set (the search's own choice, which
+    accounts for ratio changes). A search reset per instance: the highest-matchness set of all the
+    instances' searches."""
 
     path: Path
     model_id: str
     architecture: str
     n_layers: int
     task: str
+    per_instance: bool
     best: Optional[tuple] = None  # (score, skip, ratio)
-    written_score: Optional[float] = None
+    written: Optional[tuple] = None
     saved_to: Optional[Path] = None
 
     def offer(self, search, write_now: bool) -> None:
         st = search.state
         if st.best_skip is not None and len(st.best_skip) > 0:
-            if self.best is None or st.best_score > self.best[0]:
-                self.best = (st.best_score, st.best_skip, st.ratio)
+            found = (float(st.best_score), st.best_skip, float(st.ratio))
+            if not self.per_instance or self.best is None or found[0] > self.best[0]:
+                self.best = found
         if write_now:
             self.flush()
 
     def flush(self) -> None:
-        if self.best is None or self.written_score == self.best[0]:
+        if self.best is None or self.best == self.written:
             return
         from model.swift.layer_cache import save_layer_config
 
         score, skip, ratio = self.best
         save_layer_config(str(self.path), self.model_id, self.architecture, self.n_layers,
-                          self.task, skip, float(ratio), float(score))
-        self.written_score = score
+                          self.task, skip, ratio, score)
+        self.written = self.best
         self.saved_to = self.path
 
 
@@ -840,19 +892,20 @@ def run_one(s: Settings, td: TaskData) -> int:
         _note(f"note: {prep.note}")
     out = s.answer_file if s.shard is None else shard_path(s.answer_file, s.shard)
     mine = [(i, inst) for i, inst in prep.instances if s.shard is None or i % s.num_shards == s.shard]
+    check_writable(out)
     with exclusive(out):
         writer = None
         try:
             done: set[str] = set()
             if not s.args.overwrite and _has_records(out):
-                writer = AnswerWriter(out, prep.config)  # refuses another configuration, early
+                writer = open_writer(out, prep.config)  # refuses another configuration, early
                 done |= writer.done_ids
             if s.shard is not None:  # a parent's merged file may already hold some answers
                 done |= _existing_ids(s.answer_file, prep.config)
             pending = [(i, inst) for i, inst in mine if inst.question_id not in done]
             if not pending:
                 if writer is None:
-                    writer = AnswerWriter(out, prep.config, overwrite=True)
+                    writer = open_writer(out, prep.config, overwrite=True)
                 print(f"nothing to do: all {len(mine)} answers of {s.task} are already in {out}")
                 return 0
             if done:
@@ -870,7 +923,7 @@ def _generate_all(s: Settings, prep: _Prepared, mine, pending, out: Path,
     from model.engine import Engine
     from model.generate import cache_capacity, vanilla_generate
     from model.loading import default_eos_ids
-    from model.swift.decoding import swift_generate
+    from model.swift import decoding
     from model.swift.layer_cache import load_layer_config
     from model.swift.layer_search import LayerSearch
 
@@ -901,22 +954,29 @@ def _generate_all(s: Settings, prep: _Prepared, mine, pending, out: Path,
             raise UserError(f"{s.model_path} has {margs.n_layers} layers; SWIFT needs at least 3 "
                             f"(the first and last are never skipped).")
         keeper = _LayerCacheKeeper(layer_cache, s.model_id, margs.architecture, margs.n_layers,
-                                   s.task)
+                                   s.task, per_instance=bool(a.reset_search_per_instance))
 
     try:
-        engine = Engine(model, capacity)
+        engine = Engine(model, capacity, compile=_use_compile(s))
     except torch.OutOfMemoryError as exc:
         raise _oom_error(s, margs, capacity, longest, model) from exc
 
     if writer is None:
-        writer = AnswerWriter(out, prep.config, overwrite=True)
+        writer = open_writer(out, prep.config, overwrite=True)
     search = LayerSearch(margs.n_layers, s.swift) if swift and fixed_skip is None else None
+    # the draft-stop calibrator (where the decoder has one) is carried like the search
+    calibrated = swift and getattr(s.swift, "draft_stop", None) == "calibrated" \
+        and hasattr(decoding, "DraftCalibrator")
+    new_calibrator = decoding.DraftCalibrator if calibrated else (lambda: None)
+    calibrator = new_calibrator()
 
-    def generate(ids: list[int], max_new: int, srch):
+    def generate(ids: list[int], max_new: int, srch, calib):
         if not swift:
             return vanilla_generate(engine, ids, max_new, s.sampling, eos_ids)
-        return swift_generate(engine, ids, max_new, s.sampling, eos_ids, s.swift,
-                              search=srch if fixed_skip is None else None, skip=fixed_skip)
+        extra = {"calibrator": calib} if calib is not None else {}
+        return decoding.swift_generate(engine, ids, max_new, s.sampling, eos_ids, s.swift,
+                                       search=srch if fixed_skip is None else None,
+                                       skip=fixed_skip, **extra)
 
     tally = _Tally()
     from tqdm import tqdm
@@ -927,18 +987,21 @@ def _generate_all(s: Settings, prep: _Prepared, mine, pending, out: Path,
             first = prompt_ids[pending[0][0]]
             for _ in range(a.warmup):
                 throwaway = LayerSearch(margs.n_layers, s.swift) if search is not None else None
-                generate(first, min(a.max_new_tokens, WARMUP_MAX_NEW_TOKENS), throwaway)
+                generate(first, min(a.max_new_tokens, WARMUP_MAX_NEW_TOKENS), throwaway,
+                         new_calibrator())
             bar = tqdm(total=len(mine), initial=len(mine) - len(pending), unit="answer",
                        desc=f"{s.method} {s.task}" + (f" shard {s.shard}" if s.shard is not None
                                                        else ""),
                        position=s.shard if s.shard is not None else None, dynamic_ncols=True,
                        mininterval=0.5, file=sys.stderr)
             for n, (index, inst) in enumerate(pending):
-                if search is not None and a.reset_search_per_instance and n > 0:
-                    search.reset()
+                if swift and a.reset_search_per_instance and n > 0:
+                    if search is not None:
+                        search.reset()
+                    calibrator = new_calibrator()
                 was_active = search.active if search is not None else False
                 torch.manual_seed(a.seed * SEED_STRIDE + index)
-                res = generate(prompt_ids[index], a.max_new_tokens, search)
+                res = generate(prompt_ids[index], a.max_new_tokens, search, calibrator)
                 text = tokenizer.decode(res.tokens, skip_special_tokens=True)
                 record = {
                     "question_id": inst.question_id,
@@ -956,11 +1019,22 @@ def _generate_all(s: Settings, prep: _Prepared, mine, pending, out: Path,
                     "stats": _json_safe(res.stats),
                 }
                 with interrupts.deferred():
-                    writer.write(record)
+                    try:
+                        writer.write(record)
+                    except OSError as exc:
+                        raise UserError(
+                            f"could not write to the answer file {out} ({exc.strerror or exc}); "
+                            f"the {len(writer.done_ids)} answers already there are kept. Fix the "
+                            f"cause (disk space, permissions) and re-run the same command to "
+                            f"resume.") from exc
                     tally.add(res)
                     if keeper is not None:
                         stopped = was_active and not search.active
-                        keeper.offer(search, write_now=stopped)
+                        try:
+                            keeper.offer(search, write_now=stopped)
+                        except OSError as exc:
+                            _note(f"warning: could not write the layer configuration "
+                                  f"{keeper.path} ({exc.strerror or exc}); retrying at the end")
                 bar.set_postfix_str(f"{tally.tps:.1f} tok/s, accepted {tally.mean_accept:.2f}/step",
                                     refresh=False)
                 bar.update(1)
@@ -972,8 +1046,11 @@ def _generate_all(s: Settings, prep: _Prepared, mine, pending, out: Path,
         if keeper is not None:
             if search is not None:
                 keeper.offer(search, write_now=False)
-            with contextlib.suppress(Exception):
+            try:
                 keeper.flush()
+            except OSError as exc:
+                _note(f"warning: could not write the layer configuration {keeper.path} "
+                      f"({exc.strerror or exc}); pass a writable --layer-cache to keep it")
         writer.close()
 
     _print_summary(s, out, tally, len(mine), search, fixed_skip, keeper)
@@ -989,6 +1066,9 @@ def _print_summary(s: Settings, out: Path, tally: _Tally, total: int, search, fi
     if s.method == "swift":
         if fixed_skip is not None:
             lines.append(f"skip set (cache hit): {_fmt_skip(fixed_skip.to_dict())}")
+        elif search is not None and search.best is None:
+            lines.append("no skip set yet: the layer search needs answers longer than the guard's "
+                         "plain probe and --context-window; SWIFT decoded plainly")
         elif search is not None:
             sm = search.summary()
             lines.append(f"final skip set: {_fmt_skip(sm['best_skip'])}; {sm['n_skipped']} of "
@@ -1053,13 +1133,14 @@ def run_parent(s: Settings, td: TaskData, argv: Sequence[str]) -> int:
         _note(f"note: {prep.note}")
     main = s.answer_file
     swift = s.method == "swift"
+    check_writable(main)
     with exclusive(main):
         if s.args.overwrite:
             for p in [main, *_existing_shards(main)]:
                 p.unlink(missing_ok=True)
         # validates the configuration of an existing file (or creates it with a header)
-        AnswerWriter(main, prep.config,
-                     overwrite=s.args.overwrite or not _has_records(main)).close()
+        open_writer(main, prep.config,
+                    overwrite=s.args.overwrite or not _has_records(main)).close()
         stale = _existing_shards(main)
         if stale:  # shards of an interrupted earlier run: fold them in first
             _note(f"merging {len(stale)} shard file(s) of an earlier interrupted run into {main}")

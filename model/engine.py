@@ -15,7 +15,8 @@ import torch
 
 from model.llama import NO_SKIP, LayerSkip, Transformer
 
-MAX_GRAPHS = 48
+MAX_GRAPHS = 64
+KV_BUCKET = 256  # attention reads the first ceil(used / KV_BUCKET) * KV_BUCKET cache slots, not all of them
 
 
 class _Static:
@@ -29,7 +30,8 @@ class _Static:
 
 
 class Engine:
-    def __init__(self, model: Transformer, max_seq_len: int, cuda_graphs: bool | None = None):
+    def __init__(self, model: Transformer, max_seq_len: int, cuda_graphs: bool | None = None,
+                 compile: bool = False):
         self.model = model
         self.args = model.args
         self.device = model.output.weight.device
@@ -41,6 +43,10 @@ class Engine:
         self._graphs: OrderedDict = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.graph_captures = 0
+        if compile:
+            from model.llama import enable_compile
+            enable_compile()
+            self.warm_up_shapes()
 
     # ---- plumbing -------------------------------------------------------------------------------------------------
     def static(self, T: int) -> _Static:
@@ -48,21 +54,25 @@ class Engine:
             self._static[T] = _Static(T, self.max_seq_len, self.device)
         return self._static[T]
 
-    def _forward(self, st: _Static, skip: LayerSkip, head: Callable, gates=None):
-        logits = self.model(st.tok[None], st.cpos, st.rpos, st.mask, skip=skip, gates=gates)[0]
+    def kv_len(self, used: int) -> int:
+        return min(self.max_seq_len, -(-used // KV_BUCKET) * KV_BUCKET)
+
+    def _forward(self, st: _Static, skip: LayerSkip, head: Callable, gates, kv_len: int):
+        logits = self.model(st.tok[None], st.cpos, st.rpos, st.mask, skip=skip, gates=gates, kv_len=kv_len)[0]
         return head(logits, st)
 
     @torch.inference_mode()
-    def run(self, T: int, skip: LayerSkip, head_name: str, head: Callable, gates=None):
+    def run(self, T: int, skip: LayerSkip, head_name: str, head: Callable, gates=None, kv_len: int | None = None):
         """Run the model on static(T)'s current contents; replay a captured graph when enabled. `head(logits, static)`
         post-processes the logits inside the graph."""
         st = self.static(T)
+        kv_len = kv_len or self.max_seq_len
         if not self.cuda_graphs:
-            return self._forward(st, skip, head, gates)
-        key = (T, skip, head_name, gates is not None)
+            return self._forward(st, skip, head, gates, kv_len)
+        key = (T, skip, head_name, gates is not None, kv_len)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(lambda: self._forward(st, skip, head, gates))
+            entry = self._capture(lambda: self._forward(st, skip, head, gates, kv_len))
             self._graphs[key] = entry
             if len(self._graphs) > MAX_GRAPHS:
                 self._graphs.popitem(last=False)
@@ -85,6 +95,22 @@ class Engine:
         self.graph_captures += 1
         return graph, out
 
+    @torch.inference_mode()
+    def warm_up_shapes(self) -> None:
+        """Run every static shape once (plain and gated, decode and all tree / scoring sizes), so that compilation
+        happens here and not inside a timed generation. Writes only scratch K/V at slots [0, 128)."""
+        from model.tree import BUCKETS
+        n = self.args.n_layers
+        self.decode(torch.zeros(1, dtype=torch.long, device=self.device), 0)
+        for T in BUCKETS:
+            if T > self.max_seq_len:
+                continue
+            intra = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
+            tok = torch.zeros(T, dtype=torch.long, device=self.device)
+            self.block(T, tok, 0, 0, self.arange[:T], intra)
+            keep = torch.ones(n, T, dtype=torch.bool, device=self.device)
+            self.block(T, tok, 0, 0, self.arange[:T], intra, gates=(keep, keep))
+
     # ---- passes ---------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -92,7 +118,7 @@ class Engine:
         T = tokens.shape[0]
         pos = self.arange[start:start + T]
         mask = self.arange[None, :] <= pos[:, None]
-        return self.model(tokens[None].to(self.device), pos, pos, mask, last_only=True)[0, -1]
+        return self.model(tokens[None].to(self.device), pos, pos, mask, last_only=True, eager=True)[0, -1]
 
     @torch.inference_mode()
     def decode(self, tok: torch.Tensor, pos: int, skip: LayerSkip = NO_SKIP, head_name="logits", head=None,
@@ -108,7 +134,7 @@ class Engine:
         st.cpos.fill_(pos)
         st.rpos.fill_(pos)
         torch.le(self.arange, pos, out=st.mask[0])
-        return self.run(1, skip, head_name, head or _identity)
+        return self.run(1, skip, head_name, head or _identity, kv_len=self.kv_len(pos + 1))
 
     @torch.inference_mode()
     def block(self, T: int, tokens: torch.Tensor, prefix: int, start: int, rope_pos: torch.Tensor,
@@ -125,7 +151,8 @@ class Engine:
                 st.gates = (torch.ones_like(gates[0]), torch.ones_like(gates[1]))
             st.gates[0].copy_(gates[0])
             st.gates[1].copy_(gates[1])
-        return self.run(T, skip, head_name, head or _identity, st.gates if gates is not None else None)
+        return self.run(T, skip, head_name, head or _identity, st.gates if gates is not None else None,
+                        kv_len=self.kv_len(start + T))
 
 
 def _identity(x, st=None):

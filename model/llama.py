@@ -25,9 +25,6 @@ from model.config import ModelArgs
 from model.kv_cache import KVCache
 
 
-ATTENTION = "sdpa"  # "sdpa" (torch's fused kernels) or "matmul" (baddbmm + softmax + bmm)
-
-
 @dataclass(frozen=True)
 class LayerSkip:
     """Which sub-layers the draft skips: layer indices whose attention / MLP sub-layer is bypassed."""
@@ -94,44 +91,63 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
+    """Parameters of an attention sub-layer (the computation lives in the functions below)."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = args.n_heads, args.n_kv_heads, args.head_dim
         self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=args.qkv_bias)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x, cos, sin, cache: KVCache, layer: int, cache_pos, mask):
-        """`mask` is an additive bias already expanded for grouped queries: [B, 1, g*T, S] (Transformer.forward)."""
-        B, T, _ = x.shape
-        qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv, self.hd)
-        qk = apply_rope(qkv[:, :, : self.n_heads + self.n_kv], cos, sin)  # q and k rotated in one pass
-        q, k, v = qk[:, :, : self.n_heads], qk[:, :, self.n_heads:], qkv[:, :, self.n_heads + self.n_kv:]
-        keys, values = cache.update(layer, cache_pos, k.transpose(1, 2), v.transpose(1, 2))
-        # Grouped-query attention without repeating K/V: fold the query heads of one KV head into the query axis.
-        g = self.n_heads // self.n_kv
-        q = q.view(B, T, self.n_kv, g, self.hd).permute(0, 2, 3, 1, 4).reshape(B, self.n_kv, g * T, self.hd)
-        if ATTENTION == "sdpa":
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        else:  # explicit matmul-softmax-matmul (well parallelised over the key axis for tiny query counts)
-            scores = torch.baddbmm(mask.expand(B, self.n_kv, -1, -1).reshape(B * self.n_kv, g * T, -1),
-                                   q.reshape(B * self.n_kv, g * T, self.hd),
-                                   keys.reshape(B * self.n_kv, -1, self.hd).transpose(1, 2), alpha=self.hd ** -0.5)
-            o = torch.bmm(torch.softmax(scores.float(), dim=-1).to(q.dtype), values.reshape(B * self.n_kv, -1, self.hd))
-            o = o.view(B, self.n_kv, g * T, self.hd)
-        o = o.view(B, self.n_kv, g, T, self.hd).permute(0, 3, 1, 2, 4).reshape(B, T, self.n_heads * self.hd)
-        return self.wo(o)
-
 
 class FeedForward(nn.Module):
+    """Parameters of a SiLU-gated MLP sub-layer; gate and up projections fused in `w13`."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.hidden = args.intermediate_size
-        self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)  # gate and up projections, fused
+        self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)
         self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
 
-    def forward(self, x):
-        gate, up = self.w13(x).split(self.hidden, dim=-1)
-        return self.w2(F.silu(gate) * up)
+
+# The per-sub-layer computations are plain functions of tensors, so that `enable_compile` can hand them to
+# torch.compile once (one compiled graph per input shape, shared by all layers) and fuse their elementwise work.
+def attn_in(x, norm_w, eps: float, wqkv, bqkv, cos, sin, n_q: int, n_kv: int, hd: int):
+    """RMSNorm, fused q/k/v projection, RoPE on q and k. Returns q folded for grouped-query attention
+    [B, n_kv, g*T, hd] (the g query heads of a KV head stacked on the query axis: no K/V repeat), k, v [B, n_kv, T, hd]."""
+    B, T, _ = x.shape
+    qkv = F.linear(F.rms_norm(x, (x.shape[-1],), norm_w, eps), wqkv, bqkv).view(B, T, n_q + 2 * n_kv, hd)
+    qk = apply_rope(qkv[:, :, : n_q + n_kv], cos, sin)
+    g = n_q // n_kv
+    q = qk[:, :, :n_q].reshape(B, T, n_kv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, n_kv, g * T, hd)
+    return q, qk[:, :, n_q:].transpose(1, 2), qkv[:, :, n_q + n_kv:].transpose(1, 2)
+
+
+def attn_out(x, o, wo, gate, n_q: int, hd: int):
+    """Unfold the attention output, project, add to the residual (kept unchanged where `gate` is False)."""
+    B, T, _ = x.shape
+    n_kv = o.shape[1]
+    o = o.reshape(B, n_kv, n_q // n_kv, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, n_q * hd)
+    h = x + F.linear(o, wo)
+    return h if gate is None else torch.where(gate, h, x)
+
+
+def mlp(x, norm_w, eps: float, w13, w2, gate):
+    gate_up = F.linear(F.rms_norm(x, (x.shape[-1],), norm_w, eps), w13)
+    a, b = gate_up.chunk(2, dim=-1)
+    h = x + F.linear(F.silu(a) * b, w2)
+    return h if gate is None else torch.where(gate, h, x)
+
+
+EAGER = {"attn_in": attn_in, "attn_out": attn_out, "mlp": mlp}
+COMPILED = dict(EAGER)  # replaced by torch.compile'd versions in enable_compile()
+
+
+def enable_compile() -> None:
+    """Compile the sub-layer functions with torch.compile (GPU). CUDA graphs are still captured by the engine."""
+    import torch._dynamo
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for name, fn in (("attn_in", attn_in), ("attn_out", attn_out), ("mlp", mlp)):
+        COMPILED[name] = torch.compile(fn, dynamic=False, fullgraph=True)
 
 
 class TransformerBlock(nn.Module):
@@ -144,13 +160,22 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(args)
 
     def forward(self, x, cos, sin, cache, cache_pos, mask, skip_attn=False, skip_mlp=False,
-                attn_gate=None, mlp_gate=None):
+                attn_gate=None, mlp_gate=None, kv_len=None, eager=False):
+        """`mask`: additive bias [B, 1, g*T, kv_len] already expanded for grouped queries (Transformer.forward).
+        `eager` bypasses compiled sub-layer functions (prompts have arbitrary lengths: no recompiles)."""
+        KERNELS = EAGER if eager else COMPILED
         if not skip_attn:
-            h = x + self.attention(self.attention_norm(x), cos, sin, cache, self.layer, cache_pos, mask)
-            x = h if attn_gate is None else torch.where(attn_gate, h, x)
+            a, n = self.attention, self.attention_norm
+            q, k, v = KERNELS["attn_in"](x, n.weight, n.eps, a.wqkv.weight, a.wqkv.bias, cos, sin,
+                                         a.n_heads, a.n_kv, a.hd)
+            keys, values = cache.update(self.layer, cache_pos, k, v)
+            if kv_len is not None:  # attend only over the slots in use (bucketed), not the whole cache
+                keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            x = KERNELS["attn_out"](x, o, a.wo.weight, attn_gate, a.n_heads, a.hd)
         if not skip_mlp:
-            h = x + self.feed_forward(self.ffn_norm(x))
-            x = h if mlp_gate is None else torch.where(mlp_gate, h, x)
+            f, n = self.feed_forward, self.ffn_norm
+            x = KERNELS["mlp"](x, n.weight, n.eps, f.w13.weight, f.w2.weight, mlp_gate)
         return x
 
 
@@ -181,12 +206,14 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, cache_pos: torch.Tensor, rope_pos: torch.Tensor, mask: torch.Tensor,
                 skip: LayerSkip | None = None, gates: tuple[torch.Tensor, torch.Tensor] | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, kv_len: int | None = None, eager: bool = False) -> torch.Tensor:
         assert self.cache is not None, "call setup_cache() first"
         if rope_pos.dim() == 1:
             rope_pos = rope_pos[None].expand(idx.shape[0], -1)
         if mask.dim() == 2:
             mask = mask[None, None]
+        if kv_len is not None:
+            mask = mask[..., :kv_len]
         x = self.tok_embeddings(idx)
         g = self.args.n_heads // self.args.n_kv_heads
         if g > 1:  # rows ordered (query head in group, token), as Attention folds them
@@ -199,7 +226,7 @@ class Transformer(nn.Module):
             ga = gm = None
             if gates is not None:
                 ga, gm = gates[0][i][None, :, None], gates[1][i][None, :, None]
-            x = layer(x, cos, sin, self.cache, cache_pos, mask, i in skip.attn, i in skip.mlp, ga, gm)
+            x = layer(x, cos, sin, self.cache, cache_pos, mask, i in skip.attn, i in skip.mlp, ga, gm, kv_len, eager)
         if last_only:
             x = x[:, -1:]
         return self.output(self.norm(x)).float()

@@ -58,6 +58,20 @@ def main() -> int:
         s1 = swift_generate(graphed, prompt, 50, SamplingConfig(temperature=0.8), cfg=SwiftConfig(guard=False)).tokens
         print(f"{dtype}: seeded sampling repeatable {t1 == t2}; swift sampling ran ({len(s1)} tokens)")
         failures += t1 != t2
+    # compiled sub-layers: same tokens as the eager kernels in fp32, SWIFT still equal to vanilla
+    torch.manual_seed(0)
+    model = build_model(args, None, device="cuda", dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8)
+    prompt = torch.randint(0, 512, (64,)).tolist()
+    ref = vanilla_generate(Engine(model, 1024), prompt, 200).tokens
+    comp = Engine(model, 1024, compile=True)
+    got = vanilla_generate(comp, prompt, 200).tokens
+    cfg = SwiftConfig(skip_ratio=0.25, guard=False)
+    sw = swift_generate(comp, prompt, 200, cfg=cfg, search=LayerSearch(args.n_layers, cfg)).tokens
+    print(f"compiled fp32: vanilla same as eager kernels {got == ref}; swift==vanilla {sw == ref}")
+    failures += (got != ref) + (sw != ref)
     print("FAILURES", failures)
     return int(failures > 0)
 

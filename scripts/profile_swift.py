@@ -58,6 +58,7 @@ def main():
     ap.add_argument("--skip-ratio", type=float, default=None, help="fixed skip ratio (default: automatic)")
     ap.add_argument("--no-guard", action="store_true", help="disable the speed guard")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the sub-layer functions (GPU)")
     ap.add_argument("--out", default=None, help="write a json summary here")
     a = ap.parse_args()
     dev = torch.device(a.device)
@@ -67,7 +68,7 @@ def main():
     eos = default_eos_ids(margs, tok)
     insts = load_task(a.task, a.data_dir, num_samples=a.num_samples, seed=0).instances
     prompts = [tok(i.prompt).input_ids for i in insts]
-    eng = Engine(model, cache_capacity(max(map(len, prompts)), a.max_new_tokens))
+    eng = Engine(model, cache_capacity(max(map(len, prompts)), a.max_new_tokens), compile=a.compile)
     cfg = SwiftConfig(skip_ratio=a.skip_ratio, guard=not a.no_guard)
     search = LayerSearch(margs.n_layers, cfg)
     vanilla_generate(eng, prompts[0], 16)

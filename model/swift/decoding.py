@@ -74,7 +74,8 @@ class SpeedGuard:
 
     def check(self, n_generated: int) -> bool:
         tps = self.swift_tps()
-        if self.cfg.guard and self.plain_tps and tps is not None and tps < self.cfg.guard_margin * self.plain_tps:
+        if (self.tripped_at is None and self.cfg.guard and self.plain_tps and tps is not None
+                and tps < self.cfg.guard_margin * self.plain_tps):
             self.tripped_at = n_generated
         return self.tripped_at is not None
 
