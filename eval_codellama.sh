@@ -32,6 +32,10 @@ DEFAULT_MODEL="models/smollm2-135m/hf"
 MODEL_PATH="${1:-${MODEL_PATH:-$DEFAULT_MODEL}}"
 MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-512}"
 PYTHON="${PYTHON:-python3}"
+
+# first run on a fresh machine: install what is missing and fetch the default model
+"$PYTHON" -c "import torch, transformers, safetensors, gguf, bayes_opt, tqdm" 2>/dev/null \
+    || PYTHON="$PYTHON" bash "$REPO/scripts/setup.sh"
 TASK="humaneval"
 
 # the default model lives in the repository (the runners look there too); fetch it on first use

@@ -34,6 +34,10 @@ MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-512}"
 TASKS="${TASKS:-cnndm gsm8k tinystories}"
 PYTHON="${PYTHON:-python3}"
 
+# first run on a fresh machine: install what is missing and fetch the default model
+"$PYTHON" -c "import torch, transformers, safetensors, gguf, bayes_opt, tqdm" 2>/dev/null \
+    || PYTHON="$PYTHON" bash "$REPO/scripts/setup.sh"
+
 # the default model lives in the repository (the runners look there too); fetch it on first use
 if [[ "$MODEL_PATH" == "$DEFAULT_MODEL" && ! -f "$MODEL_PATH/config.json" \
       && ! -f "$REPO/$DEFAULT_MODEL/config.json" ]]; then

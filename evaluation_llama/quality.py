@@ -73,9 +73,12 @@ def normalize_number(text: str) -> Optional[str]:
         value = Decimal(cleaned)
     except InvalidOperation:
         return None
-    if value == value.to_integral_value():
-        return str(value.quantize(Decimal(1)))
-    return format(value.normalize(), "f")
+    try:
+        if value == value.to_integral_value():
+            return str(value.quantize(Decimal(1)))
+        return format(value.normalize(), "f")
+    except InvalidOperation:  # too many digits to quantize (e.g. a run-away "1111...1")
+        return format(value, "f")
 
 
 def extract_gsm8k_answer(text: str) -> Optional[str]:

@@ -155,3 +155,9 @@ def test_quality_cli_with_stubbed_references(tmp_path, monkeypatch, capsys):
     assert quality.main(["--file-path", str(path), "--task", "gsm8k",
                          "--data-dir", str(tmp_path)]) == 0
     assert "accuracy 0.5000 over 2 answers" in capsys.readouterr().out
+
+
+def test_normalize_number_survives_runaway_digits():
+    from evaluation_llama.quality import normalize_number
+    assert normalize_number("1" * 60) == "1" * 60
+    assert normalize_number("18.00") == "18"
