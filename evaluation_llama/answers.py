@@ -33,6 +33,7 @@ from model.errors import UserError
 # output goes). They are left out of `config_hash` at any nesting depth, so that shards of one run
 # share a hash and a run may be resumed on another GPU index.
 VOLATILE_KEYS = frozenset({
+    "layer_devices",  # where layers live does not change the answers
     "device_index",
     "shard",
     "shard_index",

@@ -15,6 +15,9 @@ in `evaluation_llama/answers.py`). Everything a long unattended evaluation needs
 * data parallelism: ``--num-gpus N`` (or ``--num-shards N``) starts one process per GPU (or N CPU
   processes); process i answers the instances k with k % N == i into ``<answer>.shard<i>.jsonl``;
   the parent then merges them into the answer file;
+* model parallelism for a model too large for one GPU: ``--layer-devices cuda:0,cuda:1`` splits the
+  layers (and their KV cache) into contiguous chunks over those devices (model/placement.py; eager, no
+  CUDA graphs); it cannot be combined with data parallelism;
 * CUDA out-of-memory turned into a message with the memory the weights and the KV cache need.
 """
 
@@ -172,6 +175,11 @@ def build_parser(method: str) -> argparse.ArgumentParser:
                         "(default: derived from --model-path, e.g. smollm2-135m)")
     g.add_argument("--device", default="auto",
                    help="torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:<i>")
+    g.add_argument("--layer-devices", default=None, metavar="DEV,DEV,...",
+                   help="place one model across several devices by layer, for a model too large for "
+                        "one GPU: contiguous chunks of layers in this order, the embedding on the "
+                        "first device and the lm_head on the last (e.g. cuda:0,cuda:1; cpu,cpu for "
+                        "testing); runs eagerly (no CUDA graphs); not with --num-gpus/--num-shards")
     g.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
                    help="weight and KV-cache precision; auto is bfloat16 on cuda, float32 on cpu")
     g.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
@@ -328,6 +336,7 @@ class Settings:
     num_shards: int
     shard: Optional[int]
     parent: bool  # this process launches the shard processes
+    layer_devices: Optional[list] = None  # torch.devices the layers are placed across (--layer-devices)
 
 
 def _resolve_device(text: str):
@@ -352,6 +361,34 @@ def _resolve_device(text: str):
     elif device.type != "cpu":
         raise UserError(f"--device {text}: only cpu and cuda devices are supported.")
     return device
+
+
+def _layer_device_names(text: str) -> list[str]:
+    """The comma-separated names of --layer-devices (at least two)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if len(names) < 2:
+        raise UserError(f"--layer-devices {text!r} needs at least two comma-separated devices (e.g. "
+                        f"cuda:0,cuda:1); for one device use --device.")
+    return names
+
+
+def _resolve_layer_devices(args: argparse.Namespace) -> Optional[list]:
+    if args.layer_devices is None:
+        return None
+    devices = []
+    for name in _layer_device_names(args.layer_devices):
+        if name.lower() == "auto":
+            raise UserError("--layer-devices names each device explicitly (e.g. cuda:0,cuda:1); "
+                            "auto is only for --device.")
+        try:
+            devices.append(_resolve_device(name))
+        except UserError as exc:
+            raise UserError(str(exc).replace("--device", "--layer-devices", 1)) from None
+    if args.device.strip().lower() != "auto" and _resolve_device(args.device) != devices[0]:
+        raise UserError(f"--device {args.device} and --layer-devices {args.layer_devices} disagree; "
+                        f"drop --device (the first of --layer-devices is where inputs and outputs "
+                        f"live).")
+    return devices
 
 
 def _temperature_tag(t: float) -> str:
@@ -403,6 +440,14 @@ def check_args(args: argparse.Namespace, method: str) -> Optional[SwiftConfig]:
         raise UserError(f"--num-gpus {args.num_gpus} and --num-shards {args.num_shards} disagree; "
                         f"pass one of them (--num-gpus N starts N processes, one per GPU).")
     num_shards = args.num_shards or args.num_gpus or 1
+    if args.layer_devices is not None:
+        names = _layer_device_names(args.layer_devices)
+        if num_shards > 1:
+            flag = "--num-gpus" if args.num_gpus is not None else "--num-shards"
+            raise UserError(f"--layer-devices {','.join(names)} splits one model over several devices, "
+                            f"but {flag} {num_shards} runs several copies of the whole model; combine "
+                            f"neither: use --layer-devices for a model too large for one GPU, or "
+                            f"{flag} to spread the instances of a model that fits on one.")
     shard = args.shard
     if shard is not None:
         if args.num_shards is None:
@@ -435,7 +480,8 @@ def resolve_settings(args: argparse.Namespace, method: str,
     if not model_id or "/" in model_id or model_id in (".", ".."):
         raise UserError(f"cannot derive an output name from --model-path {model_path!r}; pass "
                         f"--model-id (a plain name such as smollm2-135m).")
-    device = _resolve_device(args.device)
+    layer_devices = _resolve_layer_devices(args)
+    device = layer_devices[0] if layer_devices else _resolve_device(args.device)
     dtype_name = args.dtype if args.dtype != "auto" else (
         "bfloat16" if device.type == "cuda" else "float32")
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
@@ -466,7 +512,7 @@ def resolve_settings(args: argparse.Namespace, method: str,
                     device=device,
                     dtype_name=dtype_name, sampling=sampling, swift=swift_cfg,
                     answer_file=answer_file, layer_cache=layer_cache, num_shards=num_shards,
-                    shard=shard, parent=parent)
+                    shard=shard, parent=parent, layer_devices=layer_devices)
 
 
 def resolve_data_dir(args: argparse.Namespace) -> Optional[str]:
@@ -487,9 +533,12 @@ def _data_source(source: str) -> str:
     if source.startswith("hub:"):
         return source
     try:
-        return os.path.relpath(os.path.abspath(source), REPO_ROOT)
+        rel = os.path.relpath(os.path.abspath(source), REPO_ROOT)
     except ValueError:  # another drive on Windows
-        return source
+        rel = source
+    if rel.startswith("..") and not rel.startswith(os.path.join("..", "shared", "")):
+        return "<data-dir>/" + os.path.basename(source)  # outside the project: keep no machine path
+    return rel
 
 
 def _use_compile(s: Settings) -> bool:
@@ -520,6 +569,8 @@ def build_config(s: Settings, data_source: str) -> dict:
         "swift": s.swift.to_dict() if s.swift is not None else None,
         "cache_hit": bool(a.cache_hit) if swift else None,
         "reset_search_per_instance": bool(a.reset_search_per_instance) if swift else None,
+        # only when given, so that the configuration (and hash) of a single-device run is unchanged
+        **({"layer_devices": [str(d) for d in s.layer_devices]} if s.layer_devices else {}),
         # volatile (left out of the configuration hash): where this process runs and writes
         "device_index": s.device.index,
         "shard": s.shard,
@@ -649,16 +700,18 @@ def _oom_error(s: Settings, args, capacity: Optional[int], longest: Optional[int
                 f"{s.args.max_new_tokens} + {SCRATCH_SLOTS} scratch; {args.n_layers} layers x "
                 f"{args.n_kv_heads} KV heads x {args.head_dim}), plus activations")
     free = ""
-    if s.device.type == "cuda":
+    where = ",".join(str(d) for d in s.layer_devices) if s.layer_devices else str(s.device)
+    if s.device.type == "cuda" and not s.layer_devices:
         with contextlib.suppress(Exception):
             free_b, total_b = torch.cuda.mem_get_info(s.device)
             free = f" ({free_b / gib:.2f} of {total_b / gib:.2f} GiB free now)"
     hint = "--dtype bfloat16, " if s.dtype_name == "float32" else ""
     return UserError(
-        f"out of GPU memory on {s.device}{free}: {need}. Try {hint}a smaller --max-new-tokens, or "
-        f"a GPU with more free memory (--num-gpus spreads the instances over several GPUs, each "
-        f"holding the whole model and its own cache). Answers written so far are kept; re-run the "
-        f"same command to resume.")
+        f"out of GPU memory on {where}{free}: {need}. Try {hint}a smaller --max-new-tokens, "
+        f"a GPU with more free memory, or --layer-devices cuda:0,cuda:1[,...] to split the layers "
+        f"of one model (and their KV cache) over several GPUs (--num-gpus instead spreads the "
+        f"instances over several GPUs, each holding the whole model and its own cache). Answers "
+        f"written so far are kept; re-run the same command to resume.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -671,12 +724,14 @@ def _load(s: Settings):
     import torch
     from model.loading import load_model, load_tokenizer
 
-    key = (s.load_path, str(s.device), s.dtype_name)
+    placed = [str(d) for d in s.layer_devices] if s.layer_devices else None
+    key = (s.load_path, str(s.device), s.dtype_name, tuple(placed or ()))
     if key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
     _MODEL_CACHE.clear()
     try:
-        model, margs = load_model(s.load_path, device=s.device, dtype=getattr(torch, s.dtype_name))
+        model, margs = load_model(s.load_path, device=s.device, dtype=getattr(torch, s.dtype_name),
+                                  devices=placed)
     except (UserError, torch.OutOfMemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - broken files (bad safetensors, ...) are user problems

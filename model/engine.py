@@ -4,6 +4,11 @@ Every pass is (tokens[T], cache slots[T], rope positions[T], mask[T, S]) with T 
 copied into static buffers shared by all graphs of the same T, so a replay costs a handful of tiny copies plus the
 graph. A graph is keyed by (T, skip set, head); heads post-process logits inside the graph (argmax, top-k, sampling)
 so that only a few numbers ever leave the GPU.
+
+A model placed over several devices (model/placement.py, pipeline placement for batch 1) runs eagerly: CUDA graphs
+are turned off (a graph is captured on one device), static inputs live on the first device (where the embedding
+is), and the logits are copied back from the last device before the head runs, so every output of `prefill`,
+`decode` and `block` is on `engine.device` (the first device) as callers expect.
 """
 
 from __future__ import annotations
@@ -34,18 +39,21 @@ class Engine:
                  compile: bool = False):
         self.model = model
         self.args = model.args
-        self.device = model.output.weight.device
+        self.device = model.tok_embeddings.weight.device  # inputs and outputs: the first device
+        self.multi_device = getattr(model, "stages", None) is not None
         self.cache = model.setup_cache(max_seq_len)
         self.max_seq_len = max_seq_len
         self.arange = torch.arange(max_seq_len, device=self.device)
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
+        if self.multi_device:
+            self.cuda_graphs = False  # eager on multi-device
         self._static: dict[int, _Static] = {}
         self._graphs: OrderedDict = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.graph_captures = 0
         if compile:
             from model.llama import enable_compile
-            enable_compile()
+            enable_compile(len({d for d, _, _ in model.stages}) if self.multi_device else 1)
             self.warm_up_shapes()
 
     # ---- plumbing -------------------------------------------------------------------------------------------------
@@ -59,6 +67,8 @@ class Engine:
 
     def _forward(self, st: _Static, skip: LayerSkip, head: Callable, gates, kv_len: int):
         logits = self.model(st.tok[None], st.cpos, st.rpos, st.mask, skip=skip, gates=gates, kv_len=kv_len)[0]
+        if self.multi_device:
+            logits = logits.to(self.device)
         return head(logits, st)
 
     @torch.inference_mode()
@@ -118,7 +128,8 @@ class Engine:
         T = tokens.shape[0]
         pos = self.arange[start:start + T]
         mask = self.arange[None, :] <= pos[:, None]
-        return self.model(tokens[None].to(self.device), pos, pos, mask, last_only=True, eager=True)[0, -1]
+        return self.model(tokens[None].to(self.device), pos, pos, mask, last_only=True, eager=True)[0, -1] \
+            .to(self.device)
 
     @torch.inference_mode()
     def decode(self, tok: torch.Tensor, pos: int, skip: LayerSkip = NO_SKIP, head_name="logits", head=None,

@@ -142,10 +142,11 @@ EAGER = {"attn_in": attn_in, "attn_out": attn_out, "mlp": mlp}
 COMPILED = dict(EAGER)  # replaced by torch.compile'd versions in enable_compile()
 
 
-def enable_compile() -> None:
-    """Compile the sub-layer functions with torch.compile (GPU). CUDA graphs are still captured by the engine."""
+def enable_compile(n_devices: int = 1) -> None:
+    """Compile the sub-layer functions with torch.compile (GPU). CUDA graphs are still captured by the engine.
+    Each device a placed model spans needs its own graphs (dynamo guards on the device): room for `n_devices` sets."""
     import torch._dynamo
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64 * max(1, n_devices))
     for name, fn in (("attn_in", attn_in), ("attn_out", attn_out), ("mlp", mlp)):
         COMPILED[name] = torch.compile(fn, dynamic=False, fullgraph=True)
 
@@ -191,12 +192,17 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
         self.cache: KVCache | None = None
+        # set by model/placement.py: [(device, first layer, end layer)] per stage when the layers span several
+        # devices; None = everything on one device (the plain path below)
+        self.stages: list[tuple[torch.device, int, int]] | None = None
 
     def setup_cache(self, max_seq_len: int, batch_size: int = 1) -> KVCache:
-        """Allocate the static KV cache (all layers in one tensor) on the model's device and dtype."""
+        """Allocate the static KV cache in the model's dtype: all layers in one tensor on the model's device, or, for
+        a model placed over several devices (model/placement.py), one tensor per stage on the stage's device."""
         w = self.output.weight
+        groups = [(d, hi - lo) for d, lo, hi in self.stages] if self.stages else None
         self.cache = KVCache(self.args.n_layers, batch_size, self.args.n_kv_heads, max_seq_len, self.args.head_dim,
-                             dtype=w.dtype, device=w.device)
+                             dtype=w.dtype, device=w.device, groups=groups)
         return self.cache
 
     def rope(self, rope_pos: torch.Tensor, dtype):
@@ -222,11 +228,31 @@ class Transformer(nn.Module):
         mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         cos, sin = self.rope(rope_pos, x.dtype)
         skip = skip or NO_SKIP
-        for i, layer in enumerate(self.layers):
-            ga = gm = None
-            if gates is not None:
-                ga, gm = gates[0][i][None, :, None], gates[1][i][None, :, None]
-            x = layer(x, cos, sin, self.cache, cache_pos, mask, i in skip.attn, i in skip.mlp, ga, gm, kv_len, eager)
+        if self.stages is not None:
+            x = self._forward_stages(x, cos, sin, cache_pos, mask, skip, gates, kv_len, eager)
+        else:
+            for i, layer in enumerate(self.layers):
+                ga = gm = None
+                if gates is not None:
+                    ga, gm = gates[0][i][None, :, None], gates[1][i][None, :, None]
+                x = layer(x, cos, sin, self.cache, cache_pos, mask, i in skip.attn, i in skip.mlp, ga, gm, kv_len,
+                          eager)
         if last_only:
             x = x[:, -1:]
         return self.output(self.norm(x)).float()
+
+    def _forward_stages(self, x, cos, sin, cache_pos, mask, skip, gates, kv_len, eager):
+        """The layer loop of a model placed over several devices: at each stage boundary the hidden state moves to the
+        stage's device, and the per-forward inputs (rotary tables, mask bias, cache slots, gates) are copied there
+        once per stage (a no-op when the stage shares the previous device)."""
+        for dev, lo, hi in self.stages:
+            x = x.to(dev, non_blocking=True)
+            c, s_, m, cp = (t.to(dev, non_blocking=True) for t in (cos, sin, mask, cache_pos))
+            g = None if gates is None else (gates[0][lo:hi].to(dev, non_blocking=True),
+                                            gates[1][lo:hi].to(dev, non_blocking=True))
+            for i in range(lo, hi):
+                ga = gm = None
+                if g is not None:
+                    ga, gm = g[0][i - lo][None, :, None], g[1][i - lo][None, :, None]
+                x = self.layers[i](x, c, s_, self.cache, cp, m, i in skip.attn, i in skip.mlp, ga, gm, kv_len, eager)
+        return x

@@ -129,8 +129,18 @@ def load_tokenizer(path: str):
                         f"tokenizer.model with tokenizer_config.json.") from e
 
 
-def load_model(path: str, device="cpu", dtype=torch.float32) -> tuple[Transformer, ModelArgs]:
-    """Load weights from a HF folder (safetensors), a hub id, or a GGUF file (through transformers' GGUF reader)."""
+def load_model(path: str, device="cpu", dtype=torch.float32, devices=None) -> tuple[Transformer, ModelArgs]:
+    """Load weights from a HF folder (safetensors), a hub id, or a GGUF file (through transformers' GGUF reader).
+
+    `devices` (a list of two or more devices, e.g. ["cuda:0", "cuda:1"]) places the layers across them
+    (model/placement.py): the weights are loaded on the CPU, then each stage is moved to its device; `device` is then
+    ignored. A list of one device is the same as `device=`."""
+    if devices is not None and len(devices) == 1:
+        device, devices = devices[0], None
+    if devices is not None:
+        from model.placement import place_model
+        model, args = load_model(path, device="cpu", dtype=dtype)
+        return place_model(model, devices), args
     folder, gguf = _resolve(path)
     if gguf:
         try:
