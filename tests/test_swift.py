@@ -1,6 +1,5 @@
 """SWIFT: lossless greedy and sampling, planted redundancy, early stops, automatic ratio, guard, layer cache."""
 
-import itertools
 import json
 
 import numpy as np
@@ -56,7 +55,6 @@ VOCAB = 8
 def _exact_joint(eng, prompt):
     """Exact distribution of generated tokens 2 and 3 under vanilla sampling at T=1 (token 1 summed out)."""
     model = eng.model
-    probs = {}
     S = eng.max_seq_len
 
     def dist(seq):

@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 
 from model.engine import Engine
 from model.generate import GenerationResult, check_lengths, sampling_head, sync
-from model.llama import NO_SKIP, LayerSkip
+from model.llama import LayerSkip
 from model import sampling as rules
 from model.sampling import SamplingConfig, logits_to_probs, next_token, sample_from_probs
 from model.swift.config import SwiftConfig
@@ -143,19 +144,16 @@ def score_candidates(engine: Engine, seq: torch.Tensor, L: int, cands: list[Laye
     keep = keep.view(2, nl, n * gamma).to(dev)
     tokens = seq[ws:L - 1].repeat(n)
     rope = (engine.arange[:gamma] + ws).repeat(n)
-    pred = engine.block(n * gamma, tokens, prefix=ws, start=L - 1, rope_pos=rope, intra=_block_causal(n, gamma, dev),
-                        head_name="argmax", head=_argmax, gates=(keep[0], keep[1]))
+    pred = engine.block(n * gamma, tokens, prefix=ws, start=L - 1, rope_pos=rope,
+                        intra=_block_causal(n, gamma, str(dev)), head_name="argmax", head=_argmax,
+                        gates=(keep[0], keep[1]))
     return (pred.view(n, gamma) == seq[ws + 1:L]).float().mean(dim=1).tolist()
 
 
-_BLOCK_CACHE: dict = {}
-
-
-def _block_causal(n: int, gamma: int, device) -> torch.Tensor:
-    key = (n, gamma, str(device))
-    if key not in _BLOCK_CACHE:
-        _BLOCK_CACHE[key] = torch.block_diag(*[torch.ones(gamma, gamma).tril().bool()] * n).to(device)
-    return _BLOCK_CACHE[key]
+@lru_cache(maxsize=16)
+def _block_causal(n: int, gamma: int, device: str) -> torch.Tensor:
+    """n causal blocks of gamma tokens on the diagonal: each candidate's window sees only itself."""
+    return torch.block_diag(*[torch.ones(gamma, gamma).tril().bool()] * n).to(device)
 
 
 @torch.inference_mode()
@@ -183,7 +181,7 @@ def verify(s: _Stream, tree: TokenTree, table: torch.Tensor) -> tuple[list[int],
     """One full-model pass over the tree; walk it with the acceptance rule. Returns (accepted nodes, bonus token,
     node tokens)."""
     eng, K, root = s.engine, s.cfg.top_k, s.L - 1
-    mask, depth, gather = tree_tensors(tree, K, str(eng.device))
+    mask, depth, gather, parents = tree_tensors(tree, K, str(eng.device))
     nb, n = mask.shape[0], tree.size
     tokens = torch.cat([s.seq[root:root + 1], table.flatten()])[gather]
     if s.sampling.greedy:
@@ -199,7 +197,6 @@ def verify(s: _Stream, tree: TokenTree, table: torch.Tensor) -> tuple[list[int],
             node = nxt
     logits = eng.block(nb, tokens, prefix=root, start=root, rope_pos=depth + root, intra=mask)
     probs = logits_to_probs(logits[:n], s.sampling)
-    parents = torch.tensor(tree.parents[1:], device=eng.device)
     child_p = torch.zeros(n, device=eng.device)
     child_p[1:] = probs[parents, tokens[1:n]]
     residual = probs.index_put((parents, tokens[1:n]), torch.zeros((), device=eng.device))
