@@ -1,0 +1,666 @@
+#!/usr/bin/env python3
+"""Side-by-side peer benchmark (batch 1, greedy): one model, the same prompts and the same stopping rule,
+in ONE run, per task and per instance:
+
+  vanilla           our plain autoregressive decoding (`model.generate.vanilla_generate`): the reference
+  hf-generate       `transformers` `generate`, greedy, static KV cache (`cache_implementation="static"`); on CUDA
+                    `transformers` compiles its decode steps itself; with --hf-compile the model's forward is
+                    `torch.compile(..., mode="reduce-overhead")` instead
+  hf-early-exit     `transformers` assisted generation with `assistant_early_exit=N` (LayerSkip-style
+                    self-speculation: the draft is the model's first N layers + its LM head)
+  hf-prompt-lookup  `transformers` prompt-lookup decoding (`prompt_lookup_num_tokens=10`)
+  swift             SWIFT (ours), on-the-fly layer search carried across the instances of a task
+  swift-cached      SWIFT (ours), second pass with the skip set the first pass found, saved and re-read as a
+                    layer-config cache (`<out>/layer_config_<task>.json`), i.e. no optimization phase
+
+Every method stops exactly alike: greedy, at most --max-new-tokens new tokens, the same EOS ids (the model's and the
+tokenizer's); outputs are compared token by token up to and including the first EOS. Each method is warmed up on the
+task (untimed) before its timed answers; CUDA is synchronized around every timed call.
+
+Reported per task and method (metrics as defined in evaluation_llama/metrics.py): tokens/s (mean of per-answer
+tokens/s), speedup over vanilla and over hf-generate, mean accepted tokens per decoding step (ours only; vanilla is 1;
+`transformers` does not report it), and the share of answers whose tokens equal vanilla's.
+
+--lengths L1,L2,... runs another mode instead: vanilla and SWIFT (and swift-cached when selected) on the first task
+for each max-new-tokens value, reporting speedup and the share of SWIFT's time spent optimizing vs length.
+
+Outputs (in --out): bench_peers.jsonl (one row per method x instance, each also a valid answer record for
+evaluation_llama/metrics.py), bench_peers.md (summary), bench_peers.png (speedup bars per task and method; in
+--lengths mode a line plot). A --lengths run writes the same file names: give it its own --out to keep both.
+
+Example (H100): python3 scripts/bench_peers.py --model-path models/llama-2-7b/hf --num-samples 50 --hf-compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from data import TASKS, format_prompt, load_task  # noqa: E402
+from evaluation_llama import metrics  # noqa: E402
+from evaluation_llama.runner import SEED_STRIDE, WARMUP_MAX_NEW_TOKENS, default_data_dir  # noqa: E402
+from model.engine import Engine  # noqa: E402
+from model.generate import cache_capacity, cut_at_eos, sync, vanilla_generate  # noqa: E402
+from model.llama import NO_SKIP  # noqa: E402
+from model.loading import _resolve, default_eos_ids, load_model, load_tokenizer, model_name  # noqa: E402
+from model.sampling import SamplingConfig  # noqa: E402
+from model.swift import decoding  # noqa: E402
+from model.swift.config import SwiftConfig  # noqa: E402
+from model.swift.layer_cache import load_layer_config, save_layer_config  # noqa: E402
+from model.swift.layer_search import LayerSearch  # noqa: E402
+
+METHODS = ("vanilla", "hf-generate", "hf-early-exit", "hf-prompt-lookup", "swift", "swift-cached")
+HF_METHODS = ("hf-generate", "hf-early-exit", "hf-prompt-lookup")
+LENGTH_METHODS = ("vanilla", "swift", "swift-cached")
+PROMPT_LOOKUP_TOKENS = 10
+GREEDY = SamplingConfig()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# flags
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {text!r}")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bench_peers.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-path", default="models/smollm2-135m/hf",
+                    help="model folder (Hugging Face layout), .gguf file or hub id; both our engine and "
+                         "`transformers` load it (default: %(default)s)")
+    ap.add_argument("--data-dir", default=None,
+                    help="folder with the tasks' JSON Lines files (default: $SWIFT_DATA_DIR, else ../shared/data "
+                         "beside the repository, else the Hugging Face hub)")
+    ap.add_argument("--tasks", default="cnndm,gsm8k,tinystories,humaneval",
+                    help=f"comma-separated tasks, from {', '.join(TASKS)} (default: %(default)s); "
+                         f"--lengths uses the first one")
+    ap.add_argument("--num-samples", type=_positive, default=50,
+                    help="instances per task, drawn with --seed as the evaluation runners draw them "
+                         "(default: %(default)s)")
+    ap.add_argument("--max-new-tokens", type=_positive, default=512,
+                    help="most new tokens per answer, the same for every method (default: %(default)s)")
+    ap.add_argument("--max-prompt-tokens", type=_positive, default=None,
+                    help="keep only the last N tokens of every prompt (the same ids go to every method); for quick "
+                         "smoke runs on a CPU, where the few-shot prompts' prefill dominates; default: whole prompts")
+    ap.add_argument("--chat-template", action="store_true",
+                    help="wrap every prompt as one user turn in the tokenizer's chat template (instruction-tuned "
+                         "models), as the evaluation runners' flag of that name does; default: plain prompts")
+    ap.add_argument("--device", default="auto",
+                    help="torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:<i> "
+                         "(default: %(default)s)")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                    help="weights and KV cache of both implementations; auto = bfloat16 on cuda, float32 on cpu "
+                         "(default: %(default)s)")
+    ap.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                    help="torch.compile our engine's per-sub-layer functions (CUDA graphs are used on cuda "
+                         "either way); auto = on for cuda, off for cpu (default: %(default)s)")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"comma-separated subset of {', '.join(METHODS)} (default: all). vanilla is always run "
+                         f"(it is the reference of the speedups and of the token comparison); swift-cached needs "
+                         f"the swift pass to find its skip set, so swift is run too when swift-cached is asked")
+    ap.add_argument("--hf-compile", action="store_true",
+                    help="hf-generate: replace the model's forward with torch.compile(forward, "
+                         "mode='reduce-overhead') and turn off transformers' own decode-step compilation "
+                         "(disable_compile=True); when compiling fails the run goes on uncompiled and records a "
+                         "note. The assisted methods always run the eager forward (their input lengths vary)")
+    ap.add_argument("--early-exit-layer", type=_positive, default=None,
+                    help="hf-early-exit: number of layers the draft runs before the LM head "
+                         "(assistant_early_exit); default: half the model's layers")
+    ap.add_argument("--lengths", type=_int_list, default=None, metavar="L1,L2,...",
+                    help="length mode: instead of the method comparison, run vanilla and SWIFT (swift-cached too "
+                         "when selected) on the first task once per max-new-tokens value and report speedup and "
+                         "optimization-time share vs length (e.g. 128,256,512,1024)")
+    ap.add_argument("--warmup", type=_nonneg, default=1,
+                    help=f"untimed warm-up generations per method and task (prompts of the task in turn, at most "
+                         f"{WARMUP_MAX_NEW_TOKENS} new tokens; SWIFT warms up with a throwaway layer search) "
+                         f"(default: %(default)s)")
+    ap.add_argument("--out", default="outputs/bench_peers",
+                    help="folder for bench_peers.jsonl / .md / .png and the layer-config caches "
+                         "(default: %(default)s)")
+    ap.add_argument("--seed", type=_nonneg, default=0,
+                    help="seed of the instance sampling; torch.manual_seed(seed * 100003 + index) before each "
+                         "generation, as the evaluation runners do (default: %(default)s)")
+    return ap
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers
+
+def _record(task: str, qid: str, tokens: list[int], wall: float, accept_lengths=None, num_drafted=None) -> dict:
+    """An answer record in the format evaluation_llama/metrics.py reads (so its metric definitions apply)."""
+    choice = {"index": 0, "new_tokens": [len(tokens)], "wall_time": [wall]}
+    if accept_lengths is not None:
+        choice["accept_lengths"] = list(accept_lengths)
+        choice["num_drafted"] = [num_drafted or 0]
+    return {"question_id": str(qid), "task": task, "choices": [choice], "token_ids": [list(tokens)]}
+
+
+def _err(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _fmt(x, spec=".2f", suffix=""):
+    return "" if x is None else f"{x:{spec}}{suffix}"
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' per-call advice (e.g. its own deprecation notes inside assisted generation)."""
+    from transformers.utils import logging as hf_logging
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+class Bench:
+    """Holds the model(s), the prompts and the rows; one method runner per benchmarked method."""
+
+    def __init__(self, args, argv: Sequence[str]):
+        self.a = args
+        self.notes: list[str] = []
+        want = args.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(want)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            sys.exit("error: --device cuda, but torch sees no CUDA GPU")
+        name = args.dtype if args.dtype != "auto" else ("bfloat16" if self.device.type == "cuda" else "float32")
+        self.dtype_name, self.dtype = name, getattr(torch, name)
+        import transformers
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        self.env = dict(gpu=gpu or "none (cpu)", device=str(self.device), torch=torch.__version__,
+                        transformers=transformers.__version__, python=platform.python_version(),
+                        dtype=name, model=args.model_path, command=" ".join(["scripts/bench_peers.py", *argv]))
+        self.model_id = model_name(args.model_path)
+        self.tok = load_tokenizer(args.model_path)
+        self.model, self.margs = load_model(args.model_path, device=self.device, dtype=self.dtype)
+        self.eos_ids = default_eos_ids(self.margs, self.tok)
+        pad = getattr(self.tok, "pad_token_id", None)
+        self.pad_id = int(pad) if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
+        self.swift_cfg = SwiftConfig()
+        self.hf = None
+        self.hf_forward = self.hf_compiled = None
+        self.engine: Optional[Engine] = None
+
+    # ---- data ------------------------------------------------------------------------------------------------------
+    def prompts(self, task: str, max_new: int) -> list[tuple[int, str, list[int]]]:
+        a = self.a
+        td = load_task(task, a.data_dir, a.num_samples, a.seed)
+        if td.note:
+            self.notes.append(f"{task}: {td.note}")
+        out, cut = [], 0
+        limit = self.margs.max_position_embeddings
+        for index, inst in enumerate(td.instances):
+            text = format_prompt(inst.prompt, self.tok, chat_template=a.chat_template)
+            ids = [int(t) for t in self.tok(text, add_special_tokens=not a.chat_template)["input_ids"]]
+            if a.max_prompt_tokens and len(ids) > a.max_prompt_tokens:
+                ids = ids[-a.max_prompt_tokens:]
+                cut += 1
+            if len(ids) + max_new > limit:
+                self.notes.append(f"{task} question {inst.question_id}: prompt of {len(ids)} tokens + {max_new} new "
+                                  f"tokens exceeds the context of {limit}; instance left out")
+                continue
+            out.append((index, inst.question_id, ids))
+        if cut:
+            self.notes.append(f"{task}: {cut} of {len(td.instances)} prompts cut to their last "
+                              f"{a.max_prompt_tokens} tokens (--max-prompt-tokens)")
+        if not out:
+            sys.exit(f"error: no instance of {task} fits the model's context with {max_new} new tokens")
+        return out
+
+    def make_engine(self, longest_prompt: int, max_new: int) -> None:
+        compile_ = self.a.compile == "on" or (self.a.compile == "auto" and self.device.type == "cuda")
+        self.capacity = cache_capacity(longest_prompt, max_new)
+        self.engine = Engine(self.model, self.capacity, compile=compile_)
+        self.env["our_compile"] = compile_
+
+    # ---- transformers ----------------------------------------------------------------------------------------------
+    def load_hf(self):
+        if self.hf is not None:
+            return self.hf
+        from transformers import AutoModelForCausalLM
+        folder, gguf = _resolve(self.a.model_path)
+        kw = {"gguf_file": gguf} if gguf else {}
+        with _quiet_transformers():
+            hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=self.dtype, **kw)
+        hf = hf.to(self.device).eval().requires_grad_(False)
+        gc = hf.generation_config  # force the stopping rule and greedy decoding on the model's defaults too
+        gc.eos_token_id = list(self.eos_ids) if self.eos_ids else None
+        gc.pad_token_id = self.pad_id
+        gc.do_sample = False
+        for k in ("temperature", "top_p", "top_k", "min_p", "typical_p", "repetition_penalty"):
+            if hasattr(gc, k):
+                setattr(gc, k, None)
+        self.hf, self.hf_forward = hf, hf.forward
+        return hf
+
+    def hf_call(self, ids: list[int], max_new: int, extra: dict) -> tuple[list[int], float]:
+        hf = self.hf
+        kw = dict(do_sample=False, num_beams=1, max_new_tokens=max_new,
+                  eos_token_id=list(self.eos_ids) if self.eos_ids else None, pad_token_id=self.pad_id)
+        with _quiet_transformers(), torch.inference_mode():
+            sync(self.device)
+            t0 = time.perf_counter()
+            inp = torch.tensor([ids], dtype=torch.long, device=self.device)
+            out = hf.generate(inp, attention_mask=torch.ones_like(inp), **kw, **extra)
+            sync(self.device)
+            wall = time.perf_counter() - t0
+        tokens = cut_at_eos(out[0, len(ids):].tolist(), set(self.eos_ids), max_new)
+        return tokens, wall
+
+    def set_hf_forward(self, compiled: bool) -> None:
+        if compiled:
+            if self.hf_compiled is None:
+                self.hf_compiled = torch.compile(self.hf_forward, mode="reduce-overhead")
+            self.hf.forward = self.hf_compiled
+        elif "forward" in self.hf.__dict__:
+            del self.hf.forward
+
+    # ---- method runners ----------------------------------------------------------------------------------------
+    def run_method(self, method: str, task: str, prompts, max_new: int, mode: str, state: dict) -> list[dict]:
+        """Warm up, then time every prompt; returns the rows (one per instance, or one 'skipped' row).
+
+        A method may offer several settings, best first (hf-generate: compiled + static cache, static cache,
+        dynamic cache); a setting that fails in its warm-up or on its first timed prompt is recorded and the next one
+        is tried."""
+        a = self.a
+        variants, skip_note = self._runner(method, task, max_new, state)
+        if not variants:
+            self.notes.append(f"{task} {method}: {skip_note}")
+            return [self._skip_row(method, task, max_new, mode, skip_note)]
+        failures = []
+        for variant in variants:
+            rows = []
+            try:
+                variant["setup"]()
+                for w in range(a.warmup):
+                    variant["warm"](prompts[w % len(prompts)][2], min(max_new, WARMUP_MAX_NEW_TOKENS))
+                for index, qid, ids in prompts:
+                    torch.manual_seed(a.seed * SEED_STRIDE + index)
+                    try:
+                        res = variant["gen"](ids, max_new)
+                    except Exception as exc:  # noqa: BLE001
+                        if not rows or method not in HF_METHODS:
+                            raise
+                        self.notes.append(f"{task} {method}: failed on question {qid} ({_err(exc)}); its remaining "
+                                          f"instances are left out")
+                        break
+                    rows.append(self._row(method, task, qid, index, ids, max_new, mode, res, variant["desc"]))
+            except Exception as exc:  # noqa: BLE001 - an unsupported setting is recorded, not fatal
+                if method not in HF_METHODS:
+                    raise
+                failures.append(f"{variant['desc']} failed ({_err(exc)})")
+                continue
+            if failures:
+                self.notes.append(f"{task} {method}: {'; '.join(failures)}; ran with: {variant['desc']}")
+            self._after(method, task, state, rows)
+            return rows
+        note = "skipped: " + "; ".join(failures)
+        self.notes.append(f"{task} {method}: {note}")
+        return [self._skip_row(method, task, max_new, mode, note)]
+
+    def _runner(self, method: str, task: str, max_new: int, state: dict):
+        """(settings to try, best first; note when there is none). A setting is dict(desc, setup, warm, gen) with
+        warm/gen(ids, max_new) -> dict(tokens, wall, accept, drafted, stats)."""
+        eng, eos = self.engine, self.eos_ids
+
+        def ours(fn):
+            def run(ids, n):
+                r = fn(ids, n)
+                return dict(tokens=list(r.tokens), wall=r.wall_time_s, accept=list(r.accept_lengths),
+                            drafted=r.num_drafted, stats=r.stats)
+            return run
+
+        def setting(desc, gen, warm=None, setup=lambda: None):
+            return dict(desc=desc, gen=gen, warm=warm or gen, setup=setup)
+
+        if method == "vanilla":
+            return [setting("our vanilla decoding",
+                            ours(lambda ids, n: vanilla_generate(eng, ids, n, GREEDY, eos)))], ""
+
+        if method in ("swift", "swift-cached"):
+            cfg = self.swift_cfg
+            calibrated = cfg.draft_stop == "calibrated"
+
+            def calib():  # the draft-stop calibrator, carried across the instances like the search
+                return {"calibrator": decoding.DraftCalibrator()} if calibrated else {}
+            carried = calib()
+            if method == "swift":
+                search = LayerSearch(self.margs.n_layers, cfg)
+                state["search"] = search
+
+                def gen(ids, n):
+                    return decoding.swift_generate(eng, ids, n, GREEDY, eos, cfg, search=search, **carried)
+
+                def warm(ids, n):  # a throwaway search, as the evaluation runner warms up
+                    return decoding.swift_generate(eng, ids, n, GREEDY, eos, cfg,
+                                                   search=LayerSearch(self.margs.n_layers, cfg), **calib())
+                return [setting("SWIFT, on-the-fly layer search carried across the task's instances",
+                                ours(gen), ours(warm))], ""
+            skip, desc = self._cached_skip(task, state)
+
+            def gen(ids, n):
+                return decoding.swift_generate(eng, ids, n, GREEDY, eos, cfg, search=None, skip=skip, **carried)
+
+            def warm(ids, n):
+                return decoding.swift_generate(eng, ids, n, GREEDY, eos, cfg, search=None, skip=skip, **calib())
+            return [setting(desc, ours(gen), ours(warm))], ""
+
+        # transformers methods
+        try:
+            self.load_hf()
+        except Exception as exc:  # noqa: BLE001
+            return [], f"skipped: transformers could not load the model ({_err(exc)})"
+
+        def hf_gen(extra):
+            def run(ids, n):
+                tokens, wall = self.hf_call(ids, n, extra)
+                return dict(tokens=tokens, wall=wall, accept=None, drafted=None, stats=None)
+            return run
+
+        eager = lambda: self.set_hf_forward(False)  # noqa: E731
+        if method == "hf-generate":
+            static = dict(cache_implementation="static", max_cache_len=self.capacity)
+            auto = " (transformers compiles the decode steps itself on cuda)" if self.device.type == "cuda" else ""
+            out = []
+            if self.a.hf_compile:
+                out.append(setting("static cache + torch.compile(forward, mode='reduce-overhead')",
+                                   hf_gen({**static, "disable_compile": True}),
+                                   setup=lambda: self.set_hf_forward(True)))
+            out.append(setting("static cache" + auto, hf_gen(static), setup=eager))
+            out.append(setting("dynamic cache (default)", hf_gen({}), setup=eager))
+            return out, ""
+        assisted = "(dynamic cache and eager forward: transformers' assisted generation refuses static caches)"
+        if method == "hf-early-exit":
+            n = self.early_exit_layer()
+            return [setting(f"assistant_early_exit={n} of {self.margs.n_layers} layers {assisted}",
+                            hf_gen({"assistant_early_exit": n}), setup=eager)], ""
+        if method == "hf-prompt-lookup":
+            return [setting(f"prompt_lookup_num_tokens={PROMPT_LOOKUP_TOKENS} {assisted}",
+                            hf_gen({"prompt_lookup_num_tokens": PROMPT_LOOKUP_TOKENS}), setup=eager)], ""
+        raise ValueError(method)
+
+    def early_exit_layer(self) -> int:
+        n = self.a.early_exit_layer or max(1, self.margs.n_layers // 2)
+        return min(n, self.margs.n_layers)
+
+    def _cached_skip(self, task: str, state: dict):
+        """The skip set of the task's swift pass, written as a layer-config cache and read back."""
+        search = state.get("search")
+        path = Path(self.a.out) / f"layer_config_{task}{state.get('suffix', '')}.json"
+        if search is None or search.best is None or len(search.best) == 0:
+            return NO_SKIP, ("SWIFT with a fixed skip set: the search found none (answers too short for it), "
+                             "so this pass decodes plainly")
+        sm = search.summary()
+        save_layer_config(str(path), self.model_id, self.margs.architecture, self.margs.n_layers, task, search.best,
+                          sm["ratio"], sm["best_score"])
+        skip, info = load_layer_config(str(path), self.model_id, self.margs.n_layers, task)
+        return skip, (f"SWIFT with the cached skip set of the swift pass ({len(skip)} of {sm['search_dims']} "
+                      f"sub-layers skipped, matchness {sm['best_score']:.3f}; {path.name})")
+
+    def _after(self, method, task, state, rows):
+        if method == "swift" and state.get("search") is not None:
+            sm = state["search"].summary()
+            for r in rows:
+                r["search_after_task"] = sm
+
+    # ---- rows ------------------------------------------------------------------------------------------------------
+    def _base_row(self, method, task, max_new, mode):
+        return dict(self.env, mode=mode, task=task, method=method, max_new_tokens=max_new)
+
+    def _skip_row(self, method, task, max_new, mode, note):
+        return dict(self._base_row(method, task, max_new, mode), skipped=True, note=note)
+
+    def _row(self, method, task, qid, index, ids, max_new, mode, res, note):
+        row = self._base_row(method, task, max_new, mode)
+        row.update(_record(task, qid, res["tokens"], res["wall"], res["accept"], res["drafted"]))
+        row.update(index=index, prompt_tokens=len(ids), new_tokens=len(res["tokens"]), wall_time_s=res["wall"],
+                   tokens_per_s=len(res["tokens"]) / res["wall"] if res["wall"] > 0 else None, note=note)
+        if res["accept"] is not None:
+            row["mean_accept_length"] = metrics.mean_accept_length([row])
+            row["num_drafted"] = res["drafted"]
+        st = res["stats"] or {}
+        if st.get("times") is not None:
+            row["times"] = st["times"]
+            row["final_skip"] = st.get("final_skip")
+            row["fallback_at"] = st.get("fallback_at")
+        return row
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# summaries
+
+def summarize(rows: list[dict], key: str) -> list[dict]:
+    """One summary per (group, method): key is 'task' (comparison mode) or 'max_new_tokens' (length mode)."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r[key], {}).setdefault(r["method"], []).append(r)
+    out = []
+    for g, by_method in groups.items():
+        base = [r for r in by_method.get("vanilla", []) if not r.get("skipped")]
+        hfg = [r for r in by_method.get("hf-generate", []) if not r.get("skipped")]
+        for method in METHODS:
+            rs = by_method.get(method)
+            if not rs:
+                continue
+            done = [r for r in rs if not r.get("skipped")]
+            s = dict(group=g, method=method, n=len(done), note=rs[0].get("note") or "")
+            if done:
+                s["tokens_per_s"] = metrics.mean_tokens_per_second(done)
+                s["speedup_vs_vanilla"] = metrics.speedup(done, base) if base else None
+                s["speedup_vs_hf_generate"] = metrics.speedup(done, hfg) if hfg else None
+                s["mean_accept_length"] = metrics.mean_accept_length(done)
+                s["same_as_vanilla"] = metrics.identical_fraction(done, base) if base else None
+                times = [r["times"] for r in done if r.get("times")]
+                if times:
+                    wall = sum(metrics.wall_time(r) for r in done)
+                    s["optimize_share"] = sum(t.get("optimize", 0.0) for t in times) / wall if wall > 0 else None
+            out.append(s)
+    return out
+
+
+def table(summary: list[dict], key_title: str) -> list[str]:
+    lines = [f"| {key_title} | method | answers | tokens/s | speedup vs vanilla | speedup vs hf-generate | "
+             f"mean accepted tokens | same tokens as vanilla | optimization time share | setting / note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for s in summary:
+        lines.append(f"| {s['group']} | {s['method']} | {s['n']} | {_fmt(s.get('tokens_per_s'), '.1f')} | "
+                     f"{_fmt(s.get('speedup_vs_vanilla'), '.2f', 'x')} | "
+                     f"{_fmt(s.get('speedup_vs_hf_generate'), '.2f', 'x')} | "
+                     f"{_fmt(s.get('mean_accept_length'), '.2f')} | {_fmt(s.get('same_as_vanilla'), '.0%')} | "
+                     f"{_fmt(s.get('optimize_share'), '.1%')} | {s['note']} |")
+    return lines
+
+
+def plot(summary: list[dict], path: Path, length_mode: bool, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not length_mode:
+        groups = list(dict.fromkeys(s["group"] for s in summary))
+        methods = [m for m in METHODS if m != "vanilla" and any(s["method"] == m for s in summary)]
+        fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(groups) + 2), 4.5))
+        width = 0.8 / max(1, len(methods))
+        for j, m in enumerate(methods):
+            vals = []
+            for g in groups:
+                s = next((x for x in summary if x["group"] == g and x["method"] == m), None)
+                vals.append((s or {}).get("speedup_vs_vanilla") or 0.0)
+            xs = [i - 0.4 + width * (j + 0.5) for i in range(len(groups))]
+            bars = ax.bar(xs, vals, width, label=m)
+            ax.bar_label(bars, labels=[f"{v:.2f}" if v else "n/a" for v in vals], fontsize=7, padding=1)
+        ax.axhline(1.0, color="black", lw=0.8, ls="--")
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_ylabel("speedup over our vanilla decoding")
+        ax.legend(fontsize=8, ncol=min(len(methods), 3))
+    else:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for m in ("swift", "swift-cached"):
+            pts = sorted((s["group"], s.get("speedup_vs_vanilla")) for s in summary if s["method"] == m
+                         and s.get("speedup_vs_vanilla") is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{m} speedup")
+        ax.axhline(1.0, color="black", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("max new tokens")
+        ax.set_ylabel("speedup over our vanilla decoding")
+        opt = sorted((s["group"], s["optimize_share"]) for s in summary if s["method"] == "swift"
+                     and s.get("optimize_share") is not None)
+        if opt:
+            ax2 = ax.twinx()
+            ax2.plot([p[0] for p in opt], [100 * p[1] for p in opt], marker="s", ls=":", color="tab:red",
+                     label="swift optimization time share (%)")
+            ax2.set_ylabel("optimization time share (%)")
+            ax2.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# entry point
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASKS]
+    if not tasks or bad:
+        ap.error(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if not methods or bad:
+        ap.error(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+    methods = set(methods) | {"vanilla"} | ({"swift"} if "swift-cached" in methods else set())
+    if a.data_dir is None:
+        a.data_dir = default_data_dir()
+    length_mode = a.lengths is not None
+    if length_mode:
+        dropped = sorted(methods - set(LENGTH_METHODS))
+        methods &= set(LENGTH_METHODS)
+        tasks = tasks[:1]
+    order = [m for m in METHODS if m in methods]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    b = Bench(a, argv)
+    if length_mode and dropped:
+        b.notes.append(f"length mode runs {', '.join(order)} only; not run: {', '.join(dropped)}")
+    print(json.dumps(b.env), flush=True)
+    max_news = a.lengths if length_mode else [a.max_new_tokens]
+    top_new = max(max_news)
+    prompts = {t: b.prompts(t, top_new) for t in tasks}
+    b.make_engine(max(len(p[2]) for ps in prompts.values() for p in ps), top_new)
+    b.env["max_new_tokens"] = a.lengths if length_mode else a.max_new_tokens
+    b.env["eos_ids"] = list(b.eos_ids)
+    if "hf-early-exit" in methods:
+        b.env["early_exit_layer"] = b.early_exit_layer()
+
+    rows: list[dict] = []
+    t_start = time.perf_counter()
+    for task in tasks:
+        for max_new in max_news:
+            state: dict = {"suffix": f"_len{max_new}" if length_mode else ""}
+            for method in order:
+                t0 = time.perf_counter()
+                got = b.run_method(method, task, prompts[task], max_new, "lengths" if length_mode else "methods",
+                                   state)
+                rows.extend(got)
+                if method != "vanilla":
+                    ref = {r["question_id"]: r["token_ids"] for r in rows if r["method"] == "vanilla"
+                           and r["task"] == task and r["max_new_tokens"] == max_new and not r.get("skipped")}
+                    for r in got:
+                        if not r.get("skipped") and r["question_id"] in ref:
+                            r["same_as_vanilla"] = r["token_ids"] == ref[r["question_id"]]
+                done = [r for r in got if not r.get("skipped")]
+                tps = metrics.mean_tokens_per_second(done) if done else None
+                print(f"[{time.perf_counter() - t_start:7.1f} s] {task} max_new={max_new} {method}: "
+                      f"{len(done)} answers, {_fmt(tps, '.1f')} tok/s ({time.perf_counter() - t0:.1f} s incl. "
+                      f"warm-up)", flush=True)
+
+    with open(out / "bench_peers.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    key = "max_new_tokens" if length_mode else "task"
+    summary = summarize(rows, key)
+    env = b.env
+    head = [f"# Peer benchmark{' vs generation length' if length_mode else ''}", "",
+            f"GPU: {env['gpu']}; torch {env['torch']}; transformers {env['transformers']}; dtype {env['dtype']}; "
+            f"batch 1; greedy; model `{env['model']}`; tasks {', '.join(tasks)}; {a.num_samples} instances per task "
+            f"(seed {a.seed}); max new tokens {env['max_new_tokens']}; EOS ids {env['eos_ids']}; warm-up "
+            f"{a.warmup} per method and task; our engine compiled: {env['our_compile']}.", "",
+            f"Command: `{env['command']}`", "",
+            "tokens/s = mean over answers of the answer's tokens / seconds; speedup = ratio of those means "
+            "(evaluation_llama/metrics.py); mean accepted tokens = tokens committed per decoding step, bonus token "
+            "included (blank: transformers does not report it); same tokens = share of answers whose tokens (up to "
+            "the first EOS) equal vanilla's; optimization time share = the layer search's share of SWIFT's "
+            "generation time.", ""]
+    lines = head + table(summary, "max new tokens" if length_mode else "task")
+    if b.notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in dict.fromkeys(b.notes)]
+    if "hf-early-exit" in methods:
+        lines += ["", "hf-early-exit drafts with the first layers and the LM head of the unmodified model "
+                      "(transformers' LayerSkip-style self-speculation); it pays off only for checkpoints trained "
+                      "for early exit, which this comparison does not assume."]
+    (out / "bench_peers.md").write_text("\n".join(lines) + "\n")
+    title = (f"{env['model']} on {env['gpu']} ({env['dtype']}), max new tokens {env['max_new_tokens']}"
+             if not length_mode else f"{env['model']} on {tasks[0]}, {env['gpu']} ({env['dtype']})")
+    try:
+        plot(summary, out / "bench_peers.png", length_mode, title)
+    except Exception as exc:  # noqa: BLE001 - the numbers are written already; a plot failure is only reported
+        print(f"warning: could not draw the plot ({type(exc).__name__}: {exc})", file=sys.stderr)
+    print("\n".join(lines), flush=True)
+    print(f"\nwrote {out / 'bench_peers.jsonl'}, {out / 'bench_peers.md'}, {out / 'bench_peers.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""CPU smoke test of scripts/bench_peers.py on the real SmolLM2-135M (fp32, so every greedy method is exact).
+
+One gsm8k instance, 8 new tokens, every method, the prompt cut to its last 32 tokens and no warm-up (the 600-token
+few-shot prompt's prefill and the warm-up calls would otherwise dominate on 2 CPU cores); then one --lengths 8,16 run
+(at 16 tokens SWIFT's layer search runs after its 8-token plain probe).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_peers.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_peers", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "bench_peers.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _common(model, data, out) -> list[str]:
+    return ["--model-path", str(model), "--data-dir", str(data), "--tasks", "gsm8k", "--num-samples", "1",
+            "--max-prompt-tokens", "32", "--warmup", "0", "--device", "cpu", "--out", str(out)]
+
+
+def _check_outputs(out: Path) -> None:
+    assert (out / "bench_peers.md").is_file() and "| method |" in (out / "bench_peers.md").read_text()
+    png = (out / "bench_peers.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_all_methods_match_vanilla(bench, smollm2_path, shared_data_dir, tmp_path):
+    out = tmp_path / "methods"
+    assert bench.main(_common(smollm2_path, shared_data_dir, out) + ["--max-new-tokens", "8"]) == 0
+    rows = _rows(out)
+    by = {r["method"]: r for r in rows}
+    assert len(rows) == len(bench.METHODS) and set(by) == set(bench.METHODS)
+    for r in rows:
+        assert not r.get("skipped"), r.get("note")
+        assert r["task"] == "gsm8k" and r["dtype"] == "float32" and r["model"] == str(smollm2_path)
+        for key in ("gpu", "torch", "transformers", "command"):
+            assert r[key]
+        assert 1 <= r["new_tokens"] <= 8 and r["wall_time_s"] > 0 and r["prompt_tokens"] == 32
+    ref = by["vanilla"]["token_ids"][0]
+    assert len(ref) == by["vanilla"]["new_tokens"]
+    for m in ("hf-generate", "hf-prompt-lookup", "swift", "swift-cached"):  # exact greedy in fp32
+        assert by[m]["token_ids"][0] == ref, m
+        assert by[m]["same_as_vanilla"] is True
+    assert by["swift"]["choices"][0]["accept_lengths"] and "accept_lengths" not in by["hf-generate"]["choices"][0]
+    assert "static cache" in by["hf-generate"]["note"]
+    assert "assistant_early_exit=15" in by["hf-early-exit"]["note"]  # default: half of SmolLM2's 30 layers
+    _check_outputs(out)
+
+
+def test_lengths_mode(bench, smollm2_path, shared_data_dir, tmp_path):
+    out = tmp_path / "lengths"
+    assert bench.main(_common(smollm2_path, shared_data_dir, out) + ["--lengths", "8,16"]) == 0
+    rows = _rows(out)
+    assert {(r["method"], r["max_new_tokens"]) for r in rows} == {
+        (m, n) for m in ("vanilla", "swift", "swift-cached") for n in (8, 16)}
+    for r in rows:
+        assert r["mode"] == "lengths" and not r.get("skipped")
+        if r["method"] != "vanilla":
+            assert r["same_as_vanilla"] is True
+            assert "optimize" in r["times"]
+    md = (out / "bench_peers.md").read_text()
+    assert "max new tokens" in md and "not run: hf-early-exit" in md
+    _check_outputs(out)
