@@ -49,7 +49,7 @@ import torch  # noqa: E402
 
 from data import TASKS, format_prompt, load_task  # noqa: E402
 from evaluation_llama import metrics  # noqa: E402
-from evaluation_llama.runner import SEED_STRIDE, WARMUP_MAX_NEW_TOKENS, default_data_dir  # noqa: E402
+from evaluation_llama.runner import NONNEG_INT, POS_INT, SEED_STRIDE, WARMUP_MAX_NEW_TOKENS, default_data_dir  # noqa: E402,E501
 from model.engine import Engine  # noqa: E402
 from model.generate import cache_capacity, cut_at_eos, sync, vanilla_generate  # noqa: E402
 from model.llama import NO_SKIP  # noqa: E402
@@ -69,26 +69,6 @@ GREEDY = SamplingConfig()
 
 # ---------------------------------------------------------------------------------------------------------------------
 # flags
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _nonneg(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -112,12 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tasks", default="cnndm,gsm8k,tinystories,humaneval",
                     help=f"comma-separated tasks, from {', '.join(TASKS)} (default: %(default)s); "
                          f"--lengths uses the first one")
-    ap.add_argument("--num-samples", type=_positive, default=50,
+    ap.add_argument("--num-samples", type=POS_INT, default=50,
                     help="instances per task, drawn with --seed as the evaluation runners draw them "
                          "(default: %(default)s)")
-    ap.add_argument("--max-new-tokens", type=_positive, default=512,
+    ap.add_argument("--max-new-tokens", type=POS_INT, default=512,
                     help="most new tokens per answer, the same for every method (default: %(default)s)")
-    ap.add_argument("--max-prompt-tokens", type=_positive, default=None,
+    ap.add_argument("--max-prompt-tokens", type=POS_INT, default=None,
                     help="keep only the last N tokens of every prompt (the same ids go to every method); for quick "
                          "smoke runs on a CPU, where the few-shot prompts' prefill dominates; default: whole prompts")
     ap.add_argument("--chat-template", action="store_true",
@@ -141,21 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "mode='reduce-overhead') and turn off transformers' own decode-step compilation "
                          "(disable_compile=True); when compiling fails the run goes on uncompiled and records a "
                          "note. The assisted methods always run the eager forward (their input lengths vary)")
-    ap.add_argument("--early-exit-layer", type=_positive, default=None,
+    ap.add_argument("--early-exit-layer", type=POS_INT, default=None,
                     help="hf-early-exit: number of layers the draft runs before the LM head "
                          "(assistant_early_exit); default: half the model's layers")
     ap.add_argument("--lengths", type=_int_list, default=None, metavar="L1,L2,...",
                     help="length mode: instead of the method comparison, run vanilla and SWIFT (swift-cached too "
                          "when selected) on the first task once per max-new-tokens value and report speedup and "
                          "optimization-time share vs length (e.g. 128,256,512,1024)")
-    ap.add_argument("--warmup", type=_nonneg, default=1,
+    ap.add_argument("--warmup", type=NONNEG_INT, default=1,
                     help=f"untimed warm-up generations per method and task (prompts of the task in turn, at most "
                          f"{WARMUP_MAX_NEW_TOKENS} new tokens; SWIFT warms up with a throwaway layer search) "
                          f"(default: %(default)s)")
     ap.add_argument("--out", default="outputs/bench_peers",
                     help="folder for bench_peers.jsonl / .md / .png and the layer-config caches "
                          "(default: %(default)s)")
-    ap.add_argument("--seed", type=_nonneg, default=0,
+    ap.add_argument("--seed", type=NONNEG_INT, default=0,
                     help="seed of the instance sampling; torch.manual_seed(seed * 100003 + index) before each "
                          "generation, as the evaluation runners do (default: %(default)s)")
     return ap

@@ -88,7 +88,6 @@ class _Stream:
     sampling: SamplingConfig
     eos_ids: frozenset
     max_new: int
-    prompt_len: int
     seq: torch.Tensor  # committed tokens on device; seq[L-1] is the root (no K/V yet)
     L: int
     new: list = field(default_factory=list)
@@ -247,7 +246,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     t0 = time.perf_counter()
     seq = torch.zeros(engine.max_seq_len, dtype=torch.long, device=dev)
     seq[:len(prompt_ids)] = torch.tensor(prompt_ids)
-    s = _Stream(engine, cfg, sampling, frozenset(eos_ids), max_new_tokens, len(prompt_ids), seq, len(prompt_ids))
+    s = _Stream(engine, cfg, sampling, frozenset(eos_ids), max_new_tokens, seq, len(prompt_ids))
     s.seq[s.L:s.L + 1] = next_token(engine.prefill(s.seq[:s.L])[None], sampling)  # prefill -> the first root
     s.L += 1
     s.append(s.seq[s.L - 1:s.L].tolist(), one_step=False)
