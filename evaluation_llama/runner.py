@@ -185,6 +185,10 @@ def build_parser(method: str) -> argparse.ArgumentParser:
     g.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                    help="torch.compile the per-sub-layer functions (fuses their elementwise work; the "
                         "CUDA graphs are kept); auto = on for cuda, off for cpu")
+    g.add_argument("--attention", default="auto", choices=("auto", "triton", "sdpa"),
+                   help="attention of decode/draft/verify passes: the split-KV Triton kernel "
+                        "(model/attention.py), PyTorch SDPA, or auto = the kernel on cuda after it "
+                        "checks itself against SDPA on its first call (SDPA on cpu)")
     g.add_argument("--chat-template", action="store_true",
                    help="wrap every prompt as one user turn in the tokenizer's chat template "
                         "(for instruction-tuned models); default: plain prompts")
@@ -558,6 +562,7 @@ def build_config(s: Settings, data_source: str) -> dict:
         "dtype": s.dtype_name,
         "device": s.device.type,
         "compile": _use_compile(s),
+        "attention": a.attention,
         "temperature": a.temperature,
         "top_p": a.top_p,
         "top_k": a.top_k,
@@ -1011,6 +1016,8 @@ def _generate_all(s: Settings, prep: _Prepared, mine, pending, out: Path,
         keeper = _LayerCacheKeeper(layer_cache, s.model_id, margs.architecture, margs.n_layers,
                                    s.task, per_instance=bool(a.reset_search_per_instance))
 
+    from model import attention
+    attention.set_backend(a.attention)
     try:
         engine = Engine(model, capacity, compile=_use_compile(s))
     except torch.OutOfMemoryError as exc:
@@ -1044,6 +1051,8 @@ def _generate_all(s: Settings, prep: _Prepared, mine, pending, out: Path,
                 throwaway = LayerSearch(margs.n_layers, s.swift) if search is not None else None
                 generate(first, min(a.max_new_tokens, WARMUP_MAX_NEW_TOKENS), throwaway,
                          new_calibrator())
+            if s.device.type == "cuda" and a.attention == "auto" and not attention.kernel_status()["ok"]:
+                _note(f"note: attention falls back to SDPA ({attention.kernel_status()['reason']})")
             bar = tqdm(total=len(mine), initial=len(mine) - len(pending), unit="answer",
                        desc=f"{s.method} {s.task}" + (f" shard {s.shard}" if s.shard is not None
                                                        else ""),

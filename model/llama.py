@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.attention import attention
 from model.config import ModelArgs
 from model.kv_cache import KVCache
 
@@ -172,7 +173,7 @@ class TransformerBlock(nn.Module):
             keys, values = cache.update(self.layer, cache_pos, k, v)
             if kv_len is not None:  # attend only over the slots in use (bucketed), not the whole cache
                 keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            o = attention(q, keys, values, mask)
             x = KERNELS["attn_out"](x, o, a.wo.weight, attn_gate, a.n_heads, a.hd)
         if not skip_mlp:
             f, n = self.feed_forward, self.ffn_norm

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from model import attention  # noqa: E402
 from model.config import ModelArgs  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.generate import cache_capacity, vanilla_generate  # noqa: E402
@@ -79,6 +80,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="timed generations per variant (median reported)")
     ap.add_argument("--skip-hf", action="store_true", help="do not time transformers generate")
     ap.add_argument("--skip-7b", action="store_true", help="do not run the random-weight 7B-shaped model")
+    ap.add_argument("--attention", nargs="+", default=["sdpa", "triton"], choices=["sdpa", "triton", "auto"],
+                    help="attention implementations to time side by side (model/attention.py)")
     ap.add_argument("--out", default="outputs/bench_engine", help="folder for the jsonl rows and markdown table")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -98,15 +101,22 @@ def main():
                                   return_dict=True)["input_ids"]
     ids = list(ids)
     model, margs = load_model(args.model_path, device=dev, dtype=dtype)
-    for compiled in (False, True):
-        eng = Engine(model, cache_capacity(len(ids), args.max_new_tokens), compile=compiled)
-        t0 = time.perf_counter()
-        tps, res = time_ours(eng, ids, args.max_new_tokens, args.reps)
-        impl = "ours-vanilla" + ("+compile" if compiled else "")
-        rows.append(dict(env, part="real", model=args.model_path, impl=impl, tokens_per_s=tps,
-                         new_tokens=res.num_new_tokens, prompt_tokens=len(ids),
-                         setup_and_timing_s=time.perf_counter() - t0))
-        print(f"{impl} {args.model_path}: {tps:.1f} tok/s", flush=True)
+    for compiled in (False, True):  # compilation is process-wide: the eager-sub-layer variants run first
+        for backend in args.attention:
+            attention.set_backend(backend)
+            eng = Engine(model, cache_capacity(len(ids), args.max_new_tokens), compile=compiled)
+            t0 = time.perf_counter()
+            tps, res = time_ours(eng, ids, args.max_new_tokens, args.reps)
+            impl = f"ours-vanilla[{backend}]" + ("+compile" if compiled else "")
+            rows.append(dict(env, part="real", model=args.model_path, impl=impl, tokens_per_s=tps,
+                             new_tokens=res.num_new_tokens, prompt_tokens=len(ids), tokens=res.tokens,
+                             setup_and_timing_s=time.perf_counter() - t0, attention=attention.kernel_status()))
+            print(f"{impl} {args.model_path}: {tps:.1f} tok/s", flush=True)
+            del eng
+    for r in rows:  # bf16 kernels may round differently: share of positions equal to the first variant's tokens
+        r["same_token_share_vs_first"] = sum(a == b for a, b in zip(r["tokens"], rows[0]["tokens"])) / max(
+            1, len(rows[0]["tokens"]))
+    print("same-token share vs the first variant:", [round(r["same_token_share_vs_first"], 3) for r in rows])
     tps = max(r["tokens_per_s"] for r in rows)
     if not args.skip_hf:
         hf_tps, hf_tokens = time_hf(args.model_path, ids, args.max_new_tokens, dev, dtype)
@@ -115,7 +125,7 @@ def main():
                          new_tokens=len(hf_tokens), prompt_tokens=len(ids), same_token_share_vs_ours=same))
         print(f"transformers generate: {hf_tps:.1f} tok/s; ours / generate = {tps / hf_tps:.1f}x; "
               f"same tokens {same:.3f}")
-    del model, eng
+    del model
     torch.cuda.empty_cache()
 
     if not args.skip_7b:
@@ -123,17 +133,21 @@ def main():
         torch.manual_seed(0)
         m7 = build_model(a7, None, device=dev, dtype=dtype)
         wbytes = sum(p.numel() * p.element_size() for p in m7.parameters())
-        e7 = Engine(m7, cache_capacity(len(ids), args.max_new_tokens), compile=True)
         ids7 = [i % a7.vocab_size for i in ids]
-        tps7, r7 = time_ours(e7, ids7, args.max_new_tokens, args.reps)
         roof = bw / wbytes
-        rows.append(dict(env, part="7b-random", model="llama-2-7b-shape (random weights)", impl="ours-vanilla+compile",
-                         tokens_per_s=tps7, weight_bytes=wbytes, copy_bw=bw, roofline_tokens_per_s=roof,
-                         roofline_share=tps7 / roof, new_tokens=r7.num_new_tokens))
-        print(f"7B-shaped: {tps7:.1f} tok/s, roofline {roof:.1f} tok/s ({tps7 / roof:.0%})")
+        for backend in args.attention:
+            attention.set_backend(backend)
+            e7 = Engine(m7, cache_capacity(len(ids), args.max_new_tokens), compile=True)
+            tps7, r7 = time_ours(e7, ids7, args.max_new_tokens, args.reps)
+            rows.append(dict(env, part="7b-random", model="llama-2-7b-shape (random weights)",
+                             impl=f"ours-vanilla[{backend}]+compile", tokens_per_s=tps7, weight_bytes=wbytes,
+                             copy_bw=bw, roofline_tokens_per_s=roof, roofline_share=tps7 / roof,
+                             new_tokens=r7.num_new_tokens, attention=attention.kernel_status()))
+            print(f"7B-shaped [{backend}]: {tps7:.1f} tok/s, roofline {roof:.1f} tok/s ({tps7 / roof:.0%})", flush=True)
+            del e7
     with open(out / "bench_engine.jsonl", "w") as f:
         for r in rows:
-            f.write(json.dumps(r) + "\n")
+            f.write(json.dumps({k: v for k, v in r.items() if k != "tokens"}) + "\n")
     lines = [f"GPU: {env['gpu']}; torch {env['torch']}; dtype bfloat16; batch 1; greedy; "
              f"{args.max_new_tokens} new tokens; command: `{env['command']}`", "",
              "| model | implementation | tokens/s | note |", "|---|---|---:|---|"]

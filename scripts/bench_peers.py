@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"untimed warm-up generations per method and task (prompts of the task in turn, at most "
                          f"{WARMUP_MAX_NEW_TOKENS} new tokens; SWIFT warms up with a throwaway layer search) "
                          f"(default: %(default)s)")
+    ap.add_argument("--peer-samples", type=POS_INT, default=None,
+                    help="time the transformers methods on the first N instances of each task only (they decode "
+                         "one to two orders of magnitude slower than ours); speedups are then computed on the "
+                         "instances both methods answered (default: all instances)")
     ap.add_argument("--out", default="outputs/bench_peers",
                     help="folder for bench_peers.jsonl / .md / .png and the layer-config caches "
                          "(default: %(default)s)")
@@ -454,6 +458,15 @@ class Bench:
 # ---------------------------------------------------------------------------------------------------------------------
 # summaries
 
+def _paired_speedup(done: list[dict], base: list[dict]) -> Optional[float]:
+    """Speedup over `base` on the instances both answered (peers may run on the first --peer-samples only)."""
+    common = {r["question_id"] for r in done} & {r["question_id"] for r in base}
+    if not common:
+        return None
+    return metrics.speedup([r for r in done if r["question_id"] in common],
+                           [r for r in base if r["question_id"] in common])
+
+
 def summarize(rows: list[dict], key: str) -> list[dict]:
     """One summary per (group, method): key is 'task' (comparison mode) or 'max_new_tokens' (length mode)."""
     groups: dict = {}
@@ -471,8 +484,8 @@ def summarize(rows: list[dict], key: str) -> list[dict]:
             s = dict(group=g, method=method, n=len(done), note=rs[0].get("note") or "")
             if done:
                 s["tokens_per_s"] = metrics.mean_tokens_per_second(done)
-                s["speedup_vs_vanilla"] = metrics.speedup(done, base) if base else None
-                s["speedup_vs_hf_generate"] = metrics.speedup(done, hfg) if hfg else None
+                s["speedup_vs_vanilla"] = _paired_speedup(done, base)
+                s["speedup_vs_hf_generate"] = _paired_speedup(done, hfg)
                 s["mean_accept_length"] = metrics.mean_accept_length(done)
                 s["same_as_vanilla"] = metrics.identical_fraction(done, base) if base else None
                 times = [r["times"] for r in done if r.get("times")]
@@ -586,12 +599,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     rows: list[dict] = []
     t_start = time.perf_counter()
+    raw = open(out / "bench_peers.jsonl", "w")  # rows land as each (task, method) finishes: a crash loses no block
     for task in tasks:
         for max_new in max_news:
             state: dict = {"suffix": f"_len{max_new}" if length_mode else ""}
             for method in order:
                 t0 = time.perf_counter()
-                got = b.run_method(method, task, prompts[task], max_new, "lengths" if length_mode else "methods",
+                task_prompts = prompts[task]
+                if method in HF_METHODS and a.peer_samples:
+                    task_prompts = task_prompts[:a.peer_samples]
+                got = b.run_method(method, task, task_prompts, max_new, "lengths" if length_mode else "methods",
                                    state)
                 rows.extend(got)
                 if method != "vanilla":
@@ -600,25 +617,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     for r in got:
                         if not r.get("skipped") and r["question_id"] in ref:
                             r["same_as_vanilla"] = r["token_ids"] == ref[r["question_id"]]
+                for r in got:
+                    raw.write(json.dumps(r) + "\n")
+                raw.flush()
                 done = [r for r in got if not r.get("skipped")]
                 tps = metrics.mean_tokens_per_second(done) if done else None
                 print(f"[{time.perf_counter() - t_start:7.1f} s] {task} max_new={max_new} {method}: "
                       f"{len(done)} answers, {_fmt(tps, '.1f')} tok/s ({time.perf_counter() - t0:.1f} s incl. "
                       f"warm-up)", flush=True)
 
-    with open(out / "bench_peers.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    raw.close()
     key = "max_new_tokens" if length_mode else "task"
     summary = summarize(rows, key)
     env = b.env
     head = [f"# Peer benchmark{' vs generation length' if length_mode else ''}", "",
             f"GPU: {env['gpu']}; torch {env['torch']}; transformers {env['transformers']}; dtype {env['dtype']}; "
             f"batch 1; greedy; model `{env['model']}`; tasks {', '.join(tasks)}; {a.num_samples} instances per task "
-            f"(seed {a.seed}); max new tokens {env['max_new_tokens']}; EOS ids {env['eos_ids']}; warm-up "
+            f"(seed {a.seed}{f'; transformers methods on the first {a.peer_samples}' if a.peer_samples else ''}); max new tokens {env['max_new_tokens']}; EOS ids {env['eos_ids']}; warm-up "
             f"{a.warmup} per method and task; our engine compiled: {env['our_compile']}.", "",
             f"Command: `{env['command']}`", "",
-            "tokens/s = mean over answers of the answer's tokens / seconds; speedup = ratio of those means "
+            "tokens/s = mean over answers of the answer's tokens / seconds; speedup = ratio of those means on "
+            "the instances both methods answered "
             "(evaluation_llama/metrics.py); mean accepted tokens = tokens committed per decoding step, bonus token "
             "included (blank: transformers does not report it); same tokens = share of answers whose tokens (up to "
             "the first EOS) equal vanilla's; optimization time share = the layer search's share of SWIFT's "

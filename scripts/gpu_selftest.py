@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from model import attention  # noqa: E402
 from model.config import ModelArgs  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.generate import vanilla_generate  # noqa: E402
@@ -24,9 +25,32 @@ CFG = dict(architectures=["LlamaForCausalLM"], vocab_size=512, hidden_size=256, 
            num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048)
 
 
+def kernel_checks() -> int:
+    """The split-KV attention kernel against SDPA (fp32 and bf16) on decode, tree and 7B-like shapes."""
+    import torch.nn.functional as F
+    failures = 0
+    for H, M, N, D in [(3, 3, 256, 64), (3, 3, 1024, 64), (3, 192, 768, 64), (32, 1, 768, 128), (8, 256, 512, 128)]:
+        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+            q = torch.randn(1, H, M, D, device="cuda", dtype=dtype)
+            kv = torch.randn(2, 1, H, N + 100, D, device="cuda", dtype=dtype)
+            allowed = torch.rand(M, N, device="cuda") < 0.7
+            allowed[:, 0] = True
+            allowed[:, N - 50:] = False
+            bias = torch.zeros(1, 1, M, N, device="cuda", dtype=dtype).masked_fill_(~allowed, float("-inf"))
+            k, v = kv[0, :, :, :N], kv[1, :, :, :N]
+            got = attention.triton_attention(q, k, v, bias).float()
+            ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias.float())
+            err = (got - ref).abs().max().item()
+            ok = err <= tol
+            print(f"attention kernel H={H} M={M} N={N} D={D} {dtype}: max abs diff {err:.2e} "
+                  f"split {attention.split_plan(H, M, N)} {'ok' if ok else 'FAIL'}")
+            failures += not ok
+    return failures
+
+
 def main() -> int:
     assert torch.cuda.is_available(), "needs a GPU"
-    failures = 0
+    failures = kernel_checks()
     args = ModelArgs.from_hf_config(CFG)
     for dtype in (torch.float32, torch.bfloat16):
         torch.manual_seed(0)
@@ -72,6 +96,7 @@ def main() -> int:
     sw = swift_generate(comp, prompt, 200, cfg=cfg, search=LayerSearch(args.n_layers, cfg)).tokens
     print(f"compiled fp32: vanilla same as eager kernels {got == ref}; swift==vanilla {sw == ref}")
     failures += (got != ref) + (sw != ref)
+    print(f"attention kernel status: {attention.kernel_status()}")
     print("FAILURES", failures)
     return int(failures > 0)
 

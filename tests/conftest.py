@@ -4,6 +4,8 @@
   repository, or ``$SWIFT_DATA_DIR``).
 - ``smollm2_path``: the converted SmolLM2-135M HF folder (``$SWIFT_TEST_MODEL`` or
   ``models/smollm2-135m/hf``), fetched with ``scripts/fetch_models.py`` when missing.
+- on a machine without CUDA, ``TRITON_INTERPRET=1`` (set before triton is imported) so the attention kernel
+  runs on CPU tensors in Triton's interpreter when a test asks for it.
 - every test starts from ``torch.manual_seed(0)``; torch uses 2 threads (CI has 2 cores).
 """
 
@@ -16,6 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # CPU tests run the Triton kernels in Triton's interpreter (test_attention.py)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FETCH_SCRIPT = REPO_ROOT / "scripts" / "fetch_models.py"

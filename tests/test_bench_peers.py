@@ -76,3 +76,18 @@ def test_lengths_mode(bench, smollm2_path, shared_data_dir, tmp_path):
     md = (out / "bench_peers.md").read_text()
     assert "max new tokens" in md and "not run: hf-early-exit" in md
     _check_outputs(out)
+
+
+def test_speedups_pair_instances_when_peers_ran_on_fewer(bench):
+    """--peer-samples: a peer answered q0, q1 only; its speedup compares it with vanilla on q0, q1, not on all four."""
+    def row(method, qid, tps):
+        return {"task": "gsm8k", "method": method, "question_id": qid, "token_ids": [[1, 2]],
+                "choices": [{"index": 0, "turns": ["x"], "new_tokens": [int(tps)], "wall_time": [1.0]}]}
+    rows = [row("vanilla", q, t) for q, t in (("q0", 100), ("q1", 100), ("q2", 400), ("q3", 400))]
+    rows += [row("hf-generate", "q0", 10), row("hf-generate", "q1", 30)]
+    rows += [row("swift", q, t) for q, t in (("q0", 120), ("q1", 120), ("q2", 480), ("q3", 480))]
+    by = {s["method"]: s for s in bench.summarize(rows, "task")}
+    assert by["hf-generate"]["n"] == 2
+    assert by["hf-generate"]["speedup_vs_vanilla"] == pytest.approx(20 / 100)
+    assert by["swift"]["speedup_vs_vanilla"] == pytest.approx(1.2)
+    assert by["swift"]["speedup_vs_hf_generate"] == pytest.approx(120 / 20)  # on q0, q1
