@@ -981,7 +981,7 @@ def _generate_all(s: Settings, prep: _Prepared, mine, pending, out: Path,
                   writer: Optional[AnswerWriter]) -> int:
     import torch
     from model.engine import Engine
-    from model.generate import cache_capacity, vanilla_generate
+    from model.generate import cache_capacity, sampling_head, vanilla_generate
     from model.loading import default_eos_ids
     from model.swift import decoding
     from model.swift.layer_cache import load_layer_config
@@ -1051,6 +1051,8 @@ def _generate_all(s: Settings, prep: _Prepared, mine, pending, out: Path,
                 throwaway = LayerSearch(margs.n_layers, s.swift) if search is not None else None
                 generate(first, min(a.max_new_tokens, WARMUP_MAX_NEW_TOKENS), throwaway,
                          new_calibrator())
+            if engine.cuda_graphs:  # every KV-length bucket's one-token graph, so none is captured while timed
+                engine.warm_up_decode(*sampling_head(s.sampling), noise=not s.sampling.greedy)
             if s.device.type == "cuda" and a.attention == "auto" and not attention.kernel_status()["ok"]:
                 _note(f"note: attention falls back to SDPA ({attention.kernel_status()['reason']})")
             bar = tqdm(total=len(mine), initial=len(mine) - len(pending), unit="answer",

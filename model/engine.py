@@ -121,6 +121,15 @@ class Engine:
             keep = torch.ones(n, T, dtype=torch.bool, device=self.device)
             self.block(T, tok, 0, 0, self.arange[:T], intra, gates=(keep, keep))
 
+    @torch.inference_mode()
+    def warm_up_decode(self, head_name: str = "logits", head=None, noise: bool = False) -> None:
+        """Capture the one-token graph of `head` for every KV-length bucket now, so that no capture lands inside a
+        timed generation (the first method timed would otherwise pay for captures the later ones reuse). Writes
+        scratch K/V at the last slot of each bucket, which any later pass overwrites before it can attend to it."""
+        tok = torch.zeros(1, dtype=torch.long, device=self.device)
+        for end in range(KV_BUCKET, self.max_seq_len + KV_BUCKET, KV_BUCKET):
+            self.decode(tok, min(end, self.max_seq_len) - 1, head_name=head_name, head=head, noise=noise)
+
     # ---- passes ---------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:

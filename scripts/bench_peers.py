@@ -51,7 +51,7 @@ from data import TASKS, format_prompt, load_task  # noqa: E402
 from evaluation_llama import metrics  # noqa: E402
 from evaluation_llama.runner import NONNEG_INT, POS_INT, SEED_STRIDE, WARMUP_MAX_NEW_TOKENS, default_data_dir  # noqa: E402,E501
 from model.engine import Engine  # noqa: E402
-from model.generate import cache_capacity, cut_at_eos, sync, vanilla_generate  # noqa: E402
+from model.generate import cache_capacity, cut_at_eos, sampling_head, sync, vanilla_generate  # noqa: E402
 from model.llama import NO_SKIP  # noqa: E402
 from model.loading import _resolve, default_eos_ids, load_model, load_tokenizer, model_name  # noqa: E402
 from model.sampling import SamplingConfig  # noqa: E402
@@ -240,6 +240,8 @@ class Bench:
         compile_ = self.a.compile == "on" or (self.a.compile == "auto" and self.device.type == "cuda")
         self.capacity = cache_capacity(longest_prompt, max_new)
         self.engine = Engine(self.model, self.capacity, compile=compile_)
+        if self.engine.cuda_graphs:  # capture every KV-length bucket now: the first method timed would pay otherwise
+            self.engine.warm_up_decode(*sampling_head(SamplingConfig()))
         self.env["our_compile"] = compile_
 
     # ---- transformers ----------------------------------------------------------------------------------------------

@@ -96,6 +96,27 @@ def test_cache_rollback_gives_identical_logits():
     assert (cont - ref).abs().max() <= 1e-4
 
 
+def test_decode_warm_up_leaves_generation_unchanged():
+    """warm_up_decode runs a one-token pass at the end of every KV-length bucket (writing scratch K/V there); a
+    generation before and after it is identical, and every bucket was visited."""
+    from model.engine import KV_BUCKET
+    from model.generate import sampling_head
+    from model.sampling import SamplingConfig
+    hf = hf_model(hf_config("llama"), seed=3, scale=4.0)
+    model, _ = ours_from_hf(hf)
+    eng = Engine(model, 3 * KV_BUCKET - 40)
+    prompt = torch.randint(0, 97, (20,)).tolist()
+    before = vanilla_generate(eng, prompt, 40).tokens
+    seen = []
+    real = eng.decode
+    eng.decode = lambda tok, pos, **kw: seen.append(pos) or real(tok, pos, **kw)
+    eng.warm_up_decode(*sampling_head(SamplingConfig()))
+    eng.decode = real
+    assert seen == [KV_BUCKET - 1, 2 * KV_BUCKET - 1, eng.max_seq_len - 1]
+    assert {eng.kv_len(p + 1) for p in seen} == {KV_BUCKET, 2 * KV_BUCKET, eng.max_seq_len}
+    assert vanilla_generate(eng, prompt, 40).tokens == before
+
+
 def test_tree_logits_equal_sequential_branches():
     hf = hf_model(hf_config("llama"), seed=4)
     model, _ = ours_from_hf(hf)
