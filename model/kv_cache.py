@@ -25,11 +25,13 @@ class KVCache(nn.Module):
             raise ValueError(f"cache groups {groups} do not cover {n_layers} layers")
         self.tensors: list[torch.Tensor] = []  # per group [n, 2, B, n_kv, S, hd]
         self._views: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (keys, values) views, made once
+        self._layers: list[torch.Tensor] = []  # per layer [2, B, n_kv, S, hd] view (keys and values together)
         for g, (dev, n) in enumerate(groups):
             t = torch.zeros((n, 2, batch_size, n_kv_heads, max_seq_len, head_dim), dtype=dtype, device=dev)
             self.register_buffer(f"kv{g}", t, persistent=False)
             self.tensors.append(t)
             self._views += [(t[i, 0], t[i, 1]) for i in range(n)]
+            self._layers += [t[i] for i in range(n)]
         self.layer_group = [(g, i) for g, (_, n) in enumerate(groups) for i in range(n)]
 
     @property
@@ -39,13 +41,13 @@ class KVCache(nn.Module):
             raise AttributeError("this cache spans several device groups; use .tensors")
         return self.tensors[0]
 
-    def update(self, layer: int, cache_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k/v `[B, n_kv, T, D]` at slots `cache_pos` `[T]` of `layer`; return the layer's full K and V.
-        `cache_pos` must be on the layer's device (Transformer.forward hands each stage its own copy)."""
-        keys, values = self._views[layer]
-        keys.index_copy_(2, cache_pos, k.to(keys.dtype))
-        values.index_copy_(2, cache_pos, v.to(values.dtype))
-        return keys, values
+    def update(self, layer: int, cache_pos: torch.Tensor, kv: torch.Tensor):
+        """Write keys and values `kv` `[2, B, n_kv, T, D]` at slots `cache_pos` `[T]` of `layer` (one kernel for
+        both); return the layer's full K and V. `cache_pos` must be on the layer's device (Transformer.forward hands
+        each stage its own copy)."""
+        dst = self._layers[layer]
+        dst.index_copy_(3, cache_pos, kv.to(dst.dtype))
+        return self._views[layer]
 
     def move(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Copy the entries at slots `src` to slots `dst` (1-D long tensors of equal length), in every layer."""

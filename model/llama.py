@@ -114,13 +114,15 @@ class FeedForward(nn.Module):
 # torch.compile once (one compiled graph per input shape, shared by all layers) and fuse their elementwise work.
 def attn_in(x, norm_w, eps: float, wqkv, bqkv, cos, sin, n_q: int, n_kv: int, hd: int):
     """RMSNorm, fused q/k/v projection, RoPE on q and k. Returns q folded for grouped-query attention
-    [B, n_kv, g*T, hd] (the g query heads of a KV head stacked on the query axis: no K/V repeat), k, v [B, n_kv, T, hd]."""
+    [B, n_kv, g*T, hd] (the g query heads of a KV head stacked on the query axis: no K/V repeat) and keys and values
+    stacked [2, B, n_kv, T, hd] (written to the cache by one kernel; compiled, the stack fuses into the RoPE kernel)."""
     B, T, _ = x.shape
     qkv = F.linear(F.rms_norm(x, (x.shape[-1],), norm_w, eps), wqkv, bqkv).view(B, T, n_q + 2 * n_kv, hd)
     qk = apply_rope(qkv[:, :, : n_q + n_kv], cos, sin)
     g = n_q // n_kv
     q = qk[:, :, :n_q].reshape(B, T, n_kv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, n_kv, g * T, hd)
-    return q, qk[:, :, n_q:].transpose(1, 2), qkv[:, :, n_q + n_kv:].transpose(1, 2)
+    kv = torch.stack((qk[:, :, n_q:], qkv[:, :, n_q + n_kv:])).transpose(2, 3)
+    return q, kv
 
 
 def attn_out(x, o, wo, gate, n_q: int, hd: int):
@@ -168,9 +170,9 @@ class TransformerBlock(nn.Module):
         KERNELS = EAGER if eager else COMPILED
         if not skip_attn:
             a, n = self.attention, self.attention_norm
-            q, k, v = KERNELS["attn_in"](x, n.weight, n.eps, a.wqkv.weight, a.wqkv.bias, cos, sin,
-                                         a.n_heads, a.n_kv, a.hd)
-            keys, values = cache.update(self.layer, cache_pos, k, v)
+            q, kv = KERNELS["attn_in"](x, n.weight, n.eps, a.wqkv.weight, a.wqkv.bias, cos, sin,
+                                       a.n_heads, a.n_kv, a.hd)
+            keys, values = cache.update(self.layer, cache_pos, kv)
             if kv_len is not None:  # attend only over the slots in use (bucketed), not the whole cache
                 keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]
             o = attention(q, keys, values, mask)

@@ -111,10 +111,11 @@ def test_kv_move_across_groups_matches_one_group():
     split = KVCache(**args, groups=[("cpu", 3), ("cpu", 2)])
     assert [t.shape[0] for t in split.tensors] == [3, 2] and split.layer_group[3] == (1, 0)
     for layer in range(5):
-        k, v = torch.randn(2, 1, 2, 16, 4).unbind(0)
+        kv = torch.randn(2, 1, 2, 16, 4)
         pos = torch.arange(16)
         for c in (one, split):
-            c.update(layer, pos, k, v)
+            keys, values = c.update(layer, pos, kv)
+            assert torch.equal(keys, kv[0]) and torch.equal(values, kv[1])
     src, dst = torch.tensor([9, 12, 14]), torch.tensor([5, 6, 7])
     one.move(src, dst)
     split.move(src, dst)
