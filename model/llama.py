@@ -112,12 +112,15 @@ class FeedForward(nn.Module):
 
 # The per-sub-layer computations are plain functions of tensors, so that `enable_compile` can hand them to
 # torch.compile once (one compiled graph per input shape, shared by all layers) and fuse their elementwise work.
-def attn_in(x, norm_w, eps: float, wqkv, bqkv, cos, sin, n_q: int, n_kv: int, hd: int):
-    """RMSNorm, fused q/k/v projection, RoPE on q and k. Returns q folded for grouped-query attention
+# Each sub-layer ends with its residual add *and* the RMSNorm of whichever sub-layer runs next (`next_w`: that
+# sub-layer's norm weight, or the final norm's), so that a compiled add and norm are one kernel; the next sub-layer
+# receives the residual stream x and its normalised copy xn.
+def attn_in(xn, wqkv, bqkv, cos, sin, n_q: int, n_kv: int, hd: int):
+    """Fused q/k/v projection of the normalised input, RoPE on q and k. Returns q folded for grouped-query attention
     [B, n_kv, g*T, hd] (the g query heads of a KV head stacked on the query axis: no K/V repeat) and keys and values
     stacked [2, B, n_kv, T, hd] (written to the cache by one kernel; compiled, the stack fuses into the RoPE kernel)."""
-    B, T, _ = x.shape
-    qkv = F.linear(F.rms_norm(x, (x.shape[-1],), norm_w, eps), wqkv, bqkv).view(B, T, n_q + 2 * n_kv, hd)
+    B, T, _ = xn.shape
+    qkv = F.linear(xn, wqkv, bqkv).view(B, T, n_q + 2 * n_kv, hd)
     qk = apply_rope(qkv[:, :, : n_q + n_kv], cos, sin)
     g = n_q // n_kv
     q = qk[:, :, :n_q].reshape(B, T, n_kv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, n_kv, g * T, hd)
@@ -125,20 +128,23 @@ def attn_in(x, norm_w, eps: float, wqkv, bqkv, cos, sin, n_q: int, n_kv: int, hd
     return q, kv
 
 
-def attn_out(x, o, wo, gate, n_q: int, hd: int):
-    """Unfold the attention output, project, add to the residual (kept unchanged where `gate` is False)."""
+def attn_out(x, o, wo, gate, next_w, eps: float, n_q: int, hd: int):
+    """Unfold the attention output, project, add to the residual (kept unchanged where `gate` is False); returns the
+    new residual and its RMSNorm with `next_w`."""
     B, T, _ = x.shape
     n_kv = o.shape[1]
     o = o.reshape(B, n_kv, n_q // n_kv, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, n_q * hd)
     h = x + F.linear(o, wo)
-    return h if gate is None else torch.where(gate, h, x)
+    h = h if gate is None else torch.where(gate, h, x)
+    return h, F.rms_norm(h, (h.shape[-1],), next_w, eps)
 
 
-def mlp(x, norm_w, eps: float, w13, w2, gate):
-    gate_up = F.linear(F.rms_norm(x, (x.shape[-1],), norm_w, eps), w13)
+def mlp(x, xn, w13, w2, gate, next_w, eps: float):
+    gate_up = F.linear(xn, w13)
     a, b = gate_up.chunk(2, dim=-1)
     h = x + F.linear(F.silu(a) * b, w2)
-    return h if gate is None else torch.where(gate, h, x)
+    h = h if gate is None else torch.where(gate, h, x)
+    return h, F.rms_norm(h, (h.shape[-1],), next_w, eps)
 
 
 EAGER = {"attn_in": attn_in, "attn_out": attn_out, "mlp": mlp}
@@ -163,24 +169,33 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
 
-    def forward(self, x, cos, sin, cache, cache_pos, mask, skip_attn=False, skip_mlp=False,
-                attn_gate=None, mlp_gate=None, kv_len=None, eager=False):
-        """`mask`: additive bias [B, 1, g*T, kv_len] already expanded for grouped queries (Transformer.forward).
+    def forward(self, x, xn, cos, sin, cache, cache_pos, mask, skip_attn=False, skip_mlp=False,
+                attn_gate=None, mlp_gate=None, kv_len=None, eager=False, next_w=None):
+        """x: residual stream; xn: x normalised for this block's first sub-layer that runs. `next_w`: the norm weight
+        of the sub-layer that runs after this block (the final norm after the last layer). Returns (x, xn) likewise.
+        `mask`: additive bias [B, 1, g*T, kv_len] already expanded for grouped queries (Transformer.forward).
         `eager` bypasses compiled sub-layer functions (prompts have arbitrary lengths: no recompiles)."""
         KERNELS = EAGER if eager else COMPILED
+        eps = self.ffn_norm.eps
         if not skip_attn:
-            a, n = self.attention, self.attention_norm
-            q, kv = KERNELS["attn_in"](x, n.weight, n.eps, a.wqkv.weight, a.wqkv.bias, cos, sin,
-                                       a.n_heads, a.n_kv, a.hd)
+            a = self.attention
+            q, kv = KERNELS["attn_in"](xn, a.wqkv.weight, a.wqkv.bias, cos, sin, a.n_heads, a.n_kv, a.hd)
             keys, values = cache.update(self.layer, cache_pos, kv)
             if kv_len is not None:  # attend only over the slots in use (bucketed), not the whole cache
                 keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]
             o = attention(q, keys, values, mask)
-            x = KERNELS["attn_out"](x, o, a.wo.weight, attn_gate, a.n_heads, a.hd)
+            after = next_w if skip_mlp else self.ffn_norm.weight
+            x, xn = KERNELS["attn_out"](x, o, a.wo.weight, attn_gate, after, eps, a.n_heads, a.hd)
         if not skip_mlp:
-            f, n = self.feed_forward, self.ffn_norm
-            x = KERNELS["mlp"](x, n.weight, n.eps, f.w13.weight, f.w2.weight, mlp_gate)
-        return x
+            f = self.feed_forward
+            x, xn = KERNELS["mlp"](x, xn, f.w13.weight, f.w2.weight, mlp_gate, next_w, eps)
+        return x, xn
+
+    def first_norm(self, skip_attn: bool, skip_mlp: bool, following):
+        """The norm weight of this block's first sub-layer that runs (`following` when both are skipped)."""
+        if not skip_attn:
+            return self.attention_norm.weight
+        return following if skip_mlp else self.ffn_norm.weight
 
 
 class Transformer(nn.Module):
@@ -232,30 +247,42 @@ class Transformer(nn.Module):
         cos, sin = self.rope(rope_pos, x.dtype)
         skip = skip or NO_SKIP
         if self.stages is not None:
-            x = self._forward_stages(x, cos, sin, cache_pos, mask, skip, gates, kv_len, eager)
+            x, xn = self._forward_stages(x, cos, sin, cache_pos, mask, skip, gates, kv_len, eager)
         else:
-            for i, layer in enumerate(self.layers):
-                ga = gm = None
-                if gates is not None:
-                    ga, gm = gates[0][i][None, :, None], gates[1][i][None, :, None]
-                x = layer(x, cos, sin, self.cache, cache_pos, mask, i in skip.attn, i in skip.mlp, ga, gm, kv_len,
-                          eager)
+            x, xn = self._run_layers(x, 0, self.args.n_layers, self.norm.weight, cos, sin, cache_pos, mask, skip,
+                                     gates, kv_len, eager)
         if last_only:
-            x = x[:, -1:]
-        return self.output(self.norm(x)).float()
+            xn = xn[:, -1:]
+        return self.output(xn).float()
+
+    def _run_layers(self, x, lo, hi, final_w, cos, sin, cache_pos, mask, skip, gates, kv_len, eager):
+        """Layers lo..hi-1 on x; returns (x, xn) with xn = RMSNorm(x, final_w). Each block hands the next one x and its
+        normalised copy (the norm fused into the previous sub-layer); only the first norm runs on its own."""
+        nexts, following = [None] * (hi - lo), final_w  # norm weight of what runs after each block, given the skips
+        for i in range(hi - 1, lo - 1, -1):
+            nexts[i - lo] = following
+            following = self.layers[i].first_norm(i in skip.attn, i in skip.mlp, following)
+        xn = F.rms_norm(x, (x.shape[-1],), following, self.norm.eps)
+        for i in range(lo, hi):
+            ga = gm = None
+            if gates is not None:
+                ga, gm = gates[0][i - lo][None, :, None], gates[1][i - lo][None, :, None]
+            x, xn = self.layers[i](x, xn, cos, sin, self.cache, cache_pos, mask, i in skip.attn, i in skip.mlp, ga, gm,
+                                   kv_len, eager, nexts[i - lo])
+        return x, xn
 
     def _forward_stages(self, x, cos, sin, cache_pos, mask, skip, gates, kv_len, eager):
         """The layer loop of a model placed over several devices: at each stage boundary the hidden state moves to the
         stage's device, and the per-forward inputs (rotary tables, mask bias, cache slots, gates) are copied there
-        once per stage (a no-op when the stage shares the previous device)."""
+        once per stage (a no-op when the stage shares the previous device). Each stage normalises its own input (a
+        norm weight lives on one device), so the fused norm of a stage's last sub-layer is unused except on the last."""
+        xn = None
         for dev, lo, hi in self.stages:
             x = x.to(dev, non_blocking=True)
             c, s_, m, cp = (t.to(dev, non_blocking=True) for t in (cos, sin, mask, cache_pos))
             g = None if gates is None else (gates[0][lo:hi].to(dev, non_blocking=True),
                                             gates[1][lo:hi].to(dev, non_blocking=True))
-            for i in range(lo, hi):
-                ga = gm = None
-                if g is not None:
-                    ga, gm = g[0][i - lo][None, :, None], g[1][i - lo][None, :, None]
-                x = self.layers[i](x, c, s_, self.cache, cp, m, i in skip.attn, i in skip.mlp, ga, gm, kv_len, eager)
-        return x
+            last = hi == self.args.n_layers
+            final_w = self.norm.weight if last else self.layers[hi - 1].ffn_norm.weight
+            x, xn = self._run_layers(x, lo, hi, final_w, c, s_, cp, m, skip, g, kv_len, eager)
+        return x, xn
