@@ -228,3 +228,24 @@ def test_real_smollm2_logits_and_greedy_generation(smollm2_path):
     got = vanilla_generate(eng, ids, 64).tokens
     assert got == want
     assert "Paris" in tok.decode(got)
+
+
+def test_compiled_sub_layers_trace_whole_and_keep_outputs(monkeypatch):
+    """torch.compile(fullgraph=True) of the sub-layer functions (traced by dynamo + AOT autograd; the aot_eager backend
+    needs no C++ compiler): vanilla and greedy SWIFT give the eager engine's tokens."""
+    import model.llama as llama
+    from model.swift.config import SwiftConfig
+    from model.swift.decoding import swift_generate
+    from model.swift.layer_search import LayerSearch
+    real_compile = torch.compile
+    monkeypatch.setattr(llama, "COMPILED", dict(llama.EAGER))  # restored afterwards: other tests stay eager
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "aot_eager"}))
+    hf = hf_model(hf_config("llama"), seed=1, scale=6)
+    model, args = ours_from_hf(hf)
+    prompt = torch.randint(0, 97, (30,), generator=torch.Generator().manual_seed(1)).tolist()
+    ref = vanilla_generate(Engine(model, 300), prompt, 40).tokens
+    eng = Engine(model, 300, compile=True)
+    assert all(llama.COMPILED[k] is not llama.EAGER[k] for k in llama.EAGER)
+    assert vanilla_generate(eng, prompt, 40).tokens == ref
+    cfg = SwiftConfig(skip_ratio=0.25, context_window=8, guard=False)
+    assert swift_generate(eng, prompt, 40, cfg=cfg, search=LayerSearch(args.n_layers, cfg)).tokens == ref
