@@ -26,42 +26,11 @@
 #   EXTRA_ARGS="--num-gpus 8" ./eval_llama.sh meta-llama/Llama-2-13b-hf
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-DEFAULT_MODEL="models/smollm2-135m/hf"
-MODEL_PATH="${1:-${MODEL_PATH:-$DEFAULT_MODEL}}"
-MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-512}"
 TASKS="${TASKS:-cnndm gsm8k tinystories}"
-PYTHON="${PYTHON:-python3}"
-
-# first run on a fresh machine: install what is missing and fetch the default model
-"$PYTHON" -c "import torch, transformers, safetensors, gguf, bayes_opt, tqdm" 2>/dev/null \
-    || PYTHON="$PYTHON" bash "$REPO/scripts/setup.sh"
-
-# the default model lives in the repository (the runners look there too); fetch it on first use
-if [[ "$MODEL_PATH" == "$DEFAULT_MODEL" && ! -f "$MODEL_PATH/config.json" \
-      && ! -f "$REPO/$DEFAULT_MODEL/config.json" ]]; then
-    echo "fetching the default model into $REPO/models ..." >&2
-    "$PYTHON" "$REPO/scripts/fetch_models.py"
-fi
-MODEL_ID="$("$PYTHON" -c 'import sys; from model.loading import model_name; print(model_name(sys.argv[1]))' "$MODEL_PATH")"
-
-# flags shared by both runners
-COMMON=(--model-path "$MODEL_PATH" --model-id "$MODEL_ID" --max-new-tokens "$MAX_NEW_TOKENS")
-if [[ -n "${NUM_SAMPLES:-}" ]]; then COMMON+=(--num-samples "$NUM_SAMPLES"); fi
-if [[ -n "${DATA_DIR:-}" ]]; then COMMON+=(--data-dir "$DATA_DIR"); fi
-read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
-read -r -a SWIFT_EXTRA <<< "${SWIFT_ARGS:-}"
-COMMON+=(${EXTRA[@]+"${EXTRA[@]}"})
+source "$(dirname "${BASH_SOURCE[0]}")/scripts/eval_common.sh"
 
 for task in $TASKS; do
     out="outputs/$MODEL_ID/$task"
     echo "== $task: baseline, then SWIFT -> $out" >&2
-    "$PYTHON" -m evaluation_llama.inference_baseline "${COMMON[@]}" --task "$task" \
-        --answer-file "$out/vanilla.jsonl"
-    "$PYTHON" -m evaluation_llama.inference_swift "${COMMON[@]}" --task "$task" \
-        --answer-file "$out/swift.jsonl" --layer-cache "$out/layer_config.json" \
-        ${SWIFT_EXTRA[@]+"${SWIFT_EXTRA[@]}"}
-    "$PYTHON" -m evaluation_llama.speed --file-path "$out/swift.jsonl" \
-        --base-path "$out/vanilla.jsonl"
+    run_pair "$out" "" --task "$task"
 done

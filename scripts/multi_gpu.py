@@ -72,8 +72,8 @@ def identical(a: dict[str, dict], b: dict[str, dict]) -> tuple[int, int]:
     return sum(a[q]["token_ids"] == b[q]["token_ids"] for q in common), len(common)
 
 
-def generation_seconds(path: Path) -> float:
-    return sum(sum(c["wall_time"]) for r in answers(path).values() for c in r["choices"])
+def generation_seconds(records: dict[str, dict]) -> float:
+    return sum(sum(c["wall_time"]) for r in records.values() for c in r["choices"])
 
 
 def main(argv=None) -> int:
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     sp = speed.compare_files(str(files["placed_swift"]), str(files["placed_vanilla"]))
     summary = {"devices": devices, "task": a.task, "num_samples": a.num_samples, "max_new_tokens": a.max_new_tokens,
                "runner_flags": extra, "end_to_end_s": wall,
-               "generation_s": {k: generation_seconds(p) for k, p in files.items()},
+               "generation_s": {k: generation_seconds(got[k]) for k in files},
                "identical": {k: {"same": s, "of": t} for k, (s, t) in checks.items()},
                "placed_speed": sp}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
