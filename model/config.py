@@ -12,6 +12,10 @@ SUPPORTED_ARCHITECTURES = {
     "MistralForCausalLM": False,
     "Qwen2ForCausalLM": True,
 }
+# The LLaMA-2-7B shape (an HF config dict), for random-weight benchmarks (scripts/bench_engine.py, profile_kernels.py).
+LLAMA2_7B_SHAPE = dict(architectures=["LlamaForCausalLM"], vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                       max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
 _MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 

@@ -51,6 +51,9 @@ class Engine:
         self._graphs: OrderedDict = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.graph_captures = 0
+        if self.device.type == "cuda":  # GEMV backend per weight shape, before anything is compiled or captured
+            from model import linear
+            linear.prepare(model)
         if compile:
             from model.llama import enable_compile
             enable_compile(len({d for d, _, _ in model.stages}) if self.multi_device else 1)

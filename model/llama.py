@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from model.attention import attention
 from model.config import ModelArgs
 from model.kv_cache import KVCache
+from model.linear import linear
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def attn_in(xn, wqkv, bqkv, cos, sin, n_q: int, n_kv: int, hd: int):
     [B, n_kv, g*T, hd] (the g query heads of a KV head stacked on the query axis: no K/V repeat) and keys and values
     stacked [2, B, n_kv, T, hd] (written to the cache by one kernel; compiled, the stack fuses into the RoPE kernel)."""
     B, T, _ = xn.shape
-    qkv = F.linear(xn, wqkv, bqkv).view(B, T, n_q + 2 * n_kv, hd)
+    qkv = linear(xn, wqkv, bqkv).view(B, T, n_q + 2 * n_kv, hd)
     qk = apply_rope(qkv[:, :, : n_q + n_kv], cos, sin)
     g = n_q // n_kv
     q = qk[:, :, :n_q].reshape(B, T, n_kv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, n_kv, g * T, hd)
@@ -134,15 +135,15 @@ def attn_out(x, o, wo, gate, next_w, eps: float, n_q: int, hd: int):
     B, T, _ = x.shape
     n_kv = o.shape[1]
     o = o.reshape(B, n_kv, n_q // n_kv, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, n_q * hd)
-    h = x + F.linear(o, wo)
+    h = x + linear(o, wo)
     h = h if gate is None else torch.where(gate, h, x)
     return h, F.rms_norm(h, (h.shape[-1],), next_w, eps)
 
 
 def mlp(x, xn, w13, w2, gate, next_w, eps: float):
-    gate_up = F.linear(xn, w13)
+    gate_up = linear(xn, w13)
     a, b = gate_up.chunk(2, dim=-1)
-    h = x + F.linear(F.silu(a) * b, w2)
+    h = x + linear(F.silu(a) * b, w2)
     h = h if gate is None else torch.where(gate, h, x)
     return h, F.rms_norm(h, (h.shape[-1],), next_w, eps)
 
@@ -253,7 +254,7 @@ class Transformer(nn.Module):
                                      gates, kv_len, eager)
         if last_only:
             xn = xn[:, -1:]
-        return self.output(xn).float()
+        return linear(xn, self.output.weight, self.output.bias).float()
 
     def _run_layers(self, x, lo, hi, final_w, cos, sin, cache_pos, mask, skip, gates, kv_len, eager):
         """Layers lo..hi-1 on x; returns (x, xn) with xn = RMSNorm(x, final_w). Each block hands the next one x and its

@@ -21,16 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from model import attention  # noqa: E402
-from model.config import ModelArgs  # noqa: E402
+from model import attention, linear  # noqa: E402
+from model.config import LLAMA2_7B_SHAPE, ModelArgs  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.generate import cache_capacity, sampling_head, vanilla_generate  # noqa: E402
 from model.loading import build_model, load_model, load_tokenizer  # noqa: E402
 from model.sampling import SamplingConfig  # noqa: E402
 
-LLAMA2_7B = dict(architectures=["LlamaForCausalLM"], vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                 rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
 
 
@@ -84,6 +81,14 @@ def main():
     ap.add_argument("--skip-7b", action="store_true", help="do not run the random-weight 7B-shaped model")
     ap.add_argument("--attention", nargs="+", default=["sdpa", "triton"], choices=["sdpa", "triton", "auto"],
                     help="attention implementations to time side by side (model/attention.py)")
+    ap.add_argument("--blas", nargs="+", default=["default"], choices=["default", "cublas", "cublaslt"],
+                    help="BLAS libraries for the 7B-shaped model's matrix-vector products, timed side by side "
+                         "(torch.backends.cuda.preferred_blas_library; 'default' leaves torch's choice)")
+    ap.add_argument("--linear", nargs="+", default=["auto"], choices=list(linear.BACKENDS),
+                    help="matrix-vector product implementations, timed side by side "
+                         "(model/linear.py: torch = F.linear/cuBLAS, triton = the GEMV kernel, auto = the faster per "
+                         "weight shape)")
+    ap.add_argument("--skip-real", action="store_true", help="do not run part 1 (the real checkpoint)")
     ap.add_argument("--out", default="outputs/bench_engine", help="folder for the jsonl rows and markdown table")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -98,55 +103,69 @@ def main():
     bw = copy_bandwidth(dev)
     print(f"device-to-device copy bandwidth: {bw / 1e12:.2f} TB/s")
 
-    tok = load_tokenizer(args.model_path)
-    ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                  return_dict=True)["input_ids"]
-    ids = list(ids)
-    model, margs = load_model(args.model_path, device=dev, dtype=dtype)
-    for compiled in (False, True):  # compilation is process-wide: the eager-sub-layer variants run first
-        for backend in args.attention:
-            attention.set_backend(backend)
-            eng = Engine(model, cache_capacity(len(ids), args.max_new_tokens), compile=compiled)
-            t0 = time.perf_counter()
-            tps, res = time_ours(eng, ids, args.max_new_tokens, args.reps)
-            impl = f"ours-vanilla[{backend}]" + ("+compile" if compiled else "")
-            rows.append(dict(env, part="real", model=args.model_path, impl=impl, tokens_per_s=tps,
-                             new_tokens=res.num_new_tokens, prompt_tokens=len(ids), tokens=res.tokens,
-                             setup_and_timing_s=time.perf_counter() - t0, attention=attention.kernel_status()))
-            print(f"{impl} {args.model_path}: {tps:.1f} tok/s", flush=True)
-            del eng
-    for r in rows:  # bf16 kernels may round differently: share of positions equal to the first variant's tokens
-        r["same_token_share_vs_first"] = sum(a == b for a, b in zip(r["tokens"], rows[0]["tokens"])) / max(
-            1, len(rows[0]["tokens"]))
-    print("same-token share vs the first variant:", [round(r["same_token_share_vs_first"], 3) for r in rows])
-    tps = max(r["tokens_per_s"] for r in rows)
-    if not args.skip_hf:
-        hf_tps, hf_tokens = time_hf(args.model_path, ids, args.max_new_tokens, dev, dtype)
-        same = sum(a == b for a, b in zip(hf_tokens, res.tokens)) / max(1, len(res.tokens))
-        rows.append(dict(env, part="real", model=args.model_path, impl="hf-generate", tokens_per_s=hf_tps,
-                         new_tokens=len(hf_tokens), prompt_tokens=len(ids), same_token_share_vs_ours=same))
-        print(f"transformers generate: {hf_tps:.1f} tok/s; ours / generate = {tps / hf_tps:.1f}x; "
-              f"same tokens {same:.3f}")
-    del model
-    torch.cuda.empty_cache()
-
+    ids = list(range(1000, 1040))  # the 7B part's prompt when part 1 is skipped
+    if not args.skip_real:
+        tok = load_tokenizer(args.model_path)
+        ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                      return_dict=True)["input_ids"]
+        ids = list(ids)
+        model, margs = load_model(args.model_path, device=dev, dtype=dtype)
+        for compiled in (False, True):  # compilation is process-wide: the eager-sub-layer variants run first
+            for backend, lin in [(b, li) for b in args.attention for li in args.linear]:
+                attention.set_backend(backend)
+                linear.set_backend(lin)
+                eng = Engine(model, cache_capacity(len(ids), args.max_new_tokens), compile=compiled)
+                t0 = time.perf_counter()
+                tps, res = time_ours(eng, ids, args.max_new_tokens, args.reps)
+                impl = f"ours-vanilla[{backend}, linear={lin}]" + ("+compile" if compiled else "")
+                rows.append(dict(env, part="real", model=args.model_path, impl=impl, tokens_per_s=tps,
+                                 new_tokens=res.num_new_tokens, prompt_tokens=len(ids), tokens=res.tokens,
+                                 setup_and_timing_s=time.perf_counter() - t0, attention=attention.kernel_status(),
+                                 linear=lin, linear_choices=linear.choices()))
+                print(f"{impl} {args.model_path}: {tps:.1f} tok/s", flush=True)
+                del eng
+        for r in rows:  # bf16 kernels may round differently: share of positions equal to the first variant's tokens
+            r["same_token_share_vs_first"] = sum(a == b for a, b in zip(r["tokens"], rows[0]["tokens"])) / max(
+                1, len(rows[0]["tokens"]))
+        print("same-token share vs the first variant:", [round(r["same_token_share_vs_first"], 3) for r in rows])
+        tps = max(r["tokens_per_s"] for r in rows)
+        if not args.skip_hf:
+            hf_tps, hf_tokens = time_hf(args.model_path, ids, args.max_new_tokens, dev, dtype)
+            same = sum(a == b for a, b in zip(hf_tokens, res.tokens)) / max(1, len(res.tokens))
+            rows.append(dict(env, part="real", model=args.model_path, impl="hf-generate", tokens_per_s=hf_tps,
+                             new_tokens=len(hf_tokens), prompt_tokens=len(ids), same_token_share_vs_ours=same))
+            print(f"transformers generate: {hf_tps:.1f} tok/s; ours / generate = {tps / hf_tps:.1f}x; "
+                  f"same tokens {same:.3f}")
+        del model
+        torch.cuda.empty_cache()
     if not args.skip_7b:
-        a7 = ModelArgs.from_hf_config(LLAMA2_7B)
+        a7 = ModelArgs.from_hf_config(LLAMA2_7B_SHAPE)
         torch.manual_seed(0)
         m7 = build_model(a7, None, device=dev, dtype=dtype)
         wbytes = sum(p.numel() * p.element_size() for p in m7.parameters())
         ids7 = [i % a7.vocab_size for i in ids]
         roof = bw / wbytes
-        for backend in args.attention:
-            attention.set_backend(backend)
-            e7 = Engine(m7, cache_capacity(len(ids), args.max_new_tokens), compile=True)
-            tps7, r7 = time_ours(e7, ids7, args.max_new_tokens, args.reps)
-            rows.append(dict(env, part="7b-random", model="llama-2-7b-shape (random weights)",
-                             impl=f"ours-vanilla[{backend}]+compile", tokens_per_s=tps7, weight_bytes=wbytes,
-                             copy_bw=bw, roofline_tokens_per_s=roof, roofline_share=tps7 / roof,
-                             new_tokens=r7.num_new_tokens, attention=attention.kernel_status()))
-            print(f"7B-shaped [{backend}]: {tps7:.1f} tok/s, roofline {roof:.1f} tok/s ({tps7 / roof:.0%})", flush=True)
-            del e7
+        default_blas = torch.backends.cuda.preferred_blas_library()
+        for blas in args.blas:
+            torch.backends.cuda.preferred_blas_library(default_blas if blas == "default" else blas)
+            for lin in args.linear:
+                linear.set_backend(lin)
+                for backend in args.attention:
+                    attention.set_backend(backend)
+                    e7 = Engine(m7, cache_capacity(len(ids), args.max_new_tokens), compile=True)
+                    tps7, r7 = time_ours(e7, ids7, args.max_new_tokens, args.reps)
+                    impl = f"ours-vanilla[{backend}, linear={lin}]+compile" + (
+                        "" if blas == "default" else f" blas={blas}")
+                    rows.append(dict(env, part="7b-random", model="llama-2-7b-shape (random weights)", impl=impl,
+                                     tokens_per_s=tps7, weight_bytes=wbytes, copy_bw=bw,
+                                     roofline_tokens_per_s=roof, roofline_share=tps7 / roof,
+                                     new_tokens=r7.num_new_tokens, blas=blas, linear=lin,
+                                     linear_choices=linear.choices(), attention=attention.kernel_status()))
+                    print(f"7B-shaped [{backend}, linear {lin}, blas {blas}]: {tps7:.1f} tok/s, roofline "
+                          f"{roof:.1f} tok/s ({tps7 / roof:.1%})", flush=True)
+                    del e7
+        torch.backends.cuda.preferred_blas_library(default_blas)
+        print("GEMV decisions (auto):", json.dumps(linear.choices()))
     with open(out / "bench_engine.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps({k: v for k, v in r.items() if k != "tokens"}) + "\n")
@@ -157,7 +176,7 @@ def main():
         note = ""
         if "roofline_share" in r:
             note = f"roofline {r['roofline_tokens_per_s']:.1f} tok/s ({r['copy_bw'] / 1e12:.2f} TB/s copy), " \
-                   f"{r['roofline_share']:.0%} of it"
+                   f"{r['roofline_share']:.1%} of it"
         elif r["impl"] == "hf-generate":
             note = f"ours (best) is {tps / r['tokens_per_s']:.1f}x faster"
         lines.append(f"| {r['model']} | {r['impl']} | {r['tokens_per_s']:.1f} | {note} |")

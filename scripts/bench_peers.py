@@ -26,7 +26,9 @@ for each max-new-tokens value, reporting speedup and the share of SWIFT's time s
 
 Outputs (in --out): bench_peers.jsonl (one row per method x instance, each also a valid answer record for
 evaluation_llama/metrics.py), bench_peers.md (summary), bench_peers.png (speedup bars per task and method; in
---lengths mode a line plot). A --lengths run writes the same file names: give it its own --out to keep both.
+--lengths mode a line plot). A --lengths run writes the same file names: give it its own --out to keep both. Both
+tables come with a breakdown of SWIFT's time (prefill, optimize, draft, verify, plain decoding, other).
+--merge DIR... renders one table and plot from several earlier runs (e.g. tasks split over several GPU calls).
 
 Example (H100): python3 scripts/bench_peers.py --model-path models/llama-2-7b/hf --num-samples 50 --hf-compile
 """
@@ -78,6 +80,22 @@ def _int_list(text: str) -> list[int]:
     if not vals or min(vals) < 1:
         raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {text!r}")
     return vals
+
+
+def _peer_samples(text: str) -> dict[str, int]:
+    """--peer-samples: N (every transformers method) or METHOD=N,... (those methods; the others run all instances)."""
+    text = text.strip()
+    if "=" not in text:
+        return {m: POS_INT(text) for m in HF_METHODS}
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, n = part.partition("=")
+        name = name.strip()
+        if name not in HF_METHODS:
+            raise argparse.ArgumentTypeError(f"--peer-samples: {name!r} is not a transformers method "
+                                             f"({', '.join(HF_METHODS)})")
+        out[name] = POS_INT(n.strip())
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,10 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"untimed warm-up generations per method and task (prompts of the task in turn, at most "
                          f"{WARMUP_MAX_NEW_TOKENS} new tokens; SWIFT warms up with a throwaway layer search) "
                          f"(default: %(default)s)")
-    ap.add_argument("--peer-samples", type=POS_INT, default=None,
-                    help="time the transformers methods on the first N instances of each task only (they decode "
-                         "one to two orders of magnitude slower than ours); speedups are then computed on the "
-                         "instances both methods answered (default: all instances)")
+    ap.add_argument("--peer-samples", type=_peer_samples, default=None, metavar="N | METHOD=N,...",
+                    help="time the transformers methods on the first N instances of each task only (the assisted "
+                         "ones decode one to two orders of magnitude slower than ours), either all of them "
+                         "(e.g. 5) or per method (e.g. hf-early-exit=1,hf-prompt-lookup=5: hf-generate then runs "
+                         "every instance); speedups are computed on the instances both methods answered "
+                         "(default: all instances)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                    help="run nothing: merge the bench_peers.jsonl of earlier runs (e.g. the tasks split over "
+                         "several GPU calls) into one table and plot (bench_peers.md/.png in --out; the raw rows stay "
+                         "in the parts' files); each part keeps its own command line")
     ap.add_argument("--out", default="outputs/bench_peers",
                     help="folder for bench_peers.jsonl / .md / .png and the layer-config caches "
                          "(default: %(default)s)")
@@ -498,6 +522,99 @@ def summarize(rows: list[dict], key: str) -> list[dict]:
     return out
 
 
+EARLY_EXIT_NOTE = ("hf-early-exit drafts with the first layers and the LM head of the unmodified model (transformers' "
+                   "LayerSkip-style self-speculation); it pays off only for checkpoints trained for early exit, which "
+                   "this comparison does not assume.")
+TIME_PARTS = ("prefill", "optimize", "draft", "verify", "plain")
+
+
+def time_breakdown(rows: list[dict], key: str) -> list[str]:
+    """Where SWIFT's generation time goes, per group and SWIFT method: shares of the summed wall time spent in the
+    prompt prefill, the layer search (optimize), drafting, verifying, plain decoding (the speed guard's fallback and
+    the probe before the first search) and the rest (Python bookkeeping between the timed parts)."""
+    agg: dict = {}
+    for r in rows:
+        if r.get("skipped") or not r.get("times"):
+            continue
+        a = agg.setdefault((r[key], r["method"]), dict.fromkeys(TIME_PARTS + ("wall",), 0.0))
+        for part in TIME_PARTS:
+            a[part] += r["times"].get(part, 0.0)
+        a["wall"] += metrics.wall_time(r)
+    if not agg:
+        return []
+    lines = [f"| {'max new tokens' if key == 'max_new_tokens' else key} | method | "
+             + " | ".join(TIME_PARTS) + " | other | wall (s) |", "|---|---|" + "---:|" * (len(TIME_PARTS) + 2)]
+    for (g, m), a in agg.items():
+        wall = a["wall"] or float("nan")
+        other = wall - sum(a[p] for p in TIME_PARTS)
+        lines.append(f"| {g} | {m} | " + " | ".join(f"{a[p] / wall:.1%}" for p in TIME_PARTS)
+                     + f" | {other / wall:.1%} | {a['wall']:.2f} |")
+    return lines
+
+
+def merge(dirs: Sequence[str], out: Path) -> int:
+    """Merge earlier runs' rows (same mode) into one bench_peers.{jsonl,md,png} in `out`."""
+    rows: list[dict] = []
+    for d in dirs:
+        f = Path(d) / "bench_peers.jsonl"
+        if not f.is_file():
+            raise SystemExit(f"--merge: {f} not found")
+        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise SystemExit("--merge: no rows")
+    modes = {r.get("mode") for r in rows}
+    if len(modes) != 1:
+        raise SystemExit(f"--merge: the runs mix modes {sorted(map(str, modes))}")
+    length_mode = modes == {"lengths"}
+    key = "max_new_tokens" if length_mode else "task"
+    seen = {}
+    for r in rows:
+        ident = (r[key], r["method"], r["question_id"])
+        if ident in seen:
+            raise SystemExit(f"--merge: {ident} appears in more than one run")
+        seen[ident] = True
+    out.mkdir(parents=True, exist_ok=True)  # the raw rows stay in the parts' jsonl files
+    summary = summarize(rows, key)
+    env_keys = ("gpu", "torch", "transformers", "dtype", "model", "our_compile")
+    envs = {tuple(str(r.get(k)) for k in env_keys) for r in rows}
+    if len(envs) != 1:
+        raise SystemExit(f"--merge: the runs differ in {env_keys}: {sorted(envs)}")
+    r0 = rows[0]
+    merged = f" (merged from {len(dirs)} runs)" if len(dirs) > 1 else ""
+    lines = [f"# Peer benchmark{' vs generation length' if length_mode else ''}{merged}", "",
+             f"GPU: {r0['gpu']}; torch {r0['torch']}; transformers {r0['transformers']}; dtype {r0['dtype']}; "
+             f"batch 1; greedy; model `{r0['model']}`; our engine compiled: {r0['our_compile']}. Each part ran in one "
+             f"process (all methods of a task side by side); the parts ran one after another on the same machine.",
+             "", "Commands:", ""]
+    lines += [f"- `{c}`" for c in dict.fromkeys(r["command"] for r in rows)]
+    lines += [f"- `scripts/bench_peers.py --merge {' '.join(dirs)} --out {out}`", ""]
+    write_report(lines, rows, summary, [], out, length_mode)
+    return 0
+
+
+def write_report(head: list[str], rows: list[dict], summary: list[dict], notes: list[str], out: Path,
+                 length_mode: bool) -> None:
+    """bench_peers.md (head, summary table, SWIFT's time breakdown, notes) and bench_peers.png in `out`."""
+    key = "max_new_tokens" if length_mode else "task"
+    lines = head + table(summary, "max new tokens" if length_mode else "task")
+    breakdown = time_breakdown(rows, key)
+    if breakdown:
+        lines += ["", "Where SWIFT's time goes (shares of its summed generation time):", ""] + breakdown
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in dict.fromkeys(notes)]
+    if any(r["method"] == "hf-early-exit" for r in rows):
+        lines += ["", EARLY_EXIT_NOTE]
+    (out / "bench_peers.md").write_text("\n".join(lines) + "\n")
+    r0 = rows[0] if rows else {"model": "?", "gpu": "?", "dtype": "?", "max_new_tokens": "?", "task": "?"}
+    title = (f"{r0['model']} on {r0['gpu']} ({r0['dtype']}), max new tokens {r0['max_new_tokens']}"
+             if not length_mode else f"{r0['model']} on {r0['task']}, {r0['gpu']} ({r0['dtype']})")
+    try:
+        plot(summary, out / "bench_peers.png", length_mode, title)
+    except Exception as exc:  # noqa: BLE001 - the numbers are written already; a plot failure is only reported
+        print(f"warning: could not draw the plot ({type(exc).__name__}: {exc})", file=sys.stderr)
+    print("\n".join(lines), flush=True)
+
+
 def table(summary: list[dict], key_title: str) -> list[str]:
     lines = [f"| {key_title} | method | answers | tokens/s | speedup vs vanilla | speedup vs hf-generate | "
              f"mean accepted tokens | same tokens as vanilla | optimization time share | setting / note |",
@@ -562,10 +679,18 @@ def plot(summary: list[dict], path: Path, length_mode: bool, title: str) -> None
 # ---------------------------------------------------------------------------------------------------------------------
 # entry point
 
+def _peer_note(peer_samples: Optional[dict]) -> str:
+    if not peer_samples:
+        return ""
+    return "; " + ", ".join(f"{m} on the first {n}" for m, n in peer_samples.items())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = build_parser()
     a = ap.parse_args(argv)
+    if a.merge:
+        return merge(a.merge, Path(a.out))
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASKS]
     if not tasks or bad:
@@ -608,8 +733,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for method in order:
                 t0 = time.perf_counter()
                 task_prompts = prompts[task]
-                if method in HF_METHODS and a.peer_samples:
-                    task_prompts = task_prompts[:a.peer_samples]
+                if a.peer_samples and method in a.peer_samples:
+                    task_prompts = task_prompts[:a.peer_samples[method]]
                 got = b.run_method(method, task, task_prompts, max_new, "lengths" if length_mode else "methods",
                                    state)
                 rows.extend(got)
@@ -635,7 +760,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     head = [f"# Peer benchmark{' vs generation length' if length_mode else ''}", "",
             f"GPU: {env['gpu']}; torch {env['torch']}; transformers {env['transformers']}; dtype {env['dtype']}; "
             f"batch 1; greedy; model `{env['model']}`; tasks {', '.join(tasks)}; {a.num_samples} instances per task "
-            f"(seed {a.seed}{f'; transformers methods on the first {a.peer_samples}' if a.peer_samples else ''}); max new tokens {env['max_new_tokens']}; EOS ids {env['eos_ids']}; warm-up "
+            f"(seed {a.seed}{_peer_note(a.peer_samples)}); max new tokens {env['max_new_tokens']}; EOS ids {env['eos_ids']}; warm-up "
             f"{a.warmup} per method and task; our engine compiled: {env['our_compile']}.", "",
             f"Command: `{env['command']}`", "",
             "tokens/s = mean over answers of the answer's tokens / seconds; speedup = ratio of those means on "
@@ -644,21 +769,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "included (blank: transformers does not report it); same tokens = share of answers whose tokens (up to "
             "the first EOS) equal vanilla's; optimization time share = the layer search's share of SWIFT's "
             "generation time.", ""]
-    lines = head + table(summary, "max new tokens" if length_mode else "task")
-    if b.notes:
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in dict.fromkeys(b.notes)]
-    if "hf-early-exit" in methods:
-        lines += ["", "hf-early-exit drafts with the first layers and the LM head of the unmodified model "
-                      "(transformers' LayerSkip-style self-speculation); it pays off only for checkpoints trained "
-                      "for early exit, which this comparison does not assume."]
-    (out / "bench_peers.md").write_text("\n".join(lines) + "\n")
-    title = (f"{env['model']} on {env['gpu']} ({env['dtype']}), max new tokens {env['max_new_tokens']}"
-             if not length_mode else f"{env['model']} on {tasks[0]}, {env['gpu']} ({env['dtype']})")
-    try:
-        plot(summary, out / "bench_peers.png", length_mode, title)
-    except Exception as exc:  # noqa: BLE001 - the numbers are written already; a plot failure is only reported
-        print(f"warning: could not draw the plot ({type(exc).__name__}: {exc})", file=sys.stderr)
-    print("\n".join(lines), flush=True)
+    write_report(head, rows, summary, b.notes, out, length_mode)
     print(f"\nwrote {out / 'bench_peers.jsonl'}, {out / 'bench_peers.md'}, {out / 'bench_peers.png'}")
     return 0
 

@@ -91,3 +91,50 @@ def test_speedups_pair_instances_when_peers_ran_on_fewer(bench):
     assert by["hf-generate"]["speedup_vs_vanilla"] == pytest.approx(20 / 100)
     assert by["swift"]["speedup_vs_vanilla"] == pytest.approx(1.2)
     assert by["swift"]["speedup_vs_hf_generate"] == pytest.approx(120 / 20)  # on q0, q1
+
+
+def test_peer_samples_flag_all_or_per_method(bench):
+    """--peer-samples N limits every transformers method; METHOD=N,... only those named; bad names/values fail."""
+    parse = bench.build_parser().parse_args
+    assert parse(["--peer-samples", "3"]).peer_samples == {m: 3 for m in bench.HF_METHODS}
+    assert parse(["--peer-samples", "hf-early-exit=1, hf-prompt-lookup=5"]).peer_samples == {
+        "hf-early-exit": 1, "hf-prompt-lookup": 5}
+    assert parse([]).peer_samples is None
+    for bad in ("swift=3", "hf-early-exit=0", "hf-generate=x", "0"):
+        with pytest.raises(SystemExit):
+            parse(["--peer-samples", bad])
+    assert bench._peer_note({"hf-early-exit": 1}) == "; hf-early-exit on the first 1"
+
+
+def _env_row(task, method, qid, tps, times=None, command="run-a"):
+    r = {"gpu": "G", "torch": "t", "transformers": "x", "dtype": "bfloat16", "model": "m", "our_compile": True,
+         "command": command, "max_new_tokens": 8, "mode": "methods", "task": task, "method": method,
+         "question_id": qid, "token_ids": [[1, 2]],
+         "choices": [{"index": 0, "turns": ["x"], "new_tokens": [int(tps)], "wall_time": [1.0]}]}
+    if times:
+        r["times"] = times
+    return r
+
+
+def _write(folder: Path, rows):
+    folder.mkdir(parents=True)
+    (folder / "bench_peers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_merge_runs_into_one_table_with_time_breakdown(bench, tmp_path):
+    """--merge: the tasks of two runs in one table, both commands listed, SWIFT's time shares summed per task;
+    a row present in two runs is refused."""
+    t = {"prefill": 0.1, "optimize": 0.2, "draft": 0.1, "verify": 0.1, "plain": 0.4}
+    _write(tmp_path / "a", [_env_row("gsm8k", "vanilla", "q0", 100), _env_row("gsm8k", "swift", "q0", 150, t)])
+    _write(tmp_path / "b", [_env_row("cnndm", "vanilla", "q0", 100, command="run-b"),
+                            _env_row("cnndm", "swift", "q0", 50, t, command="run-b")])
+    assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 0
+    md = (tmp_path / "m" / "bench_peers.md").read_text()
+    assert "`run-a`" in md and "`run-b`" in md and "merged from 2 runs" in md
+    assert "| gsm8k | swift | 1 | 150.0 | 1.50x |" in md and "| cnndm | swift | 1 | 50.0 | 0.50x |" in md
+    # shares of the 1.0 s wall: 10/20/10/10/40 %, other 10 %
+    assert "| gsm8k | swift | 10.0% | 20.0% | 10.0% | 10.0% | 40.0% | 10.0% | 1.00 |" in md
+    assert not (tmp_path / "m" / "bench_peers.jsonl").exists()
+    _write(tmp_path / "c", [_env_row("gsm8k", "vanilla", "q0", 100)])
+    with pytest.raises(SystemExit, match="more than one run"):
+        bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "m2")])
