@@ -34,6 +34,20 @@ class _Static:
         self.gates = None  # per-token keep flags [n_layers, T] (attention, MLP) for batched skip-set scoring
 
 
+def capture_graph(fn: Callable, pool=None) -> tuple:
+    """(graph, output) of `fn` captured into a CUDA graph, after one warm-up call on a side stream (lazy
+    initialisations, autotuning and compilation must not land inside the capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
+
+
 class Engine:
     def __init__(self, model: Transformer, max_seq_len: int, cuda_graphs: bool | None = None,
                  compile: bool = False):
@@ -97,16 +111,9 @@ class Engine:
 
     def _capture(self, fn):
         # Warm-up runs write the same K/V the replay will write (same static inputs), so they are harmless.
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = fn()
+        entry = capture_graph(fn, self._pool)
         self.graph_captures += 1
-        return graph, out
+        return entry
 
     @torch.inference_mode()
     def warm_up_shapes(self) -> None:

@@ -553,7 +553,7 @@ def time_breakdown(rows: list[dict], key: str) -> list[str]:
 
 
 def merge(dirs: Sequence[str], out: Path) -> int:
-    """Merge earlier runs' rows (same mode) into one bench_peers.{jsonl,md,png} in `out`."""
+    """Merge earlier runs' rows (same mode, same GPU/model/versions) into one bench_peers.{md,png} in `out`."""
     rows: list[dict] = []
     for d in dirs:
         f = Path(d) / "bench_peers.jsonl"
@@ -567,14 +567,13 @@ def merge(dirs: Sequence[str], out: Path) -> int:
         raise SystemExit(f"--merge: the runs mix modes {sorted(map(str, modes))}")
     length_mode = modes == {"lengths"}
     key = "max_new_tokens" if length_mode else "task"
-    seen = {}
+    seen = set()
     for r in rows:
         ident = (r[key], r["method"], r["question_id"])
         if ident in seen:
             raise SystemExit(f"--merge: {ident} appears in more than one run")
-        seen[ident] = True
+        seen.add(ident)
     out.mkdir(parents=True, exist_ok=True)  # the raw rows stay in the parts' jsonl files
-    summary = summarize(rows, key)
     env_keys = ("gpu", "torch", "transformers", "dtype", "model", "our_compile")
     envs = {tuple(str(r.get(k)) for k in env_keys) for r in rows}
     if len(envs) != 1:
@@ -588,14 +587,14 @@ def merge(dirs: Sequence[str], out: Path) -> int:
              "", "Commands:", ""]
     lines += [f"- `{c}`" for c in dict.fromkeys(r["command"] for r in rows)]
     lines += [f"- `scripts/bench_peers.py --merge {' '.join(dirs)} --out {out}`", ""]
-    write_report(lines, rows, summary, [], out, length_mode)
+    write_report(lines, rows, [], out, length_mode)
     return 0
 
 
-def write_report(head: list[str], rows: list[dict], summary: list[dict], notes: list[str], out: Path,
-                 length_mode: bool) -> None:
+def write_report(head: list[str], rows: list[dict], notes: list[str], out: Path, length_mode: bool) -> None:
     """bench_peers.md (head, summary table, SWIFT's time breakdown, notes) and bench_peers.png in `out`."""
     key = "max_new_tokens" if length_mode else "task"
+    summary = summarize(rows, key)
     lines = head + table(summary, "max new tokens" if length_mode else "task")
     breakdown = time_breakdown(rows, key)
     if breakdown:
@@ -754,8 +753,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"warm-up)", flush=True)
 
     raw.close()
-    key = "max_new_tokens" if length_mode else "task"
-    summary = summarize(rows, key)
     env = b.env
     head = [f"# Peer benchmark{' vs generation length' if length_mode else ''}", "",
             f"GPU: {env['gpu']}; torch {env['torch']}; transformers {env['transformers']}; dtype {env['dtype']}; "
@@ -769,7 +766,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "included (blank: transformers does not report it); same tokens = share of answers whose tokens (up to "
             "the first EOS) equal vanilla's; optimization time share = the layer search's share of SWIFT's "
             "generation time.", ""]
-    write_report(head, rows, summary, b.notes, out, length_mode)
+    write_report(head, rows, b.notes, out, length_mode)
     print(f"\nwrote {out / 'bench_peers.jsonl'}, {out / 'bench_peers.md'}, {out / 'bench_peers.png'}")
     return 0
 

@@ -126,16 +126,16 @@ def main() -> int:
         for p in model.parameters():
             p.mul_(8)
     old = linear.BACKEND
-    shares = {}
+    tokens = {}
     for lin in ("torch", "triton"):
         linear.set_backend(lin)
         eng = Engine(model, 1024, compile=True)
-        shares[lin] = vanilla_generate(eng, prompt, 200).tokens
+        tokens[lin] = vanilla_generate(eng, prompt, 200).tokens
         if lin == "triton":
             sw = swift_generate(eng, prompt, 200, cfg=cfg, search=LayerSearch(args.n_layers, cfg)).tokens
     linear.set_backend(old)
-    same = sum(x == y for x, y in zip(shares["torch"], shares["triton"])) / len(shares["torch"])
-    first = next((i for i, (x, y) in enumerate(zip(shares["torch"], shares["triton"])) if x != y), None)
+    same = sum(x == y for x, y in zip(tokens["torch"], tokens["triton"])) / len(tokens["torch"])
+    first = next((i for i, (x, y) in enumerate(zip(tokens["torch"], tokens["triton"])) if x != y), None)
     print(f"compiled bf16, GEMV kernel vs cuBLAS: same-token share {same:.3f} (first difference at {first}); "
           f"swift with the kernel ran ({len(sw)} tokens)")
     print(f"attention kernel status: {attention.kernel_status()}")
