@@ -980,6 +980,7 @@ def run_one(s: Settings, td: TaskData) -> int:
 def _generate_all(s: Settings, prep: _Prepared, mine, pending, out: Path,
                   writer: Optional[AnswerWriter]) -> int:
     import torch
+    from model.backends import Backends
     from model.engine import Engine
     from model.generate import cache_capacity, sampling_head, vanilla_generate
     from model.loading import default_eos_ids
@@ -1019,7 +1020,7 @@ def _generate_all(s: Settings, prep: _Prepared, mine, pending, out: Path,
     from model import attention
     attention.set_backend(a.attention)
     try:
-        engine = Engine(model, capacity, compile=_use_compile(s))
+        engine = Engine(model, capacity, Backends(compile="on" if _use_compile(s) else "off"))
     except torch.OutOfMemoryError as exc:
         raise _oom_error(s, margs, capacity, longest, model) from exc
 

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from model.backends import Backends
 from model.llama import NO_SKIP, LayerSkip, Transformer
 
 MAX_GRAPHS = 64
@@ -49,8 +50,8 @@ def capture_graph(fn: Callable, pool=None) -> tuple:
 
 
 class Engine:
-    def __init__(self, model: Transformer, max_seq_len: int, cuda_graphs: bool | None = None,
-                 compile: bool = False):
+    def __init__(self, model: Transformer, max_seq_len: int, backends: Backends | None = None,
+                 cuda_graphs: bool | None = None):
         self.model = model
         self.args = model.args
         self.device = model.tok_embeddings.weight.device  # inputs and outputs: the first device
@@ -65,10 +66,13 @@ class Engine:
         self._graphs: OrderedDict = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.graph_captures = 0
+        self.backends = (backends or Backends()).resolve(self.device)
+        from model import attention, linear
+        attention.set_backend("auto" if self.backends.kernels == "triton" else "sdpa")
+        linear.set_backend("auto" if self.backends.kernels == "triton" else "torch")
         if self.device.type == "cuda":  # GEMV backend per weight shape, before anything is compiled or captured
-            from model import linear
             linear.prepare(model)
-        if compile:
+        if (self.backends.kernels == "triton" and self.device.type == "cuda") or self.backends.use_compile:
             from model.llama import enable_compile
             enable_compile(len({d for d, _, _ in model.stages}) if self.multi_device else 1)
             self.warm_up_shapes()

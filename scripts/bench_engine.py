@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 from model import attention, linear  # noqa: E402
 from model.config import LLAMA2_7B_SHAPE, ModelArgs  # noqa: E402
+from model.backends import Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.generate import cache_capacity, sampling_head, vanilla_generate  # noqa: E402
 from model.loading import build_model, load_model, load_tokenizer  # noqa: E402
@@ -114,7 +115,7 @@ def main():
             for backend, lin in [(b, li) for b in args.attention for li in args.linear]:
                 attention.set_backend(backend)
                 linear.set_backend(lin)
-                eng = Engine(model, cache_capacity(len(ids), args.max_new_tokens), compile=compiled)
+                eng = Engine(model, cache_capacity(len(ids), args.max_new_tokens), Backends(kernels="torch" if lin == "torch" else "triton", compile="on" if compiled else "off"))
                 t0 = time.perf_counter()
                 tps, res = time_ours(eng, ids, args.max_new_tokens, args.reps)
                 impl = f"ours-vanilla[{backend}, linear={lin}]" + ("+compile" if compiled else "")
@@ -152,7 +153,7 @@ def main():
                 linear.set_backend(lin)
                 for backend in args.attention:
                     attention.set_backend(backend)
-                    e7 = Engine(m7, cache_capacity(len(ids), args.max_new_tokens), compile=True)
+                    e7 = Engine(m7, cache_capacity(len(ids), args.max_new_tokens), Backends(kernels="torch" if lin == "torch" else "triton", compile="on"))
                     tps7, r7 = time_ours(e7, ids7, args.max_new_tokens, args.reps)
                     impl = f"ours-vanilla[{backend}, linear={lin}]+compile" + (
                         "" if blas == "default" else f" blas={blas}")

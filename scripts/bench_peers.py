@@ -52,6 +52,7 @@ import torch  # noqa: E402
 from data import TASKS, format_prompt, load_task  # noqa: E402
 from evaluation_llama import metrics  # noqa: E402
 from evaluation_llama.runner import NONNEG_INT, POS_INT, SEED_STRIDE, WARMUP_MAX_NEW_TOKENS, default_data_dir  # noqa: E402,E501
+from model.backends import Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.generate import cache_capacity, cut_at_eos, sampling_head, sync, vanilla_generate  # noqa: E402
 from model.llama import NO_SKIP  # noqa: E402
@@ -263,7 +264,7 @@ class Bench:
     def make_engine(self, longest_prompt: int, max_new: int) -> None:
         compile_ = self.a.compile == "on" or (self.a.compile == "auto" and self.device.type == "cuda")
         self.capacity = cache_capacity(longest_prompt, max_new)
-        self.engine = Engine(self.model, self.capacity, compile=compile_)
+        self.engine = Engine(self.model, self.capacity, Backends(compile="on" if compile_ else "off"))
         if self.engine.cuda_graphs:  # capture every KV-length bucket now: the first method timed would pay otherwise
             self.engine.warm_up_decode(*sampling_head(SamplingConfig()))
         self.env["our_compile"] = compile_

@@ -13,6 +13,7 @@ import torch  # noqa: E402
 
 from model import attention, linear  # noqa: E402
 from model.config import ModelArgs  # noqa: E402
+from model.backends import Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.generate import vanilla_generate  # noqa: E402
 from model.loading import build_model  # noqa: E402
@@ -112,7 +113,7 @@ def main() -> int:
             p.mul_(8)
     prompt = torch.randint(0, 512, (64,)).tolist()
     ref = vanilla_generate(Engine(model, 1024), prompt, 200).tokens
-    comp = Engine(model, 1024, compile=True)
+    comp = Engine(model, 1024, Backends(kernels="torch", compile="on"))
     got = vanilla_generate(comp, prompt, 200).tokens
     cfg = SwiftConfig(skip_ratio=0.25, guard=False)
     sw = swift_generate(comp, prompt, 200, cfg=cfg, search=LayerSearch(args.n_layers, cfg)).tokens
@@ -129,7 +130,7 @@ def main() -> int:
     tokens = {}
     for lin in ("torch", "triton"):
         linear.set_backend(lin)
-        eng = Engine(model, 1024, compile=True)
+        eng = Engine(model, 1024, Backends(kernels="torch", compile="on"))
         tokens[lin] = vanilla_generate(eng, prompt, 200).tokens
         if lin == "triton":
             sw = swift_generate(eng, prompt, 200, cfg=cfg, search=LayerSearch(args.n_layers, cfg)).tokens

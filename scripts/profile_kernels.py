@@ -17,6 +17,7 @@ import torch  # noqa: E402
 
 from model import attention  # noqa: E402
 from model.config import LLAMA2_7B_SHAPE, ModelArgs  # noqa: E402
+from model.backends import Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.loading import build_model, load_model  # noqa: E402
 
@@ -54,10 +55,10 @@ def main():
         for impl in a.backends:
             attention.set_backend(impl)
             tag = impl + ("+compile" if compiled else "")
-            eng = Engine(model, a.seq, compile=compiled)
+            eng = Engine(model, a.seq, Backends(kernels="torch", compile="on" if compiled else "off"))
             print(f"{tag}: graph step {step_ms(eng, a.seq // 2):.3f} ms", flush=True)
             del eng
-            plain = Engine(model, a.seq, cuda_graphs=False, compile=compiled)  # no graph: kernels visible
+            plain = Engine(model, a.seq, Backends(kernels="torch", compile="on" if compiled else "off"), cuda_graphs=False)  # no graph: kernels visible
             step_ms(plain, a.seq // 2, reps=3)
             profile_step(plain, a.seq // 2, args.n_layers, tag)
     print(f"attention kernel status: {attention.kernel_status()}")

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from data import load_task  # noqa: E402
+from model.backends import Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.generate import cache_capacity, sync, vanilla_generate  # noqa: E402
 from model.llama import NO_SKIP  # noqa: E402
@@ -68,7 +69,7 @@ def main():
     eos = default_eos_ids(margs, tok)
     insts = load_task(a.task, a.data_dir, num_samples=a.num_samples, seed=0).instances
     prompts = [tok(i.prompt).input_ids for i in insts]
-    eng = Engine(model, cache_capacity(max(map(len, prompts)), a.max_new_tokens), compile=a.compile)
+    eng = Engine(model, cache_capacity(max(map(len, prompts)), a.max_new_tokens), Backends(kernels="torch", compile="on" if a.compile else "off"))
     cfg = SwiftConfig(skip_ratio=a.skip_ratio, guard=not a.no_guard)
     search = LayerSearch(margs.n_layers, cfg)
     vanilla_generate(eng, prompts[0], 16)

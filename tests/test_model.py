@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+from model.backends import Backends
+
 from model.config import ModelArgs
 from model.engine import Engine
 from model.errors import UserError
@@ -244,7 +246,7 @@ def test_compiled_sub_layers_trace_whole_and_keep_outputs(monkeypatch):
     model, args = ours_from_hf(hf)
     prompt = torch.randint(0, 97, (30,), generator=torch.Generator().manual_seed(1)).tolist()
     ref = vanilla_generate(Engine(model, 300), prompt, 40).tokens
-    eng = Engine(model, 300, compile=True)
+    eng = Engine(model, 300, Backends(kernels="torch", compile="on"))
     assert all(llama.COMPILED[k] is not llama.EAGER[k] for k in llama.EAGER)
     assert vanilla_generate(eng, prompt, 40).tokens == ref
     cfg = SwiftConfig(skip_ratio=0.25, context_window=8, guard=False)

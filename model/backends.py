@@ -1,0 +1,54 @@
+"""Which kernels a process runs: chosen once per entry point, handed to `Engine`, recorded in every run config.
+
+* ``kernels``: the decode, draft and verify passes run on
+  - ``"triton"``: the fused, batch-invariant Triton kernels (`model/kernels/`): one fixed reduction order per weight
+    shape and per query position, so a token tree verified in one pass gives the same bits as the same tokens decoded
+    one at a time (greedy SWIFT is token-identical to vanilla in bf16 too);
+  - ``"torch"``: PyTorch ops (cuBLAS products, SDPA attention); correct, but tree and one-token passes round
+    differently, so bf16 greedy outputs can differ after a near-tie;
+  - ``"auto"``: ``triton`` on CUDA when its kernels pass their self-check on this GPU, else ``torch``.
+* ``compile``: ``torch.compile`` the sub-layer functions of the ``torch`` path (fuses their elementwise work; CUDA
+  graphs are captured either way). ``"auto"`` = on for CUDA. The Triton path is already fused and ignores it.
+
+`Backends` is a frozen value: nothing here is process-global state. `resolve(device)` turns the ``auto`` choices
+into concrete ones for a device; the engine records the resolved value (`Engine.backends`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from model.errors import UserError
+
+KERNELS = ("auto", "triton", "torch")
+COMPILE = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class Backends:
+    kernels: str = "auto"
+    compile: str = "auto"
+
+    def __post_init__(self):
+        if self.kernels not in KERNELS:
+            raise UserError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}.")
+        if self.compile not in COMPILE:
+            raise UserError(f"compile must be one of {', '.join(COMPILE)}, got {self.compile!r}.")
+
+    def resolve(self, device) -> "Backends":
+        """Concrete choices for `device` (a torch.device or its name): ``auto`` becomes what runs there."""
+        cuda = str(device).startswith("cuda")
+        kernels = self.kernels
+        if kernels == "auto":
+            kernels = "triton" if cuda else "torch"
+        compile_ = self.compile
+        if compile_ == "auto":
+            compile_ = "on" if cuda and kernels == "torch" else "off"
+        return replace(self, kernels=kernels, compile=compile_)
+
+    @property
+    def use_compile(self) -> bool:
+        return self.compile == "on" and self.kernels == "torch"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
