@@ -94,7 +94,7 @@ def _read_safetensors_folder(folder: Path) -> dict:
     return sd
 
 
-def _resolve(path: str) -> tuple[Path, str | None]:
+def resolve_checkpoint(path: str) -> tuple[Path, str | None]:
     """Return (folder, gguf_file) for a local folder, a .gguf file, or a hub id (downloaded)."""
     p = Path(path).expanduser()
     if p.is_file() and p.suffix == ".gguf":
@@ -119,7 +119,7 @@ def _resolve(path: str) -> tuple[Path, str | None]:
 
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
-    folder, gguf = _resolve(path)
+    folder, gguf = resolve_checkpoint(path)
     try:
         return AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf) if gguf else \
             AutoTokenizer.from_pretrained(str(folder))
@@ -141,7 +141,7 @@ def load_model(path: str, device="cpu", dtype=torch.float32, devices=None) -> tu
         from model.placement import place_model
         model, args = load_model(path, device="cpu", dtype=dtype)
         return place_model(model, devices), args
-    folder, gguf = _resolve(path)
+    folder, gguf = resolve_checkpoint(path)
     if gguf:
         try:
             from transformers import AutoConfig, AutoModelForCausalLM

@@ -56,7 +56,7 @@ from model.backends import Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.generate import cache_capacity, cut_at_eos, sampling_head, sync, vanilla_generate  # noqa: E402
 from model.llama import NO_SKIP  # noqa: E402
-from model.loading import _resolve, default_eos_ids, load_model, load_tokenizer, model_name  # noqa: E402
+from model.loading import resolve_checkpoint, default_eos_ids, load_model, load_tokenizer, model_name  # noqa: E402
 from model.sampling import SamplingConfig  # noqa: E402
 from model.swift import decoding  # noqa: E402
 from model.swift.config import SwiftConfig  # noqa: E402
@@ -274,7 +274,7 @@ class Bench:
         if self.hf is not None:
             return self.hf
         from transformers import AutoModelForCausalLM
-        folder, gguf = _resolve(self.a.model_path)
+        folder, gguf = resolve_checkpoint(self.a.model_path)
         kw = {"gguf_file": gguf} if gguf else {}
         with _quiet_transformers():
             hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=self.dtype, **kw)
