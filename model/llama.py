@@ -99,7 +99,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = args.n_heads, args.n_kv_heads, args.head_dim
         self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=args.qkv_bias)
-        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
 
 
 class FeedForward(nn.Module):
@@ -107,8 +107,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)
-        self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
+        self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=args.mlp_bias)
+        self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=args.mlp_bias)
 
 
 # The per-sub-layer computations are plain functions of tensors, so that `enable_compile` can hand them to
@@ -129,21 +129,21 @@ def attn_in(xn, wqkv, bqkv, cos, sin, n_q: int, n_kv: int, hd: int):
     return q, kv
 
 
-def attn_out(x, o, wo, gate, next_w, eps: float, n_q: int, hd: int):
+def attn_out(x, o, wo, bo, gate, next_w, eps: float, n_q: int, hd: int):
     """Unfold the attention output, project, add to the residual (kept unchanged where `gate` is False); returns the
     new residual and its RMSNorm with `next_w`."""
     B, T, _ = x.shape
     n_kv = o.shape[1]
     o = o.reshape(B, n_kv, n_q // n_kv, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, n_q * hd)
-    h = x + linear(o, wo)
+    h = x + linear(o, wo, bo)
     h = h if gate is None else torch.where(gate, h, x)
     return h, F.rms_norm(h, (h.shape[-1],), next_w, eps)
 
 
-def mlp(x, xn, w13, w2, gate, next_w, eps: float):
-    gate_up = linear(xn, w13)
+def mlp(x, xn, w13, b13, w2, b2, gate, next_w, eps: float):
+    gate_up = linear(xn, w13, b13)
     a, b = gate_up.chunk(2, dim=-1)
-    h = x + linear(F.silu(a) * b, w2)
+    h = x + linear(F.silu(a) * b, w2, b2)
     h = h if gate is None else torch.where(gate, h, x)
     return h, F.rms_norm(h, (h.shape[-1],), next_w, eps)
 
@@ -186,10 +186,10 @@ class TransformerBlock(nn.Module):
                 keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]
             o = attention(q, keys, values, mask)
             after = next_w if skip_mlp else self.ffn_norm.weight
-            x, xn = KERNELS["attn_out"](x, o, a.wo.weight, attn_gate, after, eps, a.n_heads, a.hd)
+            x, xn = KERNELS["attn_out"](x, o, a.wo.weight, a.wo.bias, attn_gate, after, eps, a.n_heads, a.hd)
         if not skip_mlp:
             f = self.feed_forward
-            x, xn = KERNELS["mlp"](x, xn, f.w13.weight, f.w2.weight, mlp_gate, next_w, eps)
+            x, xn = KERNELS["mlp"](x, xn, f.w13.weight, f.w13.bias, f.w2.weight, f.w2.bias, mlp_gate, next_w, eps)
         return x, xn
 
     def first_norm(self, skip_attn: bool, skip_mlp: bool, following):
@@ -239,6 +239,9 @@ class Transformer(nn.Module):
             mask = mask[None, None]
         if kv_len is not None:
             mask = mask[..., :kv_len]
+        if self.args.sliding_window is not None:  # committed slot j holds position j: seen from p iff j > p - window
+            slots = torch.arange(mask.shape[-1], device=mask.device)
+            mask = mask & (slots > rope_pos[:, None, :, None] - self.args.sliding_window)
         x = self.tok_embeddings(idx)
         g = self.args.n_heads // self.args.n_kv_heads
         if g > 1:  # rows ordered (query head in group, token), as Attention folds them

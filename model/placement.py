@@ -58,17 +58,36 @@ def split_layers(n_layers: int, devices: Sequence, weights: Sequence[float] | No
     return out
 
 
+def plan_stages(n_layers: int, devices: Sequence, weights: Sequence[float] | None = None
+                ) -> list[tuple[torch.device, int, int]]:
+    """[(device, first layer, end layer)] per entry of `devices`: contiguous chunks sized by `chunk_sizes`."""
+    devs = [torch.device(d) for d in devices]
+    stages, start = [], 0
+    for d, k in zip(devs, chunk_sizes(n_layers, len(devs), weights)):
+        stages.append((d, start, start + k))
+        start += k
+    return stages
+
+
+def parameter_device(name: str, stages: Sequence[tuple[torch.device, int, int]]) -> torch.device:
+    """The device that owns parameter `name` (a Transformer parameter name) under `stages`, as `place_model` puts
+    it: the embedding on the first stage, a layer's weights on its stage, the final norm and the head on the last.
+    The loader allocates each parameter there directly, so that no weight passes through another device."""
+    if name.startswith("layers."):
+        layer = int(name.split(".", 2)[1])
+        return next(d for d, lo, hi in stages if lo <= layer < hi)
+    return stages[0][0] if name.startswith("tok_embeddings.") else stages[-1][0]
+
+
 def place_model(model: nn.Module, devices: Sequence, weights: Sequence[float] | None = None) -> nn.Module:
-    """Move `model` (a Transformer, e.g. loaded on CPU) onto `devices` by layer, in place; returns it.
+    """Move `model` (a Transformer, e.g. loaded on CPU) onto `devices` by layer, in place; returns it. Parameters
+    already on their device (as `load_model` allocates them) are not copied.
 
     Records `model.layer_devices` (device per layer) and `model.stages` [(device, start, end)] (None for a single
     device, so the single-device code paths stay exactly as they were), which `Transformer.forward`, `setup_cache`
     and `Engine` read. Any existing KV cache is dropped: call `setup_cache` (or build the Engine) afterwards."""
     devs = [torch.device(d) for d in devices]
-    stages, start = [], 0
-    for d, k in zip(devs, chunk_sizes(len(model.layers), len(devs), weights)):
-        stages.append((d, start, start + k))
-        start += k
+    stages = plan_stages(len(model.layers), devs, weights)
     first, last = devs[0], devs[-1]
     tied = model.output.weight is model.tok_embeddings.weight
     model.tok_embeddings.to(first)
