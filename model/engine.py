@@ -1,52 +1,39 @@
-"""Static-shape forward passes over one KV cache, replayed from CUDA graphs on GPU (plain eager calls on CPU).
+"""One decoding stream over a static KV cache: prefill, plain decoding steps, and the graph machinery SWIFT builds on.
 
-Every pass is (tokens[T], cache slots[T], rope positions[T], mask[T, S]) with T from a small fixed set; inputs are
-copied into static buffers shared by all graphs of the same T, so a replay costs a handful of tiny copies plus the
-graph. A graph is keyed by (T, skip set, head); heads post-process logits inside the graph (argmax, top-k, sampling)
-so that only a few numbers ever leave the GPU.
+State on the device: `seq` (the stream's token ids: prompt, then generated tokens) and `cursor` (the slot of the
+last committed token, whose keys and values are not written yet: the next pass's input). The host mirrors the
+committed length in `length`. Every pass derives its slots, positions and attention extents from `cursor` on the
+device, so a captured graph serves every position of every stream: there are no per-position graphs, and a pass
+needs no host input but the replay itself.
 
-A model placed over several devices (model/placement.py, pipeline placement for batch 1) runs eagerly: CUDA graphs
-are turned off (a graph is captured on one device), static inputs live on the first device (where the embedding
-is), and the logits are copied back from the last device before the head runs, so every output of `prefill`,
-`decode` and `block` is on `engine.device` (the first device) as callers expect.
+`run(key, fn)` runs `fn` as a CUDA graph (captured on first use, replayed after; `graph_captures` counts the
+captures, so callers can check that nothing is captured while timed) or eagerly on CPU / a model placed over several
+devices. `warm_up_decode` captures the plain-decoding graphs before anything is timed.
+
+The sub-layer implementation (`ops`, model/ops.py) follows `backends` (model/backends.py): the fused Triton kernels
+when they pass a self-check against the PyTorch ops on this device's real weights, else PyTorch. Prompts are always
+prefilled with the PyTorch ops (any length, SDPA); both methods share the prefill.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from typing import Callable
 
 import torch
 
+from model import graphs, kernels
 from model.backends import Backends
-from model.llama import NO_SKIP, LayerSkip, Transformer
+from model.kernels.attention import Extents
+from model.llama import NO_SKIP, LayerSkip, Pass, Transformer
+from model.ops import TorchOps, TritonOps
+from model.sampling import SamplingConfig, next_token
 
-MAX_GRAPHS = 64
-KV_BUCKET = 256  # attention reads the first ceil(used / KV_BUCKET) * KV_BUCKET cache slots, not all of them
-
-
-class _Static:
-    def __init__(self, T: int, S: int, device):
-        self.tok = torch.zeros(T, dtype=torch.long, device=device)
-        self.cpos = torch.arange(T, dtype=torch.long, device=device)
-        self.rpos = torch.zeros(T, dtype=torch.long, device=device)
-        self.mask = torch.zeros(T, S, dtype=torch.bool, device=device)
-        self.noise = None  # exponential noise [1, vocab] for sampling heads, drawn outside graphs
-        self.gates = None  # per-token keep flags [n_layers, T] (attention, MLP) for batched skip-set scoring
-
-
-def capture_graph(fn: Callable, pool=None) -> tuple:
-    """(graph, output) of `fn` captured into a CUDA graph, after one warm-up call on a side stream (lazy
-    initialisations, autotuning and compilation must not land inside the capture)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        out = fn()
-    return graph, out
+MAX_GRAPHS = 256
+KV_BUCKET = 256  # the PyTorch path attends over the first ceil(used / KV_BUCKET) * KV_BUCKET slots
+ALIGN = 128  # cache slots are allocated in whole attention chunks
+DECODE_CHUNKS = (1, 2, 4, 8)  # plain steps per graph replay (the host looks for EOS between replays)
 
 
 class Engine:
@@ -55,139 +42,164 @@ class Engine:
         self.model = model
         self.args = model.args
         self.device = model.tok_embeddings.weight.device  # inputs and outputs: the first device
-        self.multi_device = getattr(model, "stages", None) is not None
-        self.cache = model.setup_cache(max_seq_len)
-        self.max_seq_len = max_seq_len
-        self.arange = torch.arange(max_seq_len, device=self.device)
-        self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
-        if self.multi_device:
-            self.cuda_graphs = False  # eager on multi-device
-        self._static: dict[int, _Static] = {}
+        self.multi_device = model.stages is not None
+        self.max_seq_len = -(-max_seq_len // ALIGN) * ALIGN
+        self.cache = model.setup_cache(self.max_seq_len)
+        on_cuda = self.device.type == "cuda" and not self.multi_device
+        self.cuda_graphs = on_cuda if cuda_graphs is None else (cuda_graphs and not self.multi_device)
+        self.window = self.args.sliding_window or 0
+        self.seq = torch.zeros(self.max_seq_len, dtype=torch.long, device=self.device)
+        self.cursor = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.arange = torch.arange(self.max_seq_len, device=self.device)
+        self.length = 0
+        self.reference = TorchOps()
+        self.ops, self.backends, self.kernel_note = self._choose_ops((backends or Backends()), model)
         self._graphs: OrderedDict = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._buffers: dict = {}
         self.graph_captures = 0
-        self.backends = (backends or Backends()).resolve(self.device)
-        from model import attention, linear
-        attention.set_backend("auto" if self.backends.kernels == "triton" else "sdpa")
-        linear.set_backend("auto" if self.backends.kernels == "triton" else "torch")
-        if self.device.type == "cuda":  # GEMV backend per weight shape, before anything is compiled or captured
-            linear.prepare(model)
-        if (self.backends.kernels == "triton" and self.device.type == "cuda") or self.backends.use_compile:
-            from model.llama import enable_compile
-            enable_compile(len({d for d, _, _ in model.stages}) if self.multi_device else 1)
-            self.warm_up_shapes()
 
-    # ---- plumbing -------------------------------------------------------------------------------------------------
-    def static(self, T: int) -> _Static:
-        if T not in self._static:
-            self._static[T] = _Static(T, self.max_seq_len, self.device)
-        return self._static[T]
-
-    def kv_len(self, used: int) -> int:
-        return min(self.max_seq_len, -(-used // KV_BUCKET) * KV_BUCKET)
-
-    def _forward(self, st: _Static, skip: LayerSkip, head: Callable, gates, kv_len: int):
-        logits = self.model(st.tok[None], st.cpos, st.rpos, st.mask, skip=skip, gates=gates, kv_len=kv_len)[0]
-        if self.multi_device:
-            logits = logits.to(self.device)
-        return head(logits, st)
+    # ---- backends -------------------------------------------------------------------------------------------------
+    def _choose_ops(self, requested: Backends, model):
+        b = requested.resolve(self.device)
+        n_dev = len({d for d, _, _ in model.stages}) if self.multi_device else 1
+        torch_ops = lambda: TorchOps(compile=b.compile == "on", n_devices=n_dev)  # noqa: E731
+        if b.kernels == "torch":
+            return torch_ops(), b, None
+        if not kernels.available(self.device):
+            note = f"the Triton kernels do not run on {self.device}; using the PyTorch ops"
+            if requested.kernels == "triton":
+                raise RuntimeError(note)
+            return torch_ops(), Backends("torch", b.compile).resolve(self.device), note
+        problem = self._kernels_disagree(TritonOps())
+        if problem is None:
+            return TritonOps(), b, None
+        note = f"the Triton kernels disagree with the PyTorch ops on this device ({problem}); using the PyTorch ops"
+        if requested.kernels == "triton":
+            raise RuntimeError(note)
+        warnings.warn(note, RuntimeWarning)
+        return torch_ops(), Backends("torch", b.compile).resolve(self.device), note
 
     @torch.inference_mode()
-    def run(self, T: int, skip: LayerSkip, head_name: str, head: Callable, gates=None, kv_len: int | None = None):
-        """Run the model on static(T)'s current contents; replay a captured graph when enabled. `head(logits, static)`
-        post-processes the logits inside the graph."""
-        st = self.static(T)
-        kv_len = kv_len or self.max_seq_len
+    def _kernels_disagree(self, ops) -> str | None:
+        """Compare one decode step (a 150-token random prefix, so several attention chunks) of `ops` with the PyTorch
+        ops on the model's own weights; None when they agree to the dtype's rounding."""
+        try:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            n = min(150, self.max_seq_len - 1)
+            prompt = torch.randint(0, self.args.vocab_size, (n + 1,), generator=g).to(self.device)
+            ar = self.arange[:n]
+            zeros = torch.zeros_like(ar)
+            self.model(Pass(prompt[:n], self.ext(zeros, zeros, ar, ar)), self.reference)
+            last = self.arange[n:n + 1]
+            p = Pass(prompt[n:], self.ext(last, last, last, last))
+            ref = self.model.logits(self.model(p, self.reference), self.reference)
+            got = self.model.logits(self.model(p, ops), ops)
+            err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1.0)).item()
+            tol = 1e-3 if self.model.output.weight.dtype == torch.float32 else 3e-2
+            return None if err <= tol else f"max relative difference {err:.3g} > {tol}"
+        except Exception as e:  # noqa: BLE001 - any kernel failure means: use the PyTorch ops
+            return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+    # ---- plumbing -------------------------------------------------------------------------------------------------
+    def ext(self, prefix, run_lo, slot, pos) -> Extents:
+        return Extents(prefix, run_lo, slot, pos, self.window)
+
+    def kv_len(self, extra: int) -> int | None:
+        """Slots the PyTorch path attends over for a pass reaching `extra` slots past the committed length (a static
+        bucket); None for the Triton path, which reads the extents."""
+        if self.ops.inplace:
+            return None
+        used = self.length + extra
+        return min(self.max_seq_len, -(-used // KV_BUCKET) * KV_BUCKET)
+
+    def forward(self, p: Pass, skip: LayerSkip = NO_SKIP, gates=None, mark=None) -> torch.Tensor:
+        return self.model(p, self.ops, skip=skip, gates=gates, mark=mark)
+
+    def logits(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.model.logits(x, self.ops, weight)
+        return out.to(self.device) if self.multi_device else out
+
+    def buffer(self, key, shape, dtype=torch.float32) -> torch.Tensor:
+        """A static buffer (graph input drawn or filled outside the graph), made once per key."""
+        if key not in self._buffers:
+            self._buffers[key] = torch.zeros(shape, dtype=dtype, device=self.device)
+        return self._buffers[key]
+
+    @torch.inference_mode()
+    def run(self, key, fn: Callable, track: bool = False):
+        """`fn()` (`fn(mark)` when `track`) as a replayed CUDA graph, captured on first use; eagerly without graphs."""
         if not self.cuda_graphs:
-            return self._forward(st, skip, head, gates, kv_len)
-        key = (T, skip, head_name, gates is not None, kv_len)
+            return fn(lambda k: None) if track else fn()
+        return self.graph(key, fn, track).replay()
+
+    def graph(self, key, fn: Callable, track: bool = False) -> graphs.Graph:
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(lambda: self._forward(st, skip, head, gates, kv_len))
+            entry = graphs.capture(fn, self._pool, track=track)
+            self.graph_captures += 1
             self._graphs[key] = entry
             if len(self._graphs) > MAX_GRAPHS:
                 self._graphs.popitem(last=False)
         else:
             self._graphs.move_to_end(key)
-        graph, out = entry
-        graph.replay()
-        return out
-
-    def _capture(self, fn):
-        # Warm-up runs write the same K/V the replay will write (same static inputs), so they are harmless.
-        entry = capture_graph(fn, self._pool)
-        self.graph_captures += 1
         return entry
-
-    @torch.inference_mode()
-    def warm_up_shapes(self) -> None:
-        """Run every static shape once (plain and gated, decode and all tree / scoring sizes), so that compilation
-        happens here and not inside a timed generation. Writes only scratch K/V at slots [0, 128)."""
-        from model.tree import BUCKETS
-        n = self.args.n_layers
-        self.decode(torch.zeros(1, dtype=torch.long, device=self.device), 0)
-        for T in BUCKETS:
-            if T > self.max_seq_len:
-                continue
-            intra = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
-            tok = torch.zeros(T, dtype=torch.long, device=self.device)
-            self.block(T, tok, 0, 0, self.arange[:T], intra)
-            keep = torch.ones(n, T, dtype=torch.bool, device=self.device)
-            self.block(T, tok, 0, 0, self.arange[:T], intra, gates=(keep, keep))
-
-    @torch.inference_mode()
-    def warm_up_decode(self, head_name: str = "logits", head=None, noise: bool = False) -> None:
-        """Capture the one-token graph of `head` for every KV-length bucket now, so that no capture lands inside a
-        timed generation (the first method timed would otherwise pay for captures the later ones reuse). Writes
-        scratch K/V at the last slot of each bucket, which any later pass overwrites before it can attend to it."""
-        tok = torch.zeros(1, dtype=torch.long, device=self.device)
-        for end in range(KV_BUCKET, self.max_seq_len + KV_BUCKET, KV_BUCKET):
-            self.decode(tok, min(end, self.max_seq_len) - 1, head_name=head_name, head=head, noise=noise)
 
     # ---- passes ---------------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Eager forward of a prompt chunk at slots start.. (causal, sees everything before); last position's logits."""
-        T = tokens.shape[0]
-        pos = self.arange[start:start + T]
-        mask = self.arange[None, :] <= pos[:, None]
-        return self.model(tokens[None].to(self.device), pos, pos, mask, last_only=True, eager=True)[0, -1] \
-            .to(self.device)
+    def start(self, prompt_ids: list[int], sampling: SamplingConfig = SamplingConfig()) -> torch.Tensor:
+        """Prefill the prompt (PyTorch ops, eagerly) and commit the first generated token: seq[P] is the token after
+        the prompt, `cursor` = P (its keys and values come with the next pass), `length` = P + 1. Returns the
+        prompt's last logits [V]."""
+        P = len(prompt_ids)
+        self.seq[:P] = torch.tensor(prompt_ids, dtype=torch.long)
+        ar = self.arange[:P]
+        zeros = torch.zeros_like(ar)
+        x = self.model(Pass(self.seq[:P], self.ext(zeros, zeros, ar, ar)), self.reference)
+        logits = self.model.logits(x[-1:], self.reference).to(self.device)
+        self.seq[P:P + 1] = next_token(logits, sampling)
+        self.cursor.fill_(P)
+        self.length = P + 1
+        return logits[0]
+
+    def one_step(self, pos: torch.Tensor) -> Pass:
+        """The pass of the token at slot `pos` [1] (its own rotary position), attending slots [0, pos]."""
+        return Pass(self.seq.index_select(0, pos), self.ext(pos, pos, pos, pos), self.kv_len(DECODE_CHUNKS[-1]))
 
     @torch.inference_mode()
-    def decode(self, tok: torch.Tensor, pos: int, skip: LayerSkip = NO_SKIP, head_name="logits", head=None,
-               noise: bool = False):
-        """One token at slot `pos` (rope position `pos`), attending slots [0, pos]. With `noise`, fresh Exp(1) noise
-        is drawn (eagerly, from the global generator) into the static buffer a sampling head reads."""
-        st = self.static(1)
-        if noise:
-            if st.noise is None:
-                st.noise = torch.empty(1, self.args.vocab_size, device=self.device)
-            st.noise.exponential_(1)
-        st.tok.copy_(tok.reshape(1))
-        st.cpos.fill_(pos)
-        st.rpos.fill_(pos)
-        torch.le(self.arange, pos, out=st.mask[0])
-        return self.run(1, skip, head_name, head or _identity, kv_len=self.kv_len(pos + 1))
+    def decode(self, n: int, sampling: SamplingConfig = SamplingConfig()) -> None:
+        """n plain decoding steps with the full model from the cursor: fills seq[length, length + n)."""
+        assert n in DECODE_CHUNKS, n
+        noise = None
+        if not sampling.greedy:  # exponential-race noise, drawn outside the graph from the global generator
+            noise = self.buffer(("noise", n), (n, self.args.vocab_size))
+            noise.exponential_(1)
+
+        def steps():
+            for d in range(n):
+                pos = self.cursor + d
+                logits = self.logits(self.forward(self.one_step(pos)))
+                nxt = next_token(logits, sampling, None if noise is None else noise[d:d + 1])
+                self.seq.index_copy_(0, pos + 1, nxt)
+            self.cursor.add_(n)
+
+        self.run(("decode", n, sampling, self.kv_len(DECODE_CHUNKS[-1])), steps)
+        self.length += n
+
+    def decode_chunk(self, remaining: int) -> int:
+        """The largest plain-step chunk that fits `remaining` tokens."""
+        return max(c for c in DECODE_CHUNKS if c <= max(1, remaining))
 
     @torch.inference_mode()
-    def block(self, T: int, tokens: torch.Tensor, prefix: int, start: int, rope_pos: torch.Tensor,
-              intra: torch.Tensor, head_name="logits", head=None, skip: LayerSkip = NO_SKIP, gates=None):
-        """T tokens at slots [start, start+T) that see slots [0, prefix) plus `intra` [T, T] among themselves."""
-        st = self.static(T)
-        st.tok.copy_(tokens)
-        torch.add(self.arange[:T], start, out=st.cpos)
-        st.rpos.copy_(rope_pos)
-        torch.lt(self.arange.expand(T, -1), prefix, out=st.mask)
-        st.mask[:, start:start + T] = intra
-        if gates is not None:
-            if st.gates is None:
-                st.gates = (torch.ones_like(gates[0]), torch.ones_like(gates[1]))
-            st.gates[0].copy_(gates[0])
-            st.gates[1].copy_(gates[1])
-        return self.run(T, skip, head_name, head or _identity, st.gates if gates is not None else None,
-                        kv_len=self.kv_len(start + T))
-
-
-def _identity(x, st=None):
-    return x
+    def warm_up_decode(self, sampling: SamplingConfig = SamplingConfig()) -> None:
+        """Capture every plain-decoding graph now (each chunk size; for the PyTorch path each KV-length bucket), so
+        that no capture lands inside a timed generation. Runs on scratch positions and leaves the stream empty."""
+        if not self.cuda_graphs:
+            return
+        lengths = [0] if self.ops.inplace else range(0, self.max_seq_len - DECODE_CHUNKS[-1], KV_BUCKET)
+        for length in lengths:
+            for n in DECODE_CHUNKS:
+                self.length = length
+                self.cursor.fill_(max(0, length - 1))
+                self.decode(n, sampling)
+        self.length = 0

@@ -9,7 +9,7 @@ import torch
 
 from model.engine import Engine
 from model.errors import UserError
-from model.sampling import SamplingConfig, next_token
+from model.sampling import SamplingConfig
 
 SCRATCH_SLOTS = 160  # cache slots past the longest sequence: draft chain, padded tree, layer-search window blocks
 
@@ -25,7 +25,6 @@ class GenerationResult:
     num_drafted: int
     wall_time_s: float
     stats: dict = field(default_factory=dict)
-    final_skip: dict | None = None
 
 
 def cache_capacity(max_prompt_len: int, max_new_tokens: int) -> int:
@@ -59,35 +58,23 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sampling_head(cfg: SamplingConfig):
-    """Graph head turning logits into the next token, named so graphs are keyed by the sampling settings.
-    Sampling reads its exponential noise from the static buffer the engine refills before each replay."""
-    return f"next:{cfg}", (lambda logits, st: next_token(logits[-1:], cfg, None if cfg.greedy else st.noise))
-
-
 @torch.inference_mode()
 def vanilla_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
-                     sampling: SamplingConfig = SamplingConfig(), eos_ids=(), eos_check_every: int = 8
-                     ) -> GenerationResult:
-    """Autoregressive decoding; EOS is looked for every `eos_check_every` tokens (the only host sync in the loop)."""
+                     sampling: SamplingConfig = SamplingConfig(), eos_ids=()) -> GenerationResult:
+    """Autoregressive decoding: plain steps in graph chunks of up to 8; the host reads each chunk's tokens (the only
+    host sync in the loop) and stops at EOS or the budget."""
     check_lengths(engine, len(prompt_ids), max_new_tokens)
     dev = engine.device
-    eos = torch.tensor(sorted(eos_ids) or [-1], device=dev)
     sync(dev)
     t0 = time.perf_counter()
-    prompt = torch.tensor(prompt_ids, dtype=torch.long, device=dev)
-    out = torch.empty(max_new_tokens, dtype=torch.long, device=dev)
-    out[:1] = next_token(engine.prefill(prompt)[None], sampling)
-    name, head = sampling_head(sampling)
-    n, pos, checked = 1, len(prompt_ids), 0
-    while n < max_new_tokens:
-        if n - checked >= eos_check_every:
-            if torch.isin(out[checked:n], eos).any().item():
-                break
-            checked = n
-        out[n:n + 1] = engine.decode(out[n - 1], pos, head_name=name, head=head, noise=not sampling.greedy)
-        n, pos = n + 1, pos + 1
-    tokens = cut_at_eos(out[:n].tolist(), set(eos_ids), max_new_tokens)
+    engine.start(prompt_ids, sampling)
+    P, eos = len(prompt_ids), set(eos_ids)
+    tokens = engine.seq[P:P + 1].tolist()
+    while len(tokens) < max_new_tokens and tokens[-1] not in eos and not eos.intersection(tokens[-8:]):
+        n = engine.decode_chunk(max_new_tokens - len(tokens))
+        engine.decode(n, sampling)
+        tokens += engine.seq[engine.length - n:engine.length].tolist()  # sync: EOS check
+    tokens = cut_at_eos(tokens, eos, max_new_tokens)
     sync(dev)
     wall = time.perf_counter() - t0
     return GenerationResult(tokens=tokens, num_new_tokens=len(tokens), num_steps=len(tokens),

@@ -54,9 +54,12 @@ def logits_to_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def accept_probability(p_child: float, rejected_mass: float) -> float:
+def accept_probability(p_child, rejected_mass):
     """Probability of accepting a candidate with target probability `p_child` after siblings holding
-    `rejected_mass` of the target distribution were rejected (see the module docstring)."""
+    `rejected_mass` of the target distribution were rejected (see the module docstring). Floats or tensors."""
+    if isinstance(p_child, torch.Tensor):
+        return torch.where(rejected_mass < 1.0, p_child / (1.0 - rejected_mass).clamp_min(1e-30),
+                           torch.zeros_like(p_child))
     return p_child / (1.0 - rejected_mass) if rejected_mass < 1.0 else 0.0
 
 

@@ -93,3 +93,40 @@ def tree_tensors(tree: TokenTree, top_k: int, device: str):
     gather[1:n] = torch.tensor([1 + d * top_k + r for d, r in tree.src])
     parents = torch.tensor(tree.parents[1:], dtype=torch.long)
     return mask.to(device), depth.to(device), gather.to(device), parents.to(device)
+
+
+class DeviceTree:
+    """The same tree rule, built on the device from the draft's tables, inside a graph (no host round trip).
+
+    Inputs of `build`: the draft's top-k ids `table` [D, K] (row d: depth d+1; column 0 is the chain token), its top-1
+    probabilities `top1` [D], and the chain length C [1] (rows >= C were not drafted this cycle). Depth d+1 gets
+    `branch_counts`' candidates, allocated in depth order within `max_nodes`; the result is padded to `size` nodes
+    (pads: the root's token at depth 0, seeing only the committed prefix). Node order as in `build_tree`: root,
+    chain nodes 1..C, then the alternatives depth by depth."""
+
+    def __init__(self, rule: tuple[tuple[float, int], ...], max_nodes: int, size: int, device):
+        self.thresholds = torch.tensor([t for t, _ in rule], dtype=torch.float32, device=device)
+        self.counts = torch.tensor([c for _, c in rule], dtype=torch.long, device=device)
+        self.max_nodes, self.size = max_nodes, size
+
+    def build(self, table: torch.Tensor, top1: torch.Tensor, C: torch.Tensor, root_token: torch.Tensor):
+        """(tokens [size], depth [size], node [D, K] (index of each table entry's node; `size` = not in the tree),
+        extras [D] (alternatives per depth row))."""
+        D, K = table.shape
+        dev = table.device
+        d = torch.arange(D, device=dev)
+        r = torch.arange(K, device=dev)
+        drafted = d < C
+        row = (top1[:, None] < self.thresholds[None, :]).sum(1).clamp_max(len(self.counts) - 1)
+        extras = torch.where(drafted, (self.counts[row] - 1).clamp(0, K - 1), 0)
+        budget = self.max_nodes - 1 - C
+        extras = torch.minimum(extras, (budget - (extras.cumsum(0) - extras)).clamp_min(0))
+        before = extras.cumsum(0) - extras
+        node = torch.where(r[None, :] == 0, d[:, None] + 1, 1 + C + before[:, None] + r[None, :] - 1)
+        valid = torch.where(r[None, :] == 0, drafted[:, None], r[None, :] <= extras[:, None])
+        node = torch.where(valid, node, self.size)
+        tokens = root_token.expand(self.size + 1).clone()
+        tokens.scatter_(0, node.flatten(), table.flatten())
+        depth = torch.zeros(self.size + 1, dtype=torch.long, device=dev)
+        depth.scatter_(0, node.flatten(), (d[:, None] + 1).expand(D, K).flatten())
+        return tokens[:self.size], depth[:self.size], node, extras

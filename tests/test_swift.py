@@ -54,15 +54,10 @@ VOCAB = 8
 
 def _exact_joint(eng, prompt):
     """Exact distribution of generated tokens 2 and 3 under vanilla sampling at T=1 (token 1 summed out)."""
-    model = eng.model
-    S = eng.max_seq_len
 
     def dist(seq):
-        T = len(seq)
-        pos = torch.arange(T)
-        mask = torch.arange(S)[None, :] <= pos[:, None]
         with torch.inference_mode():
-            return torch.softmax(model(torch.tensor(seq)[None], pos, pos, mask)[0, -1], -1).double()
+            return torch.softmax(eng.start(seq), -1).double()  # the prefill's logits of the last position
     p1 = dist(prompt)
     joint = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
     for a in range(VOCAB):
@@ -129,14 +124,13 @@ def test_search_finds_planted_noops():
     eng, noops = _planted_model()
     prompt = _prompt(16, seed=9)
     full = prompt + vanilla_generate(eng, prompt, 40).tokens  # a window of the model's own greedy tokens
-    seq_buf = torch.zeros(eng.max_seq_len, dtype=torch.long)
-    seq_buf[:len(full)] = torch.tensor(full)
-    eng.prefill(seq_buf[:len(full) - 1])
+    eng.start(full[:-1])  # K/V of the window; the prefill's argmax is the window's last token
+    assert eng.seq[:len(full)].tolist() == full
     # precondition: skipping any other single sub-layer (plus the no-ops) changes the argmax on the window
     others = [LayerSkip.of(attn=sorted(noops.attn | {i}), mlp=sorted(noops.mlp)) for i in (1, 3)] + \
              [LayerSkip.of(attn=sorted(noops.attn), mlp=sorted(noops.mlp | {i})) for i in (2, 4)]
-    assert score_candidates(eng, seq_buf, len(full), [noops], 32) == [1.0]
-    assert all(s < 1.0 for s in score_candidates(eng, seq_buf, len(full), others, 32))
+    assert score_candidates(eng, [noops], 32) == [1.0]
+    assert all(s < 1.0 for s in score_candidates(eng, others, 32))
     cfg = SwiftConfig(skip_ratio=0.5, max_score=1.0, guard=False, seed=3)
     search = LayerSearch(6, cfg)
     res = swift_generate(eng, prompt, 200, cfg=cfg, search=search)
@@ -184,7 +178,7 @@ def test_bayesian_proposal_every_beta_steps(monkeypatch):
 
 
 def test_auto_ratio_lowers_when_poor_and_raises_when_near_one():
-    cfg = SwiftConfig(ratio_patience=4)
+    cfg = SwiftConfig(ratio_patience=4, ratio_objective="matchness")
     s = LayerSearch(12, cfg)
     assert s.state.ratio == cfg.ratio_init
     for _ in range(4):

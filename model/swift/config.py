@@ -30,10 +30,18 @@ class SwiftConfig:
     ratio_patience: int = 25  # optimization steps at one ratio before it may change
     # acceleration phase
     draft_stop_threshold: float = 0.8
-    draft_stop: str = "calibrated"  # "confidence" (paper: raw top-1 probability) or "calibrated" (learned mapping)
+    # "speed": draft the length that maximises expected tokens/s (measured step costs, observed acceptance), one host
+    # sync per cycle; "confidence" (paper): stop at the first top-1 probability below the threshold, read once per
+    # `draft_chunk` tokens; "calibrated": the same with the probability mapped to the observed acceptance rate
+    draft_stop: str = "speed"
+    draft_chunk: int = 4
     max_draft_len: int = 25
     tree_rule: tuple = DEFAULT_TREE_RULE
-    max_tree_nodes: int = 64
+    max_tree_nodes: int = 32
+    draft_vocab: int = 0  # > 0: the draft's LM head keeps only this many token ids (verification keeps all)
+    # automatic ratio: "speed" raises r while the predicted tokens/s (matchness as acceptance, measured draft cost)
+    # grows; "matchness" raises it while matchness stays >= max_score and stops there
+    ratio_objective: str = "speed"
     # speed guard: fall back to plain decoding when SWIFT is slower than plain steps measured in the same stream
     guard: bool = True
     guard_probe_tokens: int = 8
@@ -55,8 +63,12 @@ class SwiftConfig:
         need(1 <= self.num_candidates <= 16, f"candidates per step must be in [1, 16], got {self.num_candidates}.")
         need(0 < self.draft_stop_threshold <= 1,
              f"draft stop threshold must be in (0, 1], got {self.draft_stop_threshold}.")
-        need(self.draft_stop in ("confidence", "calibrated"),
-             f"draft stop rule must be 'confidence' or 'calibrated', got '{self.draft_stop}'.")
+        need(self.draft_stop in ("speed", "confidence", "calibrated"),
+             f"draft stop rule must be 'speed', 'confidence' or 'calibrated', got '{self.draft_stop}'.")
+        need(1 <= self.draft_chunk <= 32, f"draft chunk must be in [1, 32], got {self.draft_chunk}.")
+        need(self.draft_vocab >= 0, f"draft vocabulary size must be >= 0 (0 = full), got {self.draft_vocab}.")
+        need(self.ratio_objective in ("speed", "matchness"),
+             f"ratio objective must be 'speed' or 'matchness', got '{self.ratio_objective}'.")
         need(1 <= self.max_draft_len <= 32, f"max draft length must be in [1, 32], got {self.max_draft_len}.")
         need(self.max_draft_len + 2 <= self.max_tree_nodes <= 128,
              f"max tree nodes must be in [max draft length + 2, 128], got {self.max_tree_nodes}.")

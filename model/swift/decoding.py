@@ -1,10 +1,15 @@
 """SWIFT decoding: optimize the skip set on the fly, draft with it, verify a token tree, commit.
 
-Cache layout during one cycle (L = committed tokens; the last one, the root, has no K/V yet):
-slots [0, L-1) hold the full model's K/V of committed tokens; the draft writes slots L-1.. with the skipped model;
-verification rewrites slots L-1.. with the full model for every tree node (chain nodes first, so an accepted chain
-prefix is already in place); at most one accepted alternative leaf is moved into place. The layer-search scoring pass
-uses the same scratch slots before drafting. Nothing is cloned, rejection costs nothing.
+One stream, as in the paper's algorithm box:
+
+    prefill -> [probe: a few plain steps, timed] -> repeat:
+        optimize: score candidate skip sets on the last gamma tokens (one batched pass), update the search
+        draft:    k tokens with the current skip set (one graph replay; k planned for speed, or until confidence drops)
+        verify:   build the tree, run the full model over it, accept the longest valid path + bonus, commit
+                  (one graph replay, one host sync)
+
+The device-side cycle lives in `acceleration.py`, the search in `layer_search.py`, the draft-length and ratio model
+in `planner.py`. A speed guard falls back to plain decoding when a stream's cycles are slower than its plain steps.
 """
 
 from __future__ import annotations
@@ -12,18 +17,17 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import torch
 
 from model.engine import Engine
-from model.generate import GenerationResult, check_lengths, sampling_head, sync
+from model.generate import GenerationResult, check_lengths, sync
 from model.llama import LayerSkip
-from model import sampling as rules
-from model.sampling import SamplingConfig, logits_to_probs, next_token, sample_from_probs
+from model.sampling import SamplingConfig
+from model.swift.acceleration import Drafter, Verifier
 from model.swift.config import SwiftConfig
-from model.swift.layer_search import LayerSearch
-from model.tree import TokenTree, branch_counts, build_tree, tree_tensors
+from model.swift.layer_search import LayerSearch, score_candidates
+from model.swift.planner import CostModel, DraftPlanner
 
 
 class DraftCalibrator:
@@ -81,15 +85,30 @@ class SpeedGuard:
         return self.tripped_at is not None
 
 
+class Accelerator:
+    """The draft and verify programs of one engine and SWIFT configuration, made once and reused by every stream
+    (their graphs read these objects' buffers): see `accelerator`."""
+
+    def __init__(self, engine: Engine, cfg: SwiftConfig):
+        self.drafter = Drafter(engine, cfg)
+        self.verifier = Verifier(engine, cfg, self.drafter)
+        self.costs = CostModel.default(engine.args.n_layers)
+
+
+def accelerator(engine: Engine, cfg: SwiftConfig) -> Accelerator:
+    """The engine's `Accelerator` for the settings that shape its buffers (made on first use)."""
+    key = (cfg.max_draft_len, cfg.tree_rule, cfg.max_tree_nodes, cfg.draft_vocab)
+    store = engine.__dict__.setdefault("_accelerators", {})
+    if key not in store:
+        store[key] = Accelerator(engine, cfg)
+    return store[key]
+
+
 @dataclass
 class _Stream:
-    engine: Engine
     cfg: SwiftConfig
-    sampling: SamplingConfig
     eos_ids: frozenset
     max_new: int
-    seq: torch.Tensor  # committed tokens on device; seq[L-1] is the root (no K/V yet)
-    L: int
     new: list = field(default_factory=list)
     accept_lengths: list = field(default_factory=list)  # tokens committed per step, bonus included
     done: bool = False
@@ -108,195 +127,104 @@ class _Stream:
         return n
 
 
-def _topk_head(k: int):
-    return f"topk{k}", (lambda logits, st: torch.softmax(logits[-1], dim=-1).topk(k))
+def plain_steps(engine: Engine, s: _Stream, n: int, sampling: SamplingConfig) -> None:
+    """Up to n plain decoding steps with the full model (the vanilla graphs), one host sync per chunk."""
+    while n > 0 and not s.done:
+        c = engine.decode_chunk(min(n, s.max_new - len(s.new)))
+        engine.decode(c, sampling)
+        s.append(engine.seq[engine.length - c:engine.length].tolist(), one_step=False)  # sync: EOS check
+        n -= c
 
 
-def _argmax(logits, st=None):
-    return logits.argmax(dim=-1)
-
-
-@torch.inference_mode()
-def plain_steps(s: _Stream, n: int) -> None:
-    """n plain decoding steps with the full model, one host sync at the end."""
-    name, head = sampling_head(s.sampling)
-    L0 = s.L
-    for _ in range(n):
-        s.seq[s.L:s.L + 1] = s.engine.decode(s.seq[s.L - 1], s.L - 1, head_name=name, head=head,
-                                             noise=not s.sampling.greedy)
-        s.L += 1
-    s.append(s.seq[L0:s.L].tolist(), one_step=False)
-
-
-@torch.inference_mode()
-def score_candidates(engine: Engine, seq: torch.Tensor, L: int, cands: list[LayerSkip], gamma: int) -> list[float]:
-    """Matchness of each skip set: over the window of the last `gamma` committed tokens with K/V (slots
-    [L-1-gamma, L-1)), the share of positions where the skipped model's argmax equals the token that followed.
-    All candidates run in one forward: candidate c is block c of the input, its skip set applied by per-token gates,
-    each block sees the prefix before the window plus itself causally."""
-    n, nl, dev = len(cands), engine.args.n_layers, engine.device
-    ws = L - 1 - gamma
-    keep = torch.ones(2, nl, n, gamma, dtype=torch.bool)
-    for c, sk in enumerate(cands):
-        keep[0, list(sk.attn), c] = False
-        keep[1, list(sk.mlp), c] = False
-    keep = keep.view(2, nl, n * gamma).to(dev)
-    tokens = seq[ws:L - 1].repeat(n)
-    rope = (engine.arange[:gamma] + ws).repeat(n)
-    pred = engine.block(n * gamma, tokens, prefix=ws, start=L - 1, rope_pos=rope,
-                        intra=_block_causal(n, gamma, str(dev)), head_name="argmax", head=_argmax,
-                        gates=(keep[0], keep[1]))
-    return (pred.view(n, gamma) == seq[ws + 1:L]).float().mean(dim=1).tolist()
-
-
-@lru_cache(maxsize=16)
-def _block_causal(n: int, gamma: int, device: str) -> torch.Tensor:
-    """n causal blocks of gamma tokens on the diagonal: each candidate's window sees only itself."""
-    return torch.block_diag(*[torch.ones(gamma, gamma).tril().bool()] * n).to(device)
-
-
-@torch.inference_mode()
-def draft(s: _Stream, skip: LayerSkip, table: torch.Tensor, calibrate=None) -> list[float]:
-    """Chain draft with the skipped model: top-1 each step, top-k kept in `table` [max_draft_len, k]; stops when the
-    top-1 probability (mapped through `calibrate` when given) drops below the threshold, at the length cap, or at
-    the end of the output budget."""
-    cfg = s.cfg
-    name, head = _topk_head(cfg.top_k)
-    top1, tok = [], s.seq[s.L - 1]
-    limit = min(cfg.max_draft_len, s.max_new - len(s.new))
-    for d in range(max(1, limit)):
-        probs, ids = s.engine.decode(tok, s.L - 1 + d, skip=skip, head_name=name, head=head)
-        table[d].copy_(ids)
-        p = probs[0].item()  # the draft-stop decision: the one host sync per drafted token
-        top1.append(p)
-        tok = ids[0]
-        if (calibrate(p) if calibrate else p) < cfg.draft_stop_threshold:
-            break
+def draft_chain(acc: Accelerator, cfg: SwiftConfig, planner: DraftPlanner, skip: LayerSkip, limit: int,
+                calibrate=None) -> list[float] | int:
+    """Draft the cycle's chain; returns its length (draft_stop="speed": the planned length, no host sync) or the
+    top-1 probabilities of its tokens (confidence rules: read once per `draft_chunk` tokens, stop after the first
+    below the threshold)."""
+    dr = acc.drafter
+    dr.set_skip(skip)
+    if cfg.draft_stop == "speed":
+        k = planner.length(limit, len(skip.attn), len(skip.mlp))
+        dr.draft(k)
+        return k
+    top1: list[float] = []
+    while len(top1) < limit:
+        k = max(c for c in dr.chunks() if c <= min(cfg.draft_chunk, limit - len(top1)))
+        dr.draft(k, offset=len(top1))
+        for p in dr.top1[len(top1):len(top1) + k].tolist():  # sync: the stop decision, once per chunk
+            top1.append(p)
+            if (calibrate(p) if calibrate else p) < cfg.draft_stop_threshold:
+                return top1
     return top1
-
-
-@torch.inference_mode()
-def verify(s: _Stream, tree: TokenTree, table: torch.Tensor) -> tuple[list[int], int, list[int]]:
-    """One full-model pass over the tree; walk it with the acceptance rule. Returns (accepted nodes, bonus token,
-    node tokens)."""
-    eng, K, root = s.engine, s.cfg.top_k, s.L - 1
-    mask, depth, gather, parents = tree_tensors(tree, K, str(eng.device))
-    nb, n = mask.shape[0], tree.size
-    tokens = torch.cat([s.seq[root:root + 1], table.flatten()])[gather]
-    if s.sampling.greedy:
-        pred = eng.block(nb, tokens, prefix=root, start=root, rope_pos=depth + root, intra=mask,
-                         head_name="argmax", head=_argmax)
-        tok, best = torch.stack([tokens, pred])[:, :n].tolist()
-        path, node = [], 0
-        while True:
-            nxt = next((c for c in tree.children[node] if tok[c] == best[node]), None)
-            if nxt is None:
-                return path, best[node], tok
-            path.append(nxt)
-            node = nxt
-    logits = eng.block(nb, tokens, prefix=root, start=root, rope_pos=depth + root, intra=mask)
-    probs = logits_to_probs(logits[:n], s.sampling)
-    child_p = torch.zeros(n, device=eng.device)
-    child_p[1:] = probs[parents, tokens[1:n]]
-    residual = probs.index_put((parents, tokens[1:n]), torch.zeros((), device=eng.device))
-    resample = sample_from_probs(residual)
-    u = torch.rand(n, device=eng.device)
-    tok, p_child, res, u = torch.stack([tokens[:n].double(), child_p.double(), resample.double(), u.double()]).tolist()
-    tok, res = [int(t) for t in tok], [int(t) for t in res]
-    path, node = [], 0
-    while True:
-        mass, nxt = 0.0, None
-        for c in tree.children[node]:
-            if u[c] < rules.accept_probability(p_child[c], mass):
-                nxt = c
-                break
-            mass += p_child[c]
-        if nxt is None:
-            return path, res[node], tok
-        path.append(nxt)
-        node = nxt
-
-
-def commit(s: _Stream, tree: TokenTree, path: list[int], bonus: int, tok: list[int]) -> int:
-    """Accept the path: move an accepted alternative leaf's K/V into place, append tokens, advance L."""
-    root = s.L - 1
-    if path and path[-1] > tree.chain_len:
-        node = path[-1]
-        a = s.engine.arange
-        s.engine.cache.move(a[root + node:root + node + 1], a[root + tree.depth[node]:root + tree.depth[node] + 1])
-    new = [tok[c] for c in path] + [bonus]
-    s.seq[s.L:s.L + len(new)].copy_(torch.tensor(new), non_blocking=True)
-    s.L += len(new)
-    return s.append(new, one_step=True)
 
 
 @torch.inference_mode()
 def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
                    sampling: SamplingConfig = SamplingConfig(), eos_ids=(), cfg: SwiftConfig = SwiftConfig(),
                    search: LayerSearch | None = None, skip: LayerSkip | None = None,
-                   calibrator: DraftCalibrator | None = None) -> GenerationResult:
+                   calibrator: DraftCalibrator | None = None, planner: DraftPlanner | None = None) -> GenerationResult:
     """SWIFT generation. Pass `search` (owned by the caller, carried across prompts of a task, or reset) to optimize
     the skip set on the fly, or a fixed `skip` (e.g. from a layer-config cache) to only accelerate. `calibrator`
-    (draft_stop="calibrated") can likewise be carried across prompts; a fresh one is made when omitted."""
+    (draft_stop="calibrated") and `planner` (draft_stop="speed") can likewise be carried across prompts."""
     check_lengths(engine, len(prompt_ids), max_new_tokens)
+    acc = accelerator(engine, cfg)
+    planner = planner or DraftPlanner(acc.costs, acc.drafter.chunks())
     if search is None and skip is None:
-        search = LayerSearch(engine.args.n_layers, cfg)
-    dev, gamma = engine.device, cfg.context_window
-    sync(dev)
-    t0 = time.perf_counter()
-    seq = torch.zeros(engine.max_seq_len, dtype=torch.long, device=dev)
-    seq[:len(prompt_ids)] = torch.tensor(prompt_ids)
-    s = _Stream(engine, cfg, sampling, frozenset(eos_ids), max_new_tokens, seq, len(prompt_ids))
-    s.seq[s.L:s.L + 1] = next_token(engine.prefill(s.seq[:s.L])[None], sampling)  # prefill -> the first root
-    s.L += 1
-    s.append(s.seq[s.L - 1:s.L].tolist(), one_step=False)
-    s.times["prefill"] = time.perf_counter() - t0
-    table = torch.zeros(cfg.max_draft_len, cfg.top_k, dtype=torch.long, device=dev)
-    guard, drafted, skip_log = SpeedGuard(cfg), 0, []
+        search = LayerSearch(engine.args.n_layers, cfg, value=planner.value)
     if cfg.draft_stop == "calibrated" and calibrator is None:
         calibrator = DraftCalibrator()
     calibrate = calibrator if cfg.draft_stop == "calibrated" else None
+    dev, gamma = engine.device, cfg.context_window
+    s = _Stream(cfg, frozenset(eos_ids), max_new_tokens)
+    guard, drafted, skip_log, captures0 = SpeedGuard(cfg), 0, [], engine.graph_captures
+    sync(dev)
+    t0 = time.perf_counter()
+    engine.start(prompt_ids, sampling)                                     # prefill -> the first root
+    s.append(engine.seq[len(prompt_ids):len(prompt_ids) + 1].tolist(), one_step=False)
+    s.times["prefill"] = time.perf_counter() - t0
     if cfg.guard and not s.done:                                          # probe: plain steps, timed
         t, n0 = time.perf_counter(), len(s.new)
-        plain_steps(s, min(cfg.guard_probe_tokens, max_new_tokens - len(s.new)))
+        plain_steps(engine, s, cfg.guard_probe_tokens, sampling)
         s.times["plain"] += (dt := time.perf_counter() - t)
         guard.plain_tps = (len(s.new) - n0) / max(dt, 1e-9)
     while not s.done:
         t = time.perf_counter()
-        if search is not None and search.active and s.L - 1 > gamma:      # optimization phase: score candidates
+        if search is not None and search.active and engine.length - 1 > gamma:  # optimize: score candidates
             cands = search.propose(cfg.num_candidates)
-            search.observe(cands, score_candidates(engine, s.seq, s.L, cands, gamma))
+            search.observe(cands, score_candidates(engine, cands, gamma))
             s.times["optimize"] += time.perf_counter() - t
         current = search.best if search is not None else skip
         if current is None or len(current) == 0 or guard.check(len(s.new)):  # nothing to draft with, or guard
             t = time.perf_counter()
-            plain_steps(s, 1 if (search is not None and search.active) else 8)
+            plain_steps(engine, s, 1 if (search is not None and search.active) else 8, sampling)
             s.times["plain"] += time.perf_counter() - t
             continue
         if not skip_log or skip_log[-1][1] != current.to_dict():
             skip_log.append((len(s.new), current.to_dict()))
         captures = engine.graph_captures
         t = time.perf_counter()
-        top1 = draft(s, current, table, calibrate)                        # draft a chain with the skip set
+        limit = min(cfg.max_draft_len, max_new_tokens - len(s.new))
+        chain = draft_chain(acc, cfg, planner, current, max(1, limit), calibrate)  # draft with the skip set
         t1 = time.perf_counter()
-        tree = build_tree(branch_counts(top1, cfg.tree_rule, cfg.max_tree_nodes))  # dynamic tree from confidence
-        path, bonus, tok = verify(s, tree, table)                         # one full-model pass over the tree
-        n_new = commit(s, tree, path, bonus, tok)                         # accept path + bonus, no cache copies
+        C = chain if isinstance(chain, int) else len(chain)
+        report = acc.verifier.verify(C, sampling).tolist()  # sync: tree, verify, accept, commit on the device
+        n_new, a = report[0], report[1]
+        engine.length += n_new
+        n_new = s.append(report[3:3 + n_new], one_step=True)
+        planner.observe(C, a)
         if calibrate:
-            calibrator.update(top1, sum(1 for c in path if c <= tree.chain_len))
+            calibrator.update(chain, a)
         t2 = time.perf_counter()
         s.times["draft"] += t1 - t
         s.times["verify"] += t2 - t1
-        drafted += len(top1)
+        drafted += C
         if engine.graph_captures == captures and (search is None or not search.active):
             guard.observe(n_new, t2 - t)
     sync(dev)
     wall = time.perf_counter() - t0
-    final = search.best if search is not None else skip
     stats = {"method": "swift", "times": s.times, "skip_changes": skip_log, "guard_plain_tps": guard.plain_tps,
              "guard_swift_tps": guard.swift_tps(), "fallback_at": guard.tripped_at, "num_layers": engine.args.n_layers,
-             "final_skip": final.to_dict() if final is not None else None,
-             "search": search.summary() if search is not None else None, "cache_hit": search is None}
+             "search": search.summary() if search is not None else None, "cache_hit": search is None,
+             "graph_captures": engine.graph_captures - captures0}
     return GenerationResult(tokens=s.new, num_new_tokens=len(s.new), num_steps=len(s.accept_lengths),
-                            accept_lengths=s.accept_lengths, num_drafted=drafted, wall_time_s=wall, stats=stats,
-                            final_skip=stats["final_skip"])
+                            accept_lengths=s.accept_lengths, num_drafted=drafted, wall_time_s=wall, stats=stats)

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.llama import LayerSkip
+import torch
+
+from model.llama import LayerSkip, Pass
 from model.swift.config import SwiftConfig
 
 
@@ -30,7 +32,8 @@ class SearchState:
     active: bool = True
     steps_at_ratio: int = 0
     ratio_cap: float = 1.0
-    good: tuple | None = None  # (ratio, skip, score) of the last set that reached max_score
+    good: tuple | None = None  # (ratio, skip, score) of the last set that reached max_score (or best predicted speed)
+    good_value: float = 0.0  # ratio_objective="speed": the predicted speedup of `good`
     stop_reason: str | None = None
     history: list = field(default_factory=list)  # (n_iter, ratio, best_score, skip dict) on every change of best
 
@@ -49,12 +52,16 @@ def _cheap_ucb():
 
 
 class LayerSearch:
-    def __init__(self, n_layers: int, cfg: SwiftConfig, seed: int | None = None):
+    def __init__(self, n_layers: int, cfg: SwiftConfig, seed: int | None = None, value=None):
+        """`value(matchness, n_skipped)` predicts the speedup of a skip set (ratio_objective="speed"); the decoder
+        hands in its planner's (measured costs), the default assumes evenly priced sub-layers."""
         if n_layers < 3:
             raise ValueError("layer search needs at least 3 layers")
+        from model.swift.planner import DRAFT_LENGTHS, CostModel, DraftPlanner
         self.n_layers, self.cfg = n_layers, cfg
         self.dims = 2 * (n_layers - 2)
         self.seed = cfg.seed if seed is None else seed
+        self.value = value or DraftPlanner(CostModel.default(n_layers), DRAFT_LENGTHS).value
         self.reset()
 
     # ---- state ----------------------------------------------------------------------------------------------------
@@ -169,7 +176,9 @@ class LayerSearch:
         st.n_stale = 0 if improved else st.n_stale + 1
         if improved:
             st.history.append((st.n_iter, st.ratio, st.best_score, st.best_skip.to_dict()))
-        if cfg.auto_ratio:
+        if cfg.auto_ratio and cfg.ratio_objective == "speed":
+            self._adapt_ratio_for_speed()
+        elif cfg.auto_ratio:
             self._adapt_ratio()
         elif st.best_score >= cfg.max_score:
             self._stop("matchness threshold reached")
@@ -214,8 +223,68 @@ class LayerSearch:
             st.ratio_cap = min(st.ratio_cap, nxt)
             self._set_ratio(nxt, self.to_bits(st.best_skip) if st.best_skip is not None else None)
 
+    def _adapt_ratio_for_speed(self) -> None:
+        """Once a ratio has settled (matchness >= max_score, or `ratio_patience` steps there), compare its predicted
+        speedup with the best ratio so far: better -> remember it and try one step more skipping; worse -> return to
+        the best and stop. A ratio far from usable (matchness < ratio_low_score before anything was good) is lowered
+        as the matchness rule does."""
+        st, cfg = self.state, self.cfg
+        if not (st.best_score >= cfg.max_score or st.steps_at_ratio >= cfg.ratio_patience) or st.best_skip is None:
+            return
+        if st.good is None and st.best_score < cfg.ratio_low_score:
+            nxt = st.ratio - cfg.ratio_step
+            if nxt >= cfg.ratio_min - 1e-9:
+                st.ratio_cap = min(st.ratio_cap, nxt)
+                self._set_ratio(nxt, self.to_bits(st.best_skip))
+            return
+        v = self.value(st.best_score, len(st.best_skip))
+        if st.good is None or v > st.good_value:
+            st.good, st.good_value = (st.ratio, st.best_skip, st.best_score), v
+            nxt = st.ratio + cfg.ratio_step
+            if nxt <= min(cfg.ratio_max, st.ratio_cap) + 1e-9 and self.n_skip(nxt) > self.n_skip():
+                self._set_ratio(nxt, self.to_bits(st.best_skip))
+            else:
+                self._stop("best predicted speed")
+            return
+        st.ratio_cap = st.ratio - cfg.ratio_step
+        st.ratio, st.best_skip, st.best_score = st.good
+        self._stop("returned to the ratio of the best predicted speed")
+
     def summary(self) -> dict:
         st = self.state
-        return {"ratio": st.ratio, "best_score": st.best_score, "n_iter": st.n_iter, "active": st.active,
+        return {"ratio": st.ratio, "best_score": st.best_score, "predicted_speedup": round(st.good_value, 4), "n_iter": st.n_iter, "active": st.active,
                 "stop_reason": st.stop_reason, "best_skip": st.best_skip.to_dict() if st.best_skip else None,
                 "n_skipped": len(st.best_skip) if st.best_skip else 0, "search_dims": self.dims}
+
+
+@torch.inference_mode()
+def score_candidates(engine, cands: list[LayerSkip], gamma: int) -> list[float]:
+    """Matchness of each skip set: over the window of the last `gamma` committed tokens with K/V (slots
+    [R - gamma, R), R = `engine.cursor`), the share of positions where the skipped model's argmax equals the token that
+    followed. All candidates run in one forward (one graph per candidate count): candidate c is block c of the input,
+    written to scratch slots R + c*gamma.., its skip set applied by per-token gates; each block sees the committed
+    prefix before the window plus itself causally."""
+    n, nl, dev = len(cands), engine.args.n_layers, engine.device
+    keep = torch.ones(2, nl, n, gamma, dtype=torch.bool)
+    for c, sk in enumerate(cands):
+        keep[0, list(sk.attn), c] = False
+        keep[1, list(sk.mlp), c] = False
+    gates = engine.buffer(("score-gates", n, gamma), (2, nl, n * gamma), torch.bool)
+    gates.copy_(keep.view(2, nl, n * gamma))
+    scores = engine.buffer(("score", n, gamma), (n,))
+    kv = engine.kv_len(n * gamma)
+
+    def score():
+        R = engine.cursor
+        w = engine.arange[:gamma]
+        i = engine.arange[:n * gamma]
+        ws = R - gamma
+        slot = R + i
+        ext = engine.ext(ws.expand(n * gamma), R + (i // gamma) * gamma, slot, (ws + w).repeat(n))
+        x = engine.forward(Pass(engine.seq.index_select(0, (ws + w).repeat(n)), ext, kv), gates=(gates[0], gates[1]))
+        pred = engine.logits(x).argmax(dim=-1)
+        target = engine.seq.index_select(0, (ws + 1 + w).repeat(n))
+        scores.copy_((pred == target).view(n, gamma).float().mean(dim=1))
+
+    engine.run(("score", n, gamma, kv), score)
+    return scores.tolist()  # sync: the search's decision

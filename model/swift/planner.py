@@ -1,0 +1,96 @@
+"""How long to draft, and which skip ratio pays: an expected-speed model from measured costs and observed acceptance.
+
+A cycle that drafts k tokens costs k draft steps plus one verification, and commits 1 + sum_{i<=k} prod_{j<=i} a_j
+tokens, where a_j is the chance that chain token j is accepted given that the tokens before it were. Relative to
+plain decoding (one token per full step):
+
+    speedup(k) = (1 + sum_{i=1..k} prod_{j=1..i} a_j) / (k * c + v),   c = draft step / full step, v = verify / full
+
+`CostModel` holds c as a function of the skip set (a fixed part plus one cost per kept attention and per kept MLP
+sub-layer, measured from the draft graphs at warm-up on the GPU, an even split elsewhere) and v. `DraftPlanner`
+learns a_j per depth from the cycles of the stream (decayed counts, prior `alpha`), picks the k that maximises the
+expression each cycle (draft_stop="speed"), and scores a skip ratio for the layer search: with matchness m as a
+constant acceptance, the best speedup over k at that ratio's draft cost (ratio_objective="speed").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DRAFT_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32)  # draft steps per cycle that have a graph
+
+
+def expected_speedup(rates, c: float, v: float, lengths) -> tuple[float, int]:
+    """(best speedup, its k) over the draft lengths `lengths`; `rates` is a per-depth list or one float."""
+    best, best_k, tokens, p, k_done = 0.0, 0, 1.0, 1.0, 0
+    for k in sorted(lengths):
+        for j in range(k_done, k):
+            p *= rates if isinstance(rates, float) else rates[min(j, len(rates) - 1)]
+            tokens += p
+        k_done = k
+        s = tokens / (k * c + v)
+        if s > best:
+            best, best_k = s, k
+    return best, best_k
+
+
+@dataclass
+class CostModel:
+    """Costs relative to one full decoding step: draft step = fixed + attn * kept attention + mlp * kept MLP
+    sub-layers (of the skippable layers 1..L-2); verification = verify."""
+
+    fixed: float
+    attn: float
+    mlp: float
+    verify: float
+    n_layers: int
+    measured: bool = False
+
+    @classmethod
+    def default(cls, n_layers: int) -> "CostModel":
+        """Where nothing was measured: the head and the first and last layers are 10% of a step, the rest is split
+        evenly over the sub-layers; a verification costs 1.25 steps."""
+        per = 0.9 / max(1, 2 * (n_layers - 2))
+        return cls(fixed=0.1, attn=per, mlp=per, verify=1.25, n_layers=n_layers)
+
+    def draft(self, n_attn_skipped: int, n_mlp_skipped: int) -> float:
+        keep = self.n_layers - 2
+        return max(0.05, self.fixed + self.attn * (keep - n_attn_skipped) + self.mlp * (keep - n_mlp_skipped))
+
+    def draft_of(self, n_skipped: int) -> float:
+        """The draft cost of a skip set of `n_skipped` sub-layers, half attention and half MLP."""
+        return self.draft(n_skipped // 2, n_skipped - n_skipped // 2)
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+class DraftPlanner:
+    """Per-depth acceptance estimates (decayed counts around a prior) and the draft length they make fastest."""
+
+    def __init__(self, costs: CostModel, lengths, alpha: float = 0.8, prior: float = 2.0, decay: float = 0.98):
+        self.costs, self.lengths = costs, tuple(sorted(lengths))
+        depth = max(self.lengths)
+        self.acc = [alpha * prior] * depth
+        self.n = [prior] * depth
+        self.decay = decay
+
+    def rates(self) -> list[float]:
+        return [a / n for a, n in zip(self.acc, self.n)]
+
+    def length(self, limit: int, n_attn_skipped: int, n_mlp_skipped: int) -> int:
+        """The draft length (one of `lengths`, at most `limit`) with the highest expected speed."""
+        allowed = [k for k in self.lengths if k <= limit] or [self.lengths[0]]
+        c = self.costs.draft(n_attn_skipped, n_mlp_skipped)
+        return expected_speedup(self.rates(), c, self.costs.verify, allowed)[1]
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        """A cycle drafted `drafted` chain tokens and accepted the first `accepted`: depths < accepted succeeded,
+        depth `accepted` (if drafted) failed, deeper ones were not tested."""
+        for j in range(min(drafted, accepted + 1)):
+            self.acc[j] = self.acc[j] * self.decay + (j < accepted)
+            self.n[j] = self.n[j] * self.decay + 1
+
+    def value(self, matchness: float, n_skipped: int) -> float:
+        """Predicted speedup of a skip set of `n_skipped` sub-layers whose matchness is `matchness`."""
+        return expected_speedup(float(matchness), self.costs.draft_of(n_skipped), self.costs.verify, self.lengths)[0]
