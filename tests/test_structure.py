@@ -1,9 +1,10 @@
 """The shape of the code base: no import cycles, a short runner that never branches on a method's name, scripts
-that drive the methods instead of restating them, a new method as one class."""
+that drive the methods instead of restating them, a new method as one class, and documentation for a newcomer."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,27 @@ def test_a_new_method_is_one_class(echo, smollm2_path, shared_data_dir, tmp_path
     assert header["config"]["swift"] is None  # every method's keys, None where not its own
     assert records[0]["stats"] == {"method": echo.name, "level": 3}
     assert "echo level 3" in capsys.readouterr().out
+
+
+# ---- documentation -------------------------------------------------------------------------------------------------
+DOCS = [ROOT / "README.md", ROOT / "docs" / "RESULTS.md", ROOT / "docs" / "DESIGN.md"]
+FOREIGN = re.compile(r"\bissues?\b|\bsessions?\b|device[ -]calls?|device[ -]hours?|device[ -]minutes?", re.I)
+
+
+def test_readme_is_short_and_docs_speak_of_the_project():
+    assert (ROOT / "README.md").read_text().count("\n") <= 150
+    for doc in DOCS:
+        hits = [m.group(0) for m in FOREIGN.finditer(doc.read_text())]
+        assert not hits, f"{doc.name} speaks of {sorted(set(hits))}"
+
+
+def test_docs_point_at_files_that_exist():
+    """Every repository path the documentation names in backticks or links exists (the reference results moved)."""
+    missing = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for ref in re.findall(r"[`(]((?:outputs/reference|assets/reference|docs|scripts|evaluation_llama|model|"
+                              r"data|tests)/[^`)\s*<>]+)[`)]", text):
+            if not (ROOT / ref).exists() and not (doc.parent / ref).exists():
+                missing.append(f"{doc.name}: {ref}")
+    assert not missing, missing
