@@ -28,7 +28,7 @@ set -euo pipefail
 
 TASK="humaneval"
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/eval_common.sh"
-out="outputs/$MODEL_ID/$TASK"
+out="$(task_dir "$TASK")"
 
 # setting name (answer-file suffix) -> sampling flags
 run_setting() {

@@ -16,6 +16,8 @@ from pathlib import Path
 from model.errors import UserError
 
 ENV_DATA_DIR = "SWIFT_DATA_DIR"
+# the project's shared data folder, when it sits beside the repository
+SHARED_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,18 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
         if value is not None and str(value).strip():
             return os.path.expanduser(str(value).strip())
     return None
+
+
+def default_data_dir() -> str | None:
+    """The data folder every command uses when --data-dir is not given: ``$SWIFT_DATA_DIR``, else
+    ``../shared/data`` beside the repository when it exists, else None (the Hugging Face hub).
+
+    Defined once so that the runners, the quality scorer and the benchmarks read the same files.
+    """
+    chosen = resolve_data_dir(None)
+    if chosen is not None:
+        return chosen
+    return str(SHARED_DATA_DIR) if SHARED_DATA_DIR.is_dir() else None
 
 
 def _check_record(record: dict, spec: FileSpec, where: str) -> None:

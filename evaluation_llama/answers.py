@@ -6,7 +6,8 @@ Record layout (written by the runners, read by speed/quality/report)::
      "tstamp": 1700000000.0,
      "choices": [{"index": 0, "turns": ["..."], "new_tokens": [57], "wall_time": [0.41],
                   "accept_lengths": [3, 1, 5], "num_drafted": [60]}],
-     "token_ids": [[...]], "prompt_tokens": 812, "config": {...}, "stats": {...}}
+     "token_ids": [[...]], "prompt_tokens": 812, "config": {...},
+     "backends": {"kernels": "triton", "compile": "off"}, "stats": {...}}
 
 Header line (optional, first line only)::
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -238,11 +240,25 @@ def _dump(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str)
 
 
+def _file_mode(path: Path) -> int:
+    """The mode a rewritten file gets: the old file's, else what the umask gives a new file
+    (normally 0644; a temporary file alone would be 0600)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def _write_atomically(path: Path, lines: Iterable[str]) -> None:
     """Write lines to a temporary file next to ``path``, fsync it, then os.replace it over path."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for line in lines:
                 fh.write(line + "\n")
@@ -351,6 +367,100 @@ class AnswerWriter:
             self.close()
         except Exception:
             pass
+
+
+def open_writer(path: Path, config: dict, overwrite: bool = False) -> AnswerWriter:
+    """AnswerWriter with file-system problems (permissions, a full disk) as UserErrors."""
+    try:
+        return AnswerWriter(path, config, overwrite=overwrite)
+    except OSError as exc:
+        raise UserError(f"cannot write the answer file {path} ({exc.strerror or exc}); choose a "
+                        f"writable place with --answer-file.") from exc
+
+
+class DeferredWriter:
+    """Writes answers into ``path``: through ``writer`` when an existing file is resumed, else
+    through a new file created with the first answer, so that a run that fails before its first
+    answer leaves neither a file nor an empty folder behind."""
+
+    def __init__(self, path: Path, config: dict, writer: Optional[AnswerWriter] = None):
+        self.path, self.config, self.writer = path, config, writer
+
+    @property
+    def done(self) -> int:
+        return len(self.writer.done_ids) if self.writer is not None else 0
+
+    def write(self, record: dict) -> None:
+        """Append one answer (creating the file first when needed); UserError when the disk
+        refuses it, keeping the answers already there."""
+        try:
+            if self.writer is None:
+                self.writer = AnswerWriter(self.path, self.config, overwrite=True)
+            self.writer.write(record)
+        except OSError as exc:
+            raise UserError(
+                f"could not write to the answer file {self.path} ({exc.strerror or exc}); the "
+                f"{self.done} answers already there are kept. Fix the cause (disk space, "
+                f"permissions) and re-run the same command to resume.") from exc
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def has_records(path: Path) -> bool:
+    """Whether ``path`` holds at least one answer."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    return bool(read_answer_file(path)[1])
+
+
+def existing_ids(path: Path, config: dict) -> set[str]:
+    """Question ids already answered in ``path`` under the same configuration (else nothing)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    header, records = read_answer_file(path, warn=lambda m: None)
+    cfg = file_config(header, records)
+    if cfg is None or config_hash(cfg) != config_hash(config):
+        return set()
+    return {str(r["question_id"]) for r in records}
+
+
+# ----------------------------------------------------------------------------------------------
+# building records
+
+
+def json_safe(value: Any) -> Any:
+    """Replace non-finite floats (not valid JSON) by None and tuples by lists, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def build_record(*, question_id: str, model_id: str, task: str, method: str, text: str, result,
+                 prompt_tokens: int, config: dict, stats: dict, backends: dict) -> dict:
+    """The answer record of one generation (``result``: a model.generate.GenerationResult), in
+    the layout of this module's docstring; ``backends``: the kernels that produced it."""
+    return {
+        "question_id": question_id,
+        "model_id": model_id,
+        "task": task,
+        "method": method,
+        "tstamp": time.time(),
+        "choices": [{"index": 0, "turns": [text], "new_tokens": [result.num_new_tokens],
+                     "wall_time": [result.wall_time_s],
+                     "accept_lengths": list(result.accept_lengths),
+                     "num_drafted": [result.num_drafted]}],
+        "token_ids": [list(result.tokens)],
+        "prompt_tokens": prompt_tokens,
+        "config": config,
+        "backends": backends,
+        "stats": stats,
+    }
 
 
 # ----------------------------------------------------------------------------------------------

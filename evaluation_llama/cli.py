@@ -19,10 +19,17 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def run_cli(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None) -> NoReturn:
-    """Run ``main`` (called as ``main()``, or ``main(argv)`` when argv is given) and exit."""
+def note(message: str) -> None:
+    """A note or warning for the user: stderr, so that stdout keeps only results."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_cli(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None,
+            debug: Optional[bool] = None) -> NoReturn:
+    """Run ``main`` (called as ``main()``, or ``main(argv)`` when argv is given) and exit.
+    ``debug`` (default: whether ``--debug`` is among the arguments) keeps full tracebacks."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
+    debug = "--debug" in args if debug is None else debug
     try:
         status = main() if argv is None else main(list(argv))
     except UserError as exc:

@@ -3,7 +3,8 @@
     python -m evaluation_llama.inference_swift --task gsm8k --num-samples 50
     python evaluation_llama/inference_swift.py --task humaneval --temperature 0.6 --top-p 0.95
 
-Every flag is explained by ``--help``; the shared logic lives in `evaluation_llama/runner.py`.
+Every flag is explained by ``--help``; the method is `evaluation_llama.methods`' "swift", the
+run itself `evaluation_llama/runner.py`.
 """
 
 from __future__ import annotations

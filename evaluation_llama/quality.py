@@ -374,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", required=True, choices=TASKS, help="which task the answers are")
     parser.add_argument("--data-dir", default=None,
                         help="data directory the task's references are loaded from (default: "
-                             "what the data loader picks, see data/README.md)")
+                             "$SWIFT_DATA_DIR, else ../shared/data beside the repository when it "
+                             "exists, else the Hugging Face hub; the runners' default)")
     parser.add_argument("--base-path", help="optional baseline answer file to score alongside")
     parser.add_argument("--num-samples", type=int, default=None,
                         help="number of sampled questions passed to the data loader (default: "
@@ -392,16 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from evaluation_llama.answers import read_answers
-
-    from evaluation_llama.answers import file_config, read_answer_file
+    from data import default_data_dir
+    from evaluation_llama.answers import file_config, read_answer_file, read_answers
 
     args = build_parser().parse_args(argv)
+    data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
     header, _ = read_answer_file(args.file_path)
     config = file_config(header, _) or {}
     num_samples = args.num_samples if args.num_samples is not None else config.get("num_samples")
     seed = args.seed if args.seed is not None else config.get("seed", 0)
-    references = load_references(args.task, args.data_dir, num_samples,
+    references = load_references(args.task, data_dir, num_samples,
                                  0 if seed is None else int(seed))
     files = {"file": args.file_path}
     if args.base_path:

@@ -1,19 +1,23 @@
 """Paper-style report over every answer file under an outputs tree.
 
-    python -m evaluation_llama.report --outputs outputs --assets assets
+    python -m evaluation_llama.report --outputs outputs
 
-Answer files are found at ``<outputs>/<model_id>/<task>/<method>.jsonl``; every method is compared
-with the baseline method (``vanilla`` unless --base-method says otherwise) of the same model and
-task. Writes ``<outputs>/report.md`` (also printed) with the main table — one row per model (and
-method), per task the acceptance rate alpha, the mean accepted tokens per step M and the speedup,
-plus the overall columns — and a detail table, and draws into ``<assets>``:
+Answer files are found at ``<outputs>/<model_id>/<task>/<method>.jsonl`` (`paths.answer_folders`:
+folders named after a task; anything else under ``<outputs>``, such as benchmark rows, is not
+read); every method is compared with the baseline method (``vanilla`` unless --base-method says
+otherwise) of the same model and task. Writes ``<out>/report.md`` (also printed; ``<out>`` is
+``<outputs>`` unless --out says otherwise) with the main table — one row per model (and method),
+per task the acceptance rate alpha, the mean accepted tokens per step M and the speedup, plus the
+overall columns — and a detail table, and draws into ``<assets>`` (default ``<out>/plots``; never
+a folder of the committed reference results):
 
 * ``speedup_per_task.png``                     speedup per task (bars; one group per task)
 * ``accept_lengths_<model>_<task>_<method>.png`` histogram of tokens accepted per step
 * ``skip_layers_<model>_<task>_<method>.png``    the skipped layer set of the last answer
   (``stats["final_skip"]``) as a 2 x num_layers map (rows attention / MLP)
 
-Missing pieces (no baseline, no statistics, unreadable files) are skipped with a note.
+Missing pieces inside answer folders (no baseline, no statistics, unreadable files) are skipped
+with a note.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script: python evaluation_llama/report.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evaluation_llama import metrics  # noqa: E402
+from evaluation_llama import metrics, paths  # noqa: E402
 from evaluation_llama.answers import read_answer_file  # noqa: E402
 from evaluation_llama.speed import compare, fmt  # noqa: E402
 from model.errors import UserError  # noqa: E402
@@ -64,18 +68,17 @@ def safe_name(text: str) -> str:
 
 
 def discover(outputs: Path, notes: list[str]) -> dict[str, dict[str, dict[str, Path]]]:
-    """{model: {task: {method: path}}} of ``outputs/<model>/<task>/<method>.jsonl``."""
+    """{model: {task: {method: path}}} of ``outputs/<model>/<task>/<method>.jsonl``, over the
+    answer folders only (`paths.answer_folders`)."""
     found: dict[str, dict[str, dict[str, Path]]] = {}
-    for path in sorted(outputs.glob("*/*/*.jsonl")):
-        if not path.is_file():
-            continue
-        if re.search(r"\.shard\d+$", path.stem):
-            notes.append(f"ignored {path} (not named <method>.jsonl; merge shards first)")
-            continue
-        model, task = path.parent.parent.name, path.parent.name
-        if model == "tmp" or model.startswith(".") or task.startswith("."):
-            continue  # scratch space (outputs/tmp) and hidden folders
-        found.setdefault(model, {}).setdefault(task, {})[path.stem] = path
+    for model, task, folder in paths.answer_folders(outputs):
+        for path in sorted(folder.glob("*.jsonl")):
+            if not path.is_file():
+                continue
+            if paths.is_shard(path):
+                notes.append(f"ignored {path} (not named <method>.jsonl; merge shards first)")
+                continue
+            found.setdefault(model, {}).setdefault(task, {})[path.stem] = path
     return found
 
 
@@ -259,11 +262,14 @@ def _detail_table(rows: dict[tuple[str, str], dict[str, Cell]], tasks: list[str]
 # driver
 
 
-def build_report(outputs: str | os.PathLike, assets: str | os.PathLike,
-                 base_method: str = BASE_METHOD) -> Report:
-    """Read every answer file under ``outputs``, draw the plots into ``assets`` and return the
-    report (its markdown is not written; `main` writes it)."""
-    outputs, assets = Path(outputs), Path(assets)
+def build_report(outputs: str | os.PathLike, assets: Optional[str | os.PathLike] = None,
+                 base_method: str = BASE_METHOD, out: Optional[str | os.PathLike] = None) -> Report:
+    """Read every answer file under ``outputs``, draw the plots into ``assets`` (default
+    ``<out>/plots``) and return the report for ``<out>/report.md`` (``out``: default
+    ``outputs``; the markdown is not written here, `main` writes it)."""
+    outputs = Path(outputs)
+    out = Path(out) if out is not None else outputs
+    assets = Path(assets) if assets is not None else paths.plots_dir(out)
     if not outputs.is_dir():
         raise UserError(f"outputs directory {outputs} does not exist")
     notes: list[str] = []
@@ -351,7 +357,7 @@ def build_report(outputs: str | os.PathLike, assets: str | os.PathLike,
     if files:
         md += ["## Figures", ""]
         for f in files:
-            rel = os.path.relpath(f, outputs)
+            rel = os.path.relpath(f, out)
             md.append(f"![{f.stem}]({Path(rel).as_posix()})")
         md.append("")
     if notes:
@@ -363,12 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m evaluation_llama.report",
         description="Build the paper-style speed table and plots from every answer file found "
-                    "at <outputs>/<model_id>/<task>/<method>.jsonl. Writes <outputs>/report.md "
-                    "(and prints it) and PNG plots into the assets directory.")
+                    "at <outputs>/<model_id>/<task>/<method>.jsonl (folders named after a task; "
+                    "other folders are not read). Writes <out>/report.md (and prints it) and PNG "
+                    "plots into <out>/plots; never into the committed reference folders.")
     parser.add_argument("--outputs", default="outputs",
-                        help="root of the answer files (default: outputs)")
-    parser.add_argument("--assets", default="assets",
-                        help="directory the PNG plots are written to (default: assets)")
+                        help="root of the answer files (default: outputs; the committed reference "
+                             "runs are under outputs/reference/<run>)")
+    parser.add_argument("--out", default=None,
+                        help="folder report.md is written to (default: the --outputs folder)")
+    parser.add_argument("--assets", default=None,
+                        help="directory the PNG plots are written to (default: <out>/plots)")
     parser.add_argument("--base-method", default=BASE_METHOD,
                         help=f"method every other method is compared with (default: "
                              f"{BASE_METHOD})")
@@ -379,11 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    report = build_report(args.outputs, args.assets, base_method=args.base_method)
-    out = Path(args.outputs) / "report.md"
-    out.write_text(report.markdown, encoding="utf-8")
+    out = Path(args.out if args.out is not None else args.outputs)
+    assets = Path(args.assets) if args.assets is not None else paths.plots_dir(out)
+    paths.refuse_reference(out, "pass --out with a folder of your own for report.md "
+                                "(e.g. --out outputs/my-report)")
+    paths.refuse_reference(assets, "pass --assets with a folder of your own for the plots")
+    report = build_report(args.outputs, assets, base_method=args.base_method, out=out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(report.markdown, encoding="utf-8")
     print(report.markdown)
-    print(f"wrote {out} and {len(report.files)} plot(s) into {args.assets}", file=sys.stderr)
+    print(f"wrote {out / 'report.md'} and {len(report.files)} plot(s) into {assets}",
+          file=sys.stderr)
     return 0
 
 

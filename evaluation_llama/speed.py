@@ -25,6 +25,17 @@ from model.errors import UserError  # noqa: E402
 # configuration keys that must agree between the two files for a fair comparison
 MATCHING_CONFIG_KEYS = ("max_new_tokens", "temperature")
 OVERALL = "overall"
+CPU_NOTE = ("Measured on a CPU. A small model on a CPU is dominated by per-step overhead (Python, "
+            "kernel launches), not by reading weights, so a draft step costs almost as much as a "
+            "full one and SWIFT is not expected to be faster there: speedups below 1x are normal. "
+            "Speed is measured on a GPU (README, \"What to expect\"); on a CPU these runs check "
+            "that the pipeline works and that greedy SWIFT matches vanilla (identical outputs).")
+
+
+def devices(header: Optional[dict], records: list[dict]) -> list[str]:
+    """The device types (cpu, cuda) a file's answers were generated on, where recorded."""
+    found = (json.loads(v) for v in _config_values(header, records, "device"))
+    return sorted(d for d in found if isinstance(d, str))
 
 
 def _few(ids: Sequence[Any], limit: int = 5) -> str:
@@ -130,6 +141,7 @@ def compare(records: list[dict], base_records: list[dict], *, allow_partial: boo
     for key in common:
         tasks.setdefault(key[0], []).append(key)
     result: dict[str, Any] = {
+        "devices": sorted(set(devices(header, records)) | set(devices(base_header, base_records))),
         "model_id": str(records[0].get("model_id")),
         "method": str(records[0].get("method")),
         "base_method": str(base_records[0].get("method")),
@@ -185,6 +197,8 @@ def to_markdown(result: dict) -> str:
         lines.append(f"- partial comparison (--allow-partial): {result['only_in_file']} answers "
                      f"only in the file and {result['only_in_base']} only in the baseline "
                      f"were left out")
+    if "cpu" in result.get("devices", []):
+        lines += ["", CPU_NOTE]
     lines += ["", f"| task | answers | speedup | {method} tok/s | {base} tok/s | "
                   f"mean accepted tokens | acceptance rate | identical outputs |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]

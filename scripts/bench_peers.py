@@ -28,7 +28,7 @@ Outputs (in --out): bench_peers.jsonl (one row per method x instance, each also 
 evaluation_llama/metrics.py), bench_peers.md (summary), bench_peers.png (speedup bars per task and method; in
 --lengths mode a line plot). A --lengths run writes the same file names: give it its own --out to keep both. Both
 tables come with a breakdown of SWIFT's time (prefill, optimize, draft, verify, plain decoding, other).
---merge DIR... renders one table and plot from several earlier runs (e.g. tasks split over several GPU calls).
+--merge DIR... renders one table and plot from several earlier runs (e.g. tasks split over several runs).
 
 Example (H100): python3 scripts/bench_peers.py --model-path models/llama-2-7b/hf --num-samples 50 --hf-compile
 """
@@ -49,19 +49,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from data import TASKS, format_prompt, load_task  # noqa: E402
-from evaluation_llama import metrics  # noqa: E402
-from evaluation_llama.runner import NONNEG_INT, POS_INT, SEED_STRIDE, WARMUP_MAX_NEW_TOKENS, default_data_dir  # noqa: E402,E501
+from data import TASKS, default_data_dir, load_task  # noqa: E402
+from evaluation_llama import metrics, paths  # noqa: E402
+from evaluation_llama.flags import COMPILE, KERNELS, NONNEG_INT, POS_INT, WARMUP_MAX_NEW_TOKENS  # noqa: E402
+from evaluation_llama.methods import Swift, SwiftRun, TaskRun, Vanilla, instance_seed  # noqa: E402
+from evaluation_llama.prompting import PromptTooLong, tokenize_prompt  # noqa: E402
 from model.backends import Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
-from model.generate import cache_capacity, cut_at_eos, sampling_head, sync, vanilla_generate  # noqa: E402
-from model.llama import NO_SKIP  # noqa: E402
-from model.loading import resolve_checkpoint, default_eos_ids, load_model, load_tokenizer, model_name  # noqa: E402
+from model.generate import cache_capacity, cut_at_eos, sync  # noqa: E402
+from model.loading import default_eos_ids, load_model, load_tokenizer, model_name, resolve_checkpoint  # noqa: E402
 from model.sampling import SamplingConfig  # noqa: E402
-from model.swift import decoding  # noqa: E402
 from model.swift.config import SwiftConfig  # noqa: E402
-from model.swift.layer_cache import load_layer_config, save_layer_config  # noqa: E402
-from model.swift.layer_search import LayerSearch  # noqa: E402
 
 METHODS = ("vanilla", "hf-generate", "hf-early-exit", "hf-prompt-lookup", "swift", "swift-cached")
 HF_METHODS = ("hf-generate", "hf-early-exit", "hf-prompt-lookup")
@@ -102,7 +100,7 @@ def _peer_samples(text: str) -> dict[str, int]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bench_peers.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-path", default="models/smollm2-135m/hf",
+    ap.add_argument("--model-path", default=paths.DEFAULT_MODEL_PATH,
                     help="model folder (Hugging Face layout), .gguf file or hub id; both our engine and "
                          "`transformers` load it (default: %(default)s)")
     ap.add_argument("--data-dir", default=None,
@@ -128,9 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                     help="weights and KV cache of both implementations; auto = bfloat16 on cuda, float32 on cpu "
                          "(default: %(default)s)")
-    ap.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
-                    help="torch.compile our engine's per-sub-layer functions (CUDA graphs are used on cuda "
-                         "either way); auto = on for cuda, off for cpu (default: %(default)s)")
+    ap.add_argument("--kernels", default="auto", choices=KERNELS,
+                    help="our engine's decode/draft/verify passes: the fused batch-invariant Triton kernels, PyTorch "
+                         "ops (cuBLAS/SDPA), or auto = Triton on CUDA when its kernels pass their self-check, else "
+                         "torch, as the evaluation runners' flag of that name (default: %(default)s)")
+    ap.add_argument("--compile", default="auto", choices=COMPILE,
+                    help="torch.compile of our engine's torch-path sub-layer functions (CUDA graphs are used on cuda "
+                         "either way); auto = on for CUDA with the torch kernels (default: %(default)s)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated subset of {', '.join(METHODS)} (default: all). vanilla is always run "
                          f"(it is the reference of the speedups and of the token comparison); swift-cached needs "
@@ -159,14 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: all instances)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                     help="run nothing: merge the bench_peers.jsonl of earlier runs (e.g. the tasks split over "
-                         "several GPU calls) into one table and plot (bench_peers.md/.png in --out; the raw rows stay "
+                         "several runs) into one table and plot (bench_peers.md/.png in --out; the raw rows stay "
                          "in the parts' files); each part keeps its own command line")
-    ap.add_argument("--out", default="outputs/bench_peers",
+    ap.add_argument("--out", default=str(paths.OUTPUTS / "bench_peers"),
                     help="folder for bench_peers.jsonl / .md / .png and the layer-config caches "
                          "(default: %(default)s)")
     ap.add_argument("--seed", type=NONNEG_INT, default=0,
                     help="seed of the instance sampling; torch.manual_seed(seed * 100003 + index) before each "
-                         "generation, as the evaluation runners do (default: %(default)s)")
+                         "generation, as the evaluation runners do (evaluation_llama.methods.instance_seed) "
+                         "(default: %(default)s)")
     return ap
 
 
@@ -224,9 +227,10 @@ class Bench:
         self.env = dict(gpu=gpu or "none (cpu)", device=str(self.device), torch=torch.__version__,
                         transformers=transformers.__version__, python=platform.python_version(),
                         dtype=name, model=args.model_path, command=" ".join(["scripts/bench_peers.py", *argv]))
+        self.load_path = paths.resolve_model_path(args.model_path)[1]
         self.model_id = model_name(args.model_path)
-        self.tok = load_tokenizer(args.model_path)
-        self.model, self.margs = load_model(args.model_path, device=self.device, dtype=self.dtype)
+        self.tok = load_tokenizer(self.load_path)
+        self.model, self.margs = load_model(self.load_path, device=self.device, dtype=self.dtype)
         self.eos_ids = default_eos_ids(self.margs, self.tok)
         pad = getattr(self.tok, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
@@ -242,17 +246,15 @@ class Bench:
         if td.note:
             self.notes.append(f"{task}: {td.note}")
         out, cut = [], 0
-        limit = self.margs.max_position_embeddings
         for index, inst in enumerate(td.instances):
-            text = format_prompt(inst.prompt, self.tok, chat_template=a.chat_template)
-            ids = [int(t) for t in self.tok(text, add_special_tokens=not a.chat_template)["input_ids"]]
-            if a.max_prompt_tokens and len(ids) > a.max_prompt_tokens:
-                ids = ids[-a.max_prompt_tokens:]
-                cut += 1
-            if len(ids) + max_new > limit:
-                self.notes.append(f"{task} question {inst.question_id}: prompt of {len(ids)} tokens + {max_new} new "
-                                  f"tokens exceeds the context of {limit}; instance left out")
+            try:
+                ids = tokenize_prompt(inst, self.tok, self.margs, max_new_tokens=max_new, chat_template=a.chat_template,
+                                      keep_last=a.max_prompt_tokens, model_path=a.model_path, task=task)
+            except PromptTooLong as exc:
+                self.notes.append(f"{task} question {inst.question_id}: prompt of {exc.prompt_tokens} tokens + "
+                                  f"{max_new} new tokens exceeds the context of {exc.limit}; instance left out")
                 continue
+            cut += bool(a.max_prompt_tokens) and len(ids) == a.max_prompt_tokens
             out.append((index, inst.question_id, ids))
         if cut:
             self.notes.append(f"{task}: {cut} of {len(td.instances)} prompts cut to their last "
@@ -262,19 +264,22 @@ class Bench:
         return out
 
     def make_engine(self, longest_prompt: int, max_new: int) -> None:
-        compile_ = self.a.compile == "on" or (self.a.compile == "auto" and self.device.type == "cuda")
+        """One engine for every method of ours (each method's untimed warm-up captures its graphs)."""
         self.capacity = cache_capacity(longest_prompt, max_new)
-        self.engine = Engine(self.model, self.capacity, Backends(compile="on" if compile_ else "off"))
-        if self.engine.cuda_graphs:  # capture every KV-length bucket now: the first method timed would pay otherwise
-            self.engine.warm_up_decode(*sampling_head(SamplingConfig()))
-        self.env["our_compile"] = compile_
+        self.engine = Engine(self.model, self.capacity, backends=Backends(kernels=self.a.kernels,
+                                                                          compile=self.a.compile))
+        self.env["our_compile"] = self.engine.backends.use_compile
+        self.env["our_backends"] = self.engine.backends.to_dict()
+
+    def task_run(self, task: str) -> TaskRun:
+        return TaskRun(self.model_id, task, self.margs, GREEDY, tuple(self.eos_ids), note=self.notes.append)
 
     # ---- transformers ----------------------------------------------------------------------------------------------
     def load_hf(self):
         if self.hf is not None:
             return self.hf
         from transformers import AutoModelForCausalLM
-        folder, gguf = resolve_checkpoint(self.a.model_path)
+        folder, gguf = resolve_checkpoint(self.load_path)
         kw = {"gguf_file": gguf} if gguf else {}
         with _quiet_transformers():
             hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=self.dtype, **kw)
@@ -328,10 +333,10 @@ class Bench:
             rows = []
             try:
                 variant["setup"]()
-                for w in range(a.warmup):
-                    variant["warm"](prompts[w % len(prompts)][2], min(max_new, WARMUP_MAX_NEW_TOKENS))
-                for index, qid, ids in prompts:
-                    torch.manual_seed(a.seed * SEED_STRIDE + index)
+                variant["warm_up"]([prompts[w % len(prompts)][2] for w in range(a.warmup)], max_new)
+                for k, (index, qid, ids) in enumerate(prompts):
+                    variant["start"](k == 0)
+                    torch.manual_seed(instance_seed(a.seed, index))
                     try:
                         res = variant["gen"](ids, max_new)
                     except Exception as exc:  # noqa: BLE001
@@ -348,58 +353,41 @@ class Bench:
                 continue
             if failures:
                 self.notes.append(f"{task} {method}: {'; '.join(failures)}; ran with: {variant['desc']}")
-            self._after(method, task, state, rows)
+            variant["finish"](rows)
             return rows
         note = "skipped: " + "; ".join(failures)
         self.notes.append(f"{task} {method}: {note}")
         return [self._skip_row(method, task, max_new, mode, note)]
 
+    def _ours(self, desc: str, m) -> dict:
+        """A setting that drives one of our methods (evaluation_llama.methods) as the evaluation runner does."""
+        def gen(ids, n):
+            r = m.generate(ids, n)
+            return dict(tokens=list(r.tokens), wall=r.wall_time_s, accept=list(r.accept_lengths),
+                        drafted=r.num_drafted, stats=m.answer_stats(r))
+
+        def finish(rows):
+            m.end_task()  # SWIFT: writes its layer-config cache
+            if getattr(m, "search", None) is not None:
+                sm = m.search.summary()
+                for r in rows:
+                    r["search_after_task"] = sm
+        return dict(desc=desc, gen=gen, warm_up=lambda prompts, n: m.warm_up(self.engine, prompts, n),
+                    start=m.start_instance, finish=finish, setup=lambda: None)
+
     def _runner(self, method: str, task: str, max_new: int, state: dict):
-        """(settings to try, best first; note when there is none). A setting is dict(desc, setup, warm, gen) with
-        warm/gen(ids, max_new) -> dict(tokens, wall, accept, drafted, stats)."""
-        eng, eos = self.engine, self.eos_ids
-
-        def ours(fn):
-            def run(ids, n):
-                r = fn(ids, n)
-                return dict(tokens=list(r.tokens), wall=r.wall_time_s, accept=list(r.accept_lengths),
-                            drafted=r.num_drafted, stats=r.stats)
-            return run
-
-        def setting(desc, gen, warm=None, setup=lambda: None):
-            return dict(desc=desc, gen=gen, warm=warm or gen, setup=setup)
-
+        """(settings to try, best first; note when there is none). A setting is dict(desc, setup, warm_up, start,
+        gen, finish) with gen(ids, max_new) -> dict(tokens, wall, accept, drafted, stats)."""
+        run = self.task_run(task)
         if method == "vanilla":
-            return [setting("our vanilla decoding",
-                            ours(lambda ids, n: vanilla_generate(eng, ids, n, GREEDY, eos)))], ""
-
-        if method in ("swift", "swift-cached"):
-            cfg = self.swift_cfg
-            calibrated = cfg.draft_stop == "calibrated"
-
-            def calib():  # the draft-stop calibrator, carried across the instances like the search
-                return {"calibrator": decoding.DraftCalibrator()} if calibrated else {}
-            carried = calib()
-            if method == "swift":
-                search = LayerSearch(self.margs.n_layers, cfg)
-                state["search"] = search
-
-                def gen(ids, n):
-                    return decoding.swift_generate(eng, ids, n, GREEDY, eos, cfg, search=search, **carried)
-
-                def warm(ids, n):  # a throwaway search, as the evaluation runner warms up
-                    return decoding.swift_generate(eng, ids, n, GREEDY, eos, cfg,
-                                                   search=LayerSearch(self.margs.n_layers, cfg), **calib())
-                return [setting("SWIFT, on-the-fly layer search carried across the task's instances",
-                                ours(gen), ours(warm))], ""
-            skip, desc = self._cached_skip(task, state)
-
-            def gen(ids, n):
-                return decoding.swift_generate(eng, ids, n, GREEDY, eos, cfg, search=None, skip=skip, **carried)
-
-            def warm(ids, n):
-                return decoding.swift_generate(eng, ids, n, GREEDY, eos, cfg, search=None, skip=skip, **calib())
-            return [setting(desc, ours(gen), ours(warm))], ""
+            return [self._ours("our vanilla decoding", Vanilla(None, run))], ""
+        if method == "swift":
+            path = Path(self.a.out) / f"layer_config_{task}{state.get('suffix', '')}.json"
+            state["swift"] = m = Swift(SwiftRun(SwiftConfig(), layer_cache=str(path)), run)
+            return [self._ours("SWIFT, on-the-fly layer search carried across the task's instances", m)], ""
+        if method == "swift-cached":
+            config, desc = self._cached(state.get("swift"))
+            return [self._ours(desc, Swift(config, run))], ""
 
         # transformers methods
         try:
@@ -412,6 +400,13 @@ class Bench:
                 tokens, wall = self.hf_call(ids, n, extra)
                 return dict(tokens=tokens, wall=wall, accept=None, drafted=None, stats=None)
             return run
+
+        def setting(desc, gen, setup):
+            def warm_up(prompts, n):
+                for ids in prompts:
+                    gen(ids, min(n, WARMUP_MAX_NEW_TOKENS))
+            return dict(desc=desc, gen=gen, warm_up=warm_up, setup=setup, start=lambda first: None,
+                        finish=lambda rows: None)
 
         eager = lambda: self.set_hf_forward(False)  # noqa: E731
         if method == "hf-generate":
@@ -439,25 +434,19 @@ class Bench:
         n = self.a.early_exit_layer or max(1, self.margs.n_layers // 2)
         return min(n, self.margs.n_layers)
 
-    def _cached_skip(self, task: str, state: dict):
-        """The skip set of the task's swift pass, written as a layer-config cache and read back."""
-        search = state.get("search")
-        path = Path(self.a.out) / f"layer_config_{task}{state.get('suffix', '')}.json"
-        if search is None or search.best is None or len(search.best) == 0:
-            return NO_SKIP, ("SWIFT with a fixed skip set: the search found none (answers too short for it), "
-                             "so this pass decodes plainly")
-        sm = search.summary()
-        save_layer_config(str(path), self.model_id, self.margs.architecture, self.margs.n_layers, task, search.best,
-                          sm["ratio"], sm["best_score"])
-        skip, info = load_layer_config(str(path), self.model_id, self.margs.n_layers, task)
-        return skip, (f"SWIFT with the cached skip set of the swift pass ({len(skip)} of {sm['search_dims']} "
-                      f"sub-layers skipped, matchness {sm['best_score']:.3f}; {path.name})")
-
-    def _after(self, method, task, state, rows):
-        if method == "swift" and state.get("search") is not None:
-            sm = state["search"].summary()
-            for r in rows:
-                r["search_after_task"] = sm
+    @staticmethod
+    def _cached(swift) -> tuple[SwiftRun, str]:
+        """swift-cached's configuration: the layer-config cache the task's swift pass wrote, read back with
+        --cache-hit; when that search found no set, a fixed empty one (plain decoding)."""
+        cfg = SwiftConfig()
+        saved = swift.keeper.saved_to if swift is not None and swift.keeper is not None else None
+        if saved is None:
+            return SwiftRun(cfg, skip={}), ("SWIFT with a fixed skip set: the search found none (answers too short "
+                                            "for it), so this pass decodes plainly")
+        sm = swift.search.summary()
+        return SwiftRun(cfg, layer_cache=str(saved), cache_hit=True), (
+            f"SWIFT with the cached skip set of the swift pass ({sm['n_skipped']} of {sm['search_dims']} sub-layers "
+            f"skipped, matchness {sm['best_score']:.3f}; {Path(saved).name})")
 
     # ---- rows ------------------------------------------------------------------------------------------------------
     def _base_row(self, method, task, max_new, mode):

@@ -21,6 +21,12 @@ if [[ "$MODEL_PATH" == "$DEFAULT_MODEL" && ! -f "$MODEL_PATH/config.json" \
 fi
 MODEL_ID="$("$PYTHON" -c 'import sys; from model.loading import model_name; print(model_name(sys.argv[1]))' "$MODEL_PATH")"
 
+# task_dir TASK: the folder of this model's answers on TASK (evaluation_llama/paths.py knows the layout)
+task_dir() {
+    "$PYTHON" -c 'import sys; from evaluation_llama.paths import task_dir; print(task_dir(*sys.argv[1:]).as_posix())' \
+        "$MODEL_ID" "$1"
+}
+
 # flags shared by both runners
 COMMON=(--model-path "$MODEL_PATH" --model-id "$MODEL_ID" --max-new-tokens "$MAX_NEW_TOKENS")
 if [[ -n "${NUM_SAMPLES:-}" ]]; then COMMON+=(--num-samples "$NUM_SAMPLES"); fi

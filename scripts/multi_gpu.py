@@ -13,7 +13,7 @@ Exit status 0, or 1 with --strict when an identity check fails (use float32 for 
 a tree pass and a one-token pass can round a near-tie differently).
 
 Example (2 GPUs): python3 scripts/multi_gpu.py --data-dir ../shared/data --devices cuda:0,cuda:1 --out outputs/multi-gpu
-Extra runner flags after `--`, e.g. `-- --compile off --attention triton`.
+Extra runner flags after `--`, e.g. `-- --compile off --kernels triton`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evaluation_llama import speed  # noqa: E402
+from evaluation_llama import methods, paths, speed  # noqa: E402
 from evaluation_llama.answers import read_answer_file  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-path", default="models/smollm2-135m/hf", help="model folder, .gguf or hub id")
+    ap.add_argument("--model-path", default=paths.DEFAULT_MODEL_PATH, help="model folder, .gguf or hub id")
     ap.add_argument("--data-dir", default=None, help="task data folder (default: the runners' default)")
     ap.add_argument("--task", default="gsm8k", help="one task (default: %(default)s)")
     ap.add_argument("--num-samples", type=int, default=16, help="instances (default: %(default)s)")
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--devices", default="cuda:0,cuda:1",
                     help="comma-separated devices, all cuda or all cpu (cpu,cpu exercises the same code paths "
                          "without GPUs) (default: %(default)s)")
-    ap.add_argument("--out", default="outputs/multi-gpu", help="output folder (default: %(default)s)")
+    ap.add_argument("--out", default=str(paths.OUTPUTS / "multi-gpu"), help="output folder (default: %(default)s)")
     ap.add_argument("--swift-args", default="",
                     help="extra flags for the SWIFT runner only, as one string, e.g. \"--skip-ratio 0.3\"")
     ap.add_argument("--strict", action="store_true", help="exit 1 when an identity check fails")
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(method: str, argv: list[str], log: Path) -> float:
     """Run one runner in a subprocess (output to `log`); return its end-to-end seconds."""
-    module = "evaluation_llama.inference_swift" if method == "swift" else "evaluation_llama.inference_baseline"
+    module = methods.get(method).entry_module
     t = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, stdout=f, stderr=subprocess.STDOUT)

@@ -228,3 +228,27 @@ def test_cli_helper_prints_user_errors_without_traceback(tmp_path):
     assert res.returncode == 2 and res.stderr.strip() == "error: bad flag"
     res = subprocess.run([sys.executable, str(script), "--debug"], capture_output=True, text=True)
     assert res.returncode == 1 and "Traceback" in res.stderr
+
+
+def test_answer_files_honour_the_umask(tmp_path):
+    """New answer files (and files rewritten in place) get the umask's mode, e.g. 0644, not a temporary file's 0600."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "a.jsonl"
+        with AnswerWriter(path, {"seed": 0}) as writer:
+            writer.write({"question_id": "1", "model_id": "m", "task": "t", "method": "x",
+                          "choices": [{"turns": ["a"], "new_tokens": [1], "wall_time": [0.1]}]})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        merged = tmp_path / "merged.jsonl"
+        merge_answer_files([path], merged)
+        assert stat.S_IMODE(merged.stat().st_mode) == 0o644
+        path.chmod(0o640)  # a rewrite keeps the file's own mode
+        with open(path, "a") as fh:
+            fh.write('{"question_id": "2", "mod')
+        AnswerWriter(path, {"seed": 0}).close()  # drops the cut line by rewriting the file
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from evaluation_llama import runner
+from evaluation_llama import guards, runner
 from evaluation_llama.answers import read_answer_file
 from model.engine import Engine
 from model.errors import UserError
@@ -204,5 +204,5 @@ def test_runner_layer_devices_refusals(shared_data_dir, tmp_path):
 
 def test_oom_message_mentions_layer_devices():
     s = types.SimpleNamespace(dtype_name="bfloat16", model_path="big-model", device=torch.device("cpu"),
-                              layer_devices=None, args=types.SimpleNamespace(max_new_tokens=8))
-    assert "--layer-devices" in str(runner._oom_error(s, None, None, None))
+                              layer_devices=None, max_new_tokens=8)
+    assert "--layer-devices" in str(guards.oom_error(s, None, None, None))

@@ -161,3 +161,24 @@ def test_normalize_number_survives_runaway_digits():
     from evaluation_llama.quality import normalize_number
     assert normalize_number("1" * 60) == "1" * 60
     assert normalize_number("18.00") == "18"
+
+
+def test_quality_finds_the_data_dir_like_the_runners(tmp_path, monkeypatch):
+    """Without --data-dir the references come from the runners' default ($SWIFT_DATA_DIR, else ../shared/data)."""
+    from data import default_data_dir
+
+    path = tmp_path / "swift.jsonl"
+    path.write_text(json.dumps(rec("1", "The answer is 3")) + "\n")
+    seen = {}
+
+    def refs(task, data_dir, num_samples=None, seed=0):
+        seen["data_dir"] = data_dir
+        return {"1": {"answer": "#### 3"}}
+
+    monkeypatch.setattr(quality, "load_references", refs)
+    monkeypatch.delenv("SWIFT_DATA_DIR", raising=False)
+    assert quality.main(["--file-path", str(path), "--task", "gsm8k", "--json"]) == 0
+    assert seen["data_dir"] == default_data_dir() is not None  # the shared folder beside the repository
+    monkeypatch.setenv("SWIFT_DATA_DIR", str(tmp_path))
+    assert quality.main(["--file-path", str(path), "--task", "gsm8k", "--json"]) == 0
+    assert seen["data_dir"] == str(tmp_path)

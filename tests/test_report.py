@@ -100,3 +100,34 @@ def test_report_on_empty_or_missing_tree(tmp_path, capsys):
     res = subprocess.run([sys.executable, "evaluation_llama/report.py", "--outputs",
                           str(tmp_path / "missing")], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith("error: outputs directory")
+
+
+def test_report_skips_folders_without_answers_silently(tree):
+    """Benchmark rows, logs and whole reference trees under --outputs are not answer folders: not read, no note."""
+    out = tree / "outputs"
+    write(out / "bench_engine" / "bench_engine.jsonl", [{"model": "x", "tokens_per_s": 1.0}])
+    write(out / "multi-gpu" / "dp1" / "vanilla.jsonl", [rec("1", "gsm8k", "vanilla", 2, 0.2, [1, 1], 0)])
+    write(out / "bench_peers" / "part_cnndm_gsm8k" / "bench_peers.jsonl", [{"question_id": "1"}])
+    write(out / "reference" / "gsm8k" / "swift.jsonl", [rec("1", "gsm8k", "swift", 2, 0.1, [2], 1)])
+    (out / "plots").mkdir()
+    report = build_report(out, tree / "assets")
+    assert set(report.rows) == {(MODEL, "swift")}
+    notes = "\n".join(report.notes)
+    for name in ("bench_engine", "multi-gpu", "dp1", "part_cnndm_gsm8k", "reference"):
+        assert name not in notes and name not in report.markdown, name
+
+
+def test_report_plots_go_beside_the_report_not_into_committed_folders(tree):
+    """Without --assets the plots go to <outputs>/plots; the committed reference folders are never written."""
+    out = tree / "outputs"
+    before = {p: p.stat().st_mtime_ns for p in (ROOT / "assets").rglob("*.png")}
+    assert main(["--outputs", str(out)]) == 0
+    assert (out / "plots" / "speedup_per_task.png").is_file()
+    assert "(plots/speedup_per_task.png)" in (out / "report.md").read_text()
+    assert {p: p.stat().st_mtime_ns for p in (ROOT / "assets").rglob("*.png")} == before
+    for argv in (["--outputs", str(ROOT / "outputs" / "reference" / "h100-bf16")],
+                 ["--outputs", str(out), "--assets", str(ROOT / "assets" / "reference")]):
+        res = subprocess.run([sys.executable, "-m", "evaluation_llama.report", *argv], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert res.returncode == 2 and "committed reference results" in res.stderr, res.stderr
+    assert {p: p.stat().st_mtime_ns for p in (ROOT / "assets").rglob("*.png")} == before

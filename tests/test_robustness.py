@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluation_llama import inference_baseline, inference_swift, runner
+from evaluation_llama import guards, inference_baseline, inference_swift, runner
 from evaluation_llama.answers import config_hash, read_answer_file
 from model.errors import UserError
 
@@ -325,6 +325,35 @@ def test_answer_file_of_another_configuration_needs_overwrite(smollm2_path, shar
     assert header["config"]["model_path"] == str(smollm2_path) and len(records) == 1
 
 
+def test_wrong_model_path_is_named_before_a_stale_answer_file(shared_data_dir, tmp_path):
+    """An answer file of an earlier run and a mistyped --model-path: the missing model is the error, not the
+    configuration the file was made with."""
+    answer = tmp_path / "vanilla.jsonl"
+    other = {"model_path": "models/another/hf", "max_new_tokens": 99}
+    answer.write_text(json.dumps({"header": True, "config": other, "config_hash": config_hash(other)}) + "\n"
+                      + json.dumps({"question_id": "1", "model_id": "another", "task": "tinystories",
+                                    "method": "vanilla", "config": other,
+                                    "choices": [{"turns": ["x"], "new_tokens": [1], "wall_time": [0.1]}]})
+                      + "\n")
+    for model in (tmp_path / "no-such-model", tmp_path):  # missing; a folder without config.json
+        message = assert_user_error(cli("vanilla", *small_args(model, shared_data_dir, answer)))
+        assert "another configuration" not in message
+        assert "does not exist" in message or "config.json" in message, message
+
+
+def test_failed_run_leaves_no_empty_folder(tiny64, smollm2_path, shared_data_dir, tmp_path):
+    """A run that stops before its first answer creates neither the answer file nor its folders."""
+    outputs = tmp_path / "outputs"
+    for model, max_new in ((tmp_path / "no-such-model", 4), (tiny64, 8)):  # before / after loading the model
+        answer = outputs / "m" / "tinystories" / "vanilla.jsonl"
+        assert_user_error(cli("vanilla", *small_args(model, shared_data_dir, answer, max_new=max_new)))
+        assert not outputs.exists()
+    proc = cli("vanilla", "--model-path", tmp_path / "no-such-model", "--data-dir", shared_data_dir,
+               "--task", "tinystories", "--num-samples", 1, "--device", "cpu", "--outputs", outputs)
+    assert_user_error(proc, "does not exist")
+    assert not outputs.exists()
+
+
 def test_answer_file_with_a_malformed_line(smollm2_path, shared_data_dir, tmp_path):
     answer = tmp_path / "vanilla.jsonl"
     answer.write_text('{"question_id": "1", "model_id": "m"\n{"also": "bad"}\n')
@@ -341,7 +370,7 @@ def test_answer_file_in_an_impossible_place(smollm2_path, shared_data_dir, tmp_p
 
 def test_second_run_on_the_same_answer_file_is_refused(smollm2_path, shared_data_dir, tmp_path):
     answer = tmp_path / "vanilla.jsonl"
-    with runner.exclusive(answer):
+    with guards.exclusive(answer):
         proc = cli("vanilla", *small_args(smollm2_path, shared_data_dir, answer))
     assert_user_error(proc, "another run is writing")
 
@@ -367,7 +396,7 @@ def test_out_of_memory_becomes_a_sizing_message(tmp_path_factory, smollm2_path, 
     from model.generate import cache_capacity
     from model.loading import load_model
     m, args = load_model(str(tiny))
-    weights, kv = runner.memory_needs(args, "float32", cache_capacity(200, 16), m)
+    weights, kv = guards.memory_needs(args, "float32", cache_capacity(200, 16), m)
     assert weights == sum(p.numel() * 4 for p in m.parameters())
     assert kv == 4 * 2 * 1 * cache_capacity(200, 16) * 16 * 4
 

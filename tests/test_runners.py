@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from data import PAPER_TASKS
-from evaluation_llama import inference_baseline, inference_swift, runner
+from evaluation_llama import inference_baseline, inference_swift, methods, paths, prompting, runner, settings
 from evaluation_llama.answers import read_answer_file
 from model.loading import model_name
 from model.swift.config import SwiftConfig
@@ -188,7 +188,7 @@ def test_sharded_parent_folds_in_stale_shards_and_skips_done_work(runs, smollm2_
     header_line, first, second = single.read_text().splitlines()
     answer = tmp_path / "vanilla.jsonl"
     answer.write_text(header_line + "\n" + first + "\n")
-    runner.shard_path(answer, 1).write_text(header_line + "\n" + second + "\n")
+    paths.shard_path(answer, 1).write_text(header_line + "\n" + second + "\n")
     proc = subprocess.run(
         [sys.executable, "-m", "evaluation_llama.inference_baseline",
          *base_args(smollm2_path, shared_data_dir, "tinystories", answer), "--num-shards", "2"],
@@ -229,11 +229,9 @@ def test_chat_template_wraps_the_prompts(smollm2_path, shared_data_dir):
     td = runner.load_task("humaneval", str(shared_data_dir), 1, 0)
     ids = {}
     for chat in (False, True):
-        args = runner.build_parser("vanilla").parse_args(
-            ["--task", "humaneval", "--device", "cpu", "--max-new-tokens", "8",
-             "--model-path", str(smollm2_path)] + (["--chat-template"] if chat else []))
-        s = runner.resolve_settings(args, "vanilla", None)
-        ids[chat] = runner._tokenize_all(s, tokenizer, margs, list(enumerate(td.instances)))[0]
+        ids[chat] = prompting.tokenize_all(list(enumerate(td.instances)), tokenizer, margs,
+                                           max_new_tokens=8, chat_template=chat,
+                                           model_path=str(smollm2_path), task="humaneval")[0]
     plain, chat = ids[False], ids[True]
     assert len(chat) > len(plain)
     text = tokenizer.decode(chat)
@@ -280,15 +278,15 @@ def test_swift_flags_map_one_to_one_onto_swift_config():
     for name, value in values.items():
         argv += ["--" + name.replace("_", "-"), str(value)]
     args = runner.build_parser("swift").parse_args(argv)
-    cfg = runner.check_args(args, "swift")
+    cfg = settings.check_flags(args, methods.get("swift")).swift
     for name, value in values.items():
         assert getattr(cfg, name) == value, name
     assert cfg.guard is False and cfg.seed == 5
-    default = runner.check_args(runner.build_parser("swift").parse_args(["--task", "gsm8k"]),
-                                "swift")
+    default = settings.check_flags(runner.build_parser("swift").parse_args(["--task", "gsm8k"]),
+                                   methods.get("swift")).swift
     assert dataclasses.asdict(default) == dataclasses.asdict(SwiftConfig())
-    assert runner.check_args(runner.build_parser("vanilla").parse_args(["--task", "gsm8k"]),
-                             "vanilla") is None
+    assert settings.check_flags(runner.build_parser("vanilla").parse_args(["--task", "gsm8k"]),
+                                methods.get("vanilla")) is None
 
 
 def test_default_answer_file_and_layer_cache(smollm2_path):
@@ -299,11 +297,12 @@ def test_default_answer_file_and_layer_cache(smollm2_path):
              f"outputs/{mid}/humaneval/swift-t0.6.jsonl")):
         args = runner.build_parser(method).parse_args(
             ["--model-path", str(smollm2_path), "--device", "cpu"] + argv)
-        s = runner.resolve_settings(args, method, runner.check_args(args, method))
+        cls = methods.get(method)
+        s = settings.resolve(args, cls, settings.check_flags(args, cls))
         assert s.answer_file.as_posix() == expected
         assert s.dtype_name == "float32" and s.device.type == "cpu"
         if method == "swift":
-            assert s.layer_cache.as_posix() == f"outputs/{mid}/humaneval/layer_config.json"
+            assert Path(s.method_config.layer_cache).as_posix() == f"outputs/{mid}/humaneval/layer_config.json"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,8 +341,8 @@ def check_commands(commands, tasks, suffixes=("",)):
         assert report[:2] == ["-m", "evaluation_llama.speed"]
         b = runner.build_parser("vanilla").parse_args(base[2:])
         s = runner.build_parser("swift").parse_args(swift[2:])
-        runner.check_args(b, "vanilla")
-        runner.check_args(s, "swift")
+        settings.check_flags(b, methods.get("vanilla"))
+        settings.check_flags(s, methods.get("swift"))
         r = speed.build_parser().parse_args(report[2:])
         assert b.task == s.task == task
         assert b.answer_file.endswith(f"/{task}/vanilla{suffix}.jsonl")

@@ -198,3 +198,20 @@ def test_main_in_process(tmp_path, capsys):
     b = write(tmp_path / "vanilla.jsonl", vanilla_records())
     assert main(["--file-path", str(a), "--base-path", str(b), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tasks"]["cnndm"]["speedup"] == pytest.approx(2.0)
+
+
+def test_a_cpu_report_says_what_to_expect_there():
+    """Speed on a CPU is not SWIFT's speed: the report says so (and says nothing of the kind for GPU runs)."""
+    from evaluation_llama.speed import to_markdown
+
+    def recs(method, device, seconds):
+        return [{"question_id": str(q), "model_id": "m", "task": "gsm8k", "method": method,
+                 "config": {"device": device, "max_new_tokens": 8, "temperature": 0.0},
+                 "choices": [{"turns": ["x"], "new_tokens": [8], "wall_time": [seconds],
+                              "accept_lengths": [1] * 8, "num_drafted": [0]}]} for q in range(2)]
+
+    cpu = compare(recs("swift", "cpu", 2.0), recs("vanilla", "cpu", 1.0))
+    assert cpu["devices"] == ["cpu"]
+    assert "not expected to be faster" in to_markdown(cpu)
+    gpu = compare(recs("swift", "cuda", 0.5), recs("vanilla", "cuda", 1.0))
+    assert "not expected to be faster" not in to_markdown(gpu)

@@ -1,0 +1,508 @@
+"""Decoding methods behind one interface, so that a new drafter is one class.
+
+The runner (`evaluation_llama/runner.py`), the suite (`scripts/run_suite.py`) and the peer
+benchmark (`scripts/bench_peers.py`) drive every method alike:
+
+    method = Swift(config, run)             # config from Swift.build_config(args); run: TaskRun
+    method.warm_up(engine, prompts, n)      # untimed; binds the engine
+    for each instance:
+        method.start_instance(first)        # e.g. reset a per-instance search
+        torch.manual_seed(instance_seed(seed, index))
+        result = method.generate(ids, n)    # model.generate.GenerationResult
+        stats = method.answer_stats(result) # the answer record's "stats"
+        method.answer_written()             # after the record is safely on disk
+    lines = method.end_task()               # persist what the method keeps; summary lines
+
+A class declares its name, its runner module, its own flags (`add_flags`), builds and validates
+its own configuration from them (`build_config`) and names the entries it adds to the run config
+(`record_config`). Nothing outside this module branches on a method's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional, Sequence
+
+from evaluation_llama.answers import json_safe
+from evaluation_llama.cli import note
+from evaluation_llama.flags import INT, REAL, SEED_STRIDE, WARMUP_MAX_NEW_TOKENS
+from evaluation_llama.paths import existing_shards, shard_path
+from model.errors import UserError
+from model.swift.config import SwiftConfig
+
+# model code that needs torch is imported inside the methods that use it, so that flags are
+# checked before torch is loaded
+
+
+def instance_seed(seed: int, index: int) -> int:
+    """The torch seed before the instance at position ``index`` of the task's list (independent
+    of sharding, so a split run answers like a single one)."""
+    return seed * SEED_STRIDE + index
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """What a method knows of the task run it serves."""
+
+    model_id: str
+    task: str
+    model_args: Any  # model.config.ModelArgs
+    sampling: Any  # model.sampling.SamplingConfig
+    eos_ids: tuple
+    shard: Optional[int] = None  # this process's shard when the task is split over processes
+    num_shards: int = 1
+    note: Callable[[str], None] = note  # warnings and notes for the user (stderr)
+
+
+class Method:
+    """The interface every decoding method implements (see the module docstring)."""
+
+    name: ClassVar[str] = ""  # registry key, the records' "method", the answer file's stem
+    entry_module: ClassVar[str] = ""  # the runner module that runs this method
+    description: ClassVar[str] = ""  # what it does, for --help
+    record_keys: ClassVar[tuple[str, ...]] = ()  # its entries in the run config
+
+    # ---- configuration (class level: before any model is loaded) ---------------------------------
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this method's own flags (an argument group) to the runner's parser."""
+
+    @classmethod
+    def build_config(cls, args: argparse.Namespace) -> Any:
+        """This method's validated configuration from the parsed flags (None: it has none).
+        Raises UserError naming the flag to fix."""
+        return None
+
+    @classmethod
+    def place(cls, config: Any, folder: Path) -> Any:
+        """The configuration with default file locations filled in; ``folder`` is the run's
+        <outputs>/<model-id>/<task>/ folder."""
+        return config
+
+    @classmethod
+    def record_config(cls, config: Any) -> dict:
+        """This method's entries of the run config (hashed: a resumed file must agree)."""
+        return {}
+
+    @classmethod
+    def config_to_dict(cls, config: Any) -> Optional[dict]:
+        return None if config is None else config.to_dict()
+
+    @classmethod
+    def config_from_dict(cls, data: Optional[dict]) -> Any:
+        return None
+
+    @classmethod
+    def merge_shards(cls, config: Any) -> list[str]:
+        """Called by the shard parent after the shards' answers are merged: fold whatever the
+        method keeps per shard into one; returns summary lines."""
+        return []
+
+    # ---- one task run ---------------------------------------------------------------------------
+    def __init__(self, config: Any, run: TaskRun):
+        self.config = config
+        self.run = run
+        self.engine = None
+
+    def warm_up(self, engine, prompts: Sequence[list[int]], max_new_tokens: int) -> None:
+        """Bind the engine, then run untimed generations on ``prompts`` (compilation, graph
+        capture, lazy initialisation) and capture the one-token graph of every KV-length bucket,
+        so that none of it lands inside a timed answer."""
+        from model.generate import sampling_head
+
+        self.engine = engine
+        for ids in prompts:
+            self.warm_generate(ids, min(max_new_tokens, WARMUP_MAX_NEW_TOKENS))
+        if engine.cuda_graphs:
+            sampling = self.run.sampling
+            engine.warm_up_decode(*sampling_head(sampling), noise=not sampling.greedy)
+
+    def warm_generate(self, prompt_ids: list[int], max_new_tokens: int) -> None:
+        """One warm-up generation; by default a generation like the timed ones."""
+        self.generate(prompt_ids, max_new_tokens)
+
+    def start_instance(self, first: bool) -> None:
+        """Before each timed instance (``first``: the first of this process)."""
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int):
+        raise NotImplementedError
+
+    def answer_stats(self, result) -> dict:
+        """The answer record's ``stats`` (JSON-safe)."""
+        return json_safe(result.stats)
+
+    def answer_written(self) -> None:
+        """After an answer is on disk (signals are held off meanwhile)."""
+
+    def end_task(self) -> list[str]:
+        """At the end of the run, also when it fails: persist what the method keeps; returns
+        summary lines for a successful run."""
+        return []
+
+
+REGISTRY: dict[str, type[Method]] = {}
+ALIASES = {"baseline": "vanilla"}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> type[Method]:
+    """The method class called ``name`` (or an alias such as "baseline")."""
+    cls = REGISTRY.get(ALIASES.get(name, name))
+    if cls is None:
+        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(REGISTRY)}")
+    return cls
+
+
+def config_entries(cls: type[Method], config: Any) -> dict:
+    """The run-config entries of a method: every registered method's keys, None where they are
+    not this method's, so that all answer files share one configuration layout."""
+    out = {key: None for m in REGISTRY.values() for key in m.record_keys}
+    out.update(cls.record_config(config))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# plain decoding
+
+
+@register
+class Vanilla(Method):
+    name = "vanilla"
+    entry_module = "evaluation_llama.inference_baseline"
+    description = "plain autoregressive decoding (the baseline SWIFT is compared with)"
+
+    def generate(self, prompt_ids, max_new_tokens):
+        from model import generate  # looked up at call time (tests replace it)
+
+        return generate.vanilla_generate(self.engine, prompt_ids, max_new_tokens,
+                                         self.run.sampling, self.run.eos_ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# SWIFT
+
+LAYER_CONFIG = "layer_config.json"
+# SWIFT flags -> SwiftConfig fields (one to one), with their argparse types
+SWIFT_FLAGS = {"skip_ratio": REAL, "context_window": INT, "bayes_interval": INT,
+               "max_opt_iter": INT, "max_tolerance_iter": INT, "max_score": REAL,
+               "num_candidates": INT, "draft_stop_threshold": REAL, "max_draft_len": INT,
+               "max_tree_nodes": INT, "guard_margin": REAL}
+
+
+@dataclass(frozen=True)
+class SwiftRun:
+    """SWIFT's configuration for one run: the algorithm's settings and where its skip set lives."""
+
+    swift: SwiftConfig
+    layer_cache: Optional[str] = None  # the layer-configuration cache (None: none kept)
+    cache_hit: bool = False  # read the skip set from layer_cache instead of searching
+    reset_search_per_instance: bool = False
+    skip: Optional[dict] = None  # a fixed skip set given directly ({"attn": [...], "mlp": [...]})
+
+    def to_dict(self) -> dict:
+        return {"swift": self.swift.to_dict(), "layer_cache": self.layer_cache,
+                "cache_hit": self.cache_hit,
+                "reset_search_per_instance": self.reset_search_per_instance, "skip": self.skip}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SwiftRun":
+        cfg = dict(data["swift"])
+        cfg["tree_rule"] = tuple(tuple(r) for r in cfg["tree_rule"])
+        return cls(SwiftConfig(**cfg), data.get("layer_cache"), bool(data.get("cache_hit")),
+                   bool(data.get("reset_search_per_instance")), data.get("skip"))
+
+
+def swift_config(values: dict, given: dict[str, str]) -> SwiftConfig:
+    """SwiftConfig(**values), its UserError worded for the command line: the flag that alone
+    breaks a rule is named (``given``: field -> flag as typed)."""
+    try:
+        return SwiftConfig(**values)
+    except UserError as exc:
+        fixed = {k: v for k, v in values.items() if k not in given}
+        for field, flag in given.items():
+            try:
+                SwiftConfig(**fixed, **{field: values[field]})
+            except UserError as alone:
+                raise UserError(f"invalid SWIFT settings: {flag} {values[field]}: {alone}") from None
+        raise UserError(f"invalid SWIFT settings: {exc} Adjust the matching flags ("
+                        f"{', '.join(given.values()) or 'see --help'}).") from None
+
+
+@register
+class Swift(Method):
+    name = "swift"
+    entry_module = "evaluation_llama.inference_swift"
+    description = ("SWIFT self-speculative decoding (on-the-fly layer-skip search, then drafting "
+                   "with the skipped model and verifying with the full model)")
+    record_keys = ("swift", "cache_hit", "reset_search_per_instance")
+
+    @classmethod
+    def add_flags(cls, parser):
+        d = {f.name: f.default for f in dataclasses.fields(SwiftConfig)}
+        g = parser.add_argument_group("SWIFT (defaults are the paper's settings; SwiftConfig "
+                                      "checks the values)")
+
+        def add(field, help_text, **kw):
+            g.add_argument("--" + field.replace("_", "-"), default=None, help=help_text, **kw)
+
+        add("skip_ratio", "share of the attention/MLP sub-layers the draft skips, in (0, 1); omit "
+            "it to adapt the ratio to the model during the optimization phase (paper: 0.45 for "
+            "13B, 0.5 for 34B/70B)", type=REAL)
+        add("context_window", f"gamma: recent tokens on which a candidate skip set's matchness is "
+            f"measured, >= 2 (default {d['context_window']})", type=INT)
+        add("bayes_interval", f"beta: a Bayesian-optimization proposal every beta optimization "
+            f"steps (default {d['bayes_interval']})", type=INT)
+        add("max_opt_iter", f"S: most optimization steps before the skip set is frozen "
+            f"(default {d['max_opt_iter']})", type=INT)
+        add("max_tolerance_iter", f"stop optimizing after this many steps without improvement "
+            f"(default {d['max_tolerance_iter']})", type=INT)
+        add("max_score", f"stop optimizing once the matchness reaches this, in (0, 1] "
+            f"(default {d['max_score']})", type=REAL)
+        add("num_candidates", f"candidate skip sets scored per optimization step, in one batched "
+            f"forward, in [1, 16] (default {d['num_candidates']})", type=INT)
+        add("draft_stop_threshold", f"stop drafting when the draft's top-1 probability falls "
+            f"below this, in (0, 1] (default {d['draft_stop_threshold']})", type=REAL)
+        add("draft_stop", f"when drafting stops: 'confidence' compares the draft's raw top-1 "
+            f"probability with --draft-stop-threshold (the paper's rule), 'calibrated' first maps "
+            f"it to an estimated acceptance probability (default {d['draft_stop']})",
+            choices=("confidence", "calibrated"))
+        add("max_draft_len", f"most tokens drafted per cycle, in [1, 32] "
+            f"(default {d['max_draft_len']})", type=INT)
+        add("max_tree_nodes", f"most nodes of the verified token tree, in [--max-draft-len + 2, "
+            f"128] (default {d['max_tree_nodes']})", type=INT)
+        g.add_argument("--no-guard", action="store_true",
+                       help="disable the speed guard that falls back to plain decoding when SWIFT "
+                            "is slower than plain steps of the same answer; the guard decides from "
+                            "wall-clock timings, so with --temperature > 0 pass --no-guard for "
+                            "bit-reproducible samples")
+        add("guard_margin", f"the guard falls back when SWIFT tokens/s < margin x plain tokens/s, "
+            f"> 0 (default {d['guard_margin']})", type=REAL)
+        g.add_argument("--layer-cache", default=None,
+                       help=f"layer-configuration cache (default: <outputs>/<model-id>/<task>/"
+                            f"{LAYER_CONFIG}): written with the best skip set when the search "
+                            f"stops and at the end of the run; read with --cache-hit")
+        g.add_argument("--cache-hit", action="store_true",
+                       help="read the skip set from --layer-cache and skip the optimization phase")
+        g.add_argument("--reset-search-per-instance", action="store_true",
+                       help="start the layer search (and the draft-stop calibration) afresh for "
+                            "every instance (default: one search carried across all instances of "
+                            "the task, as in the paper)")
+
+    @classmethod
+    def build_config(cls, args):
+        fields = [*SWIFT_FLAGS, "draft_stop"]
+        values = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+        given = {f: "--" + f.replace("_", "-") for f in values}
+        values.update(guard=not args.no_guard, seed=args.seed)
+        if args.cache_hit and args.reset_search_per_instance:
+            raise UserError("--cache-hit reads a fixed skip set, so there is no search to reset; "
+                            "drop --reset-search-per-instance or --cache-hit.")
+        return SwiftRun(swift_config(values, given), args.layer_cache, bool(args.cache_hit),
+                        bool(args.reset_search_per_instance))
+
+    @classmethod
+    def place(cls, config, folder):
+        if config.layer_cache is None:
+            config = dataclasses.replace(config, layer_cache=str(folder / LAYER_CONFIG))
+        return config
+
+    @classmethod
+    def record_config(cls, config):
+        return {"swift": config.swift.to_dict(), "cache_hit": config.cache_hit,
+                "reset_search_per_instance": config.reset_search_per_instance}
+
+    @classmethod
+    def config_from_dict(cls, data):
+        return SwiftRun.from_dict(data)
+
+    @classmethod
+    def merge_shards(cls, config):
+        if config.cache_hit or config.layer_cache is None:
+            return []
+        path = Path(config.layer_cache)
+        merge_layer_caches(path)
+        if not path.exists():
+            return []
+        with contextlib.suppress(Exception):
+            info = json.loads(path.read_text())
+            return [f"best skip set over the shards: {fmt_skip(info.get('skip'))} (ratio "
+                    f"{info.get('skip_ratio')}, matchness {info.get('matchness')}); saved to "
+                    f"{path}"]
+        return []
+
+    # ---- one task run ---------------------------------------------------------------------------
+    def __init__(self, config: SwiftRun, run: TaskRun):
+        from model.swift.layer_search import LayerSearch
+
+        super().__init__(config, run)
+        cfg, n_layers = config.swift, run.model_args.n_layers
+        self.fixed_skip = None
+        self.keeper: Optional[LayerCacheKeeper] = None
+        if config.skip is not None:
+            from model.llama import LayerSkip
+
+            self.fixed_skip = LayerSkip.from_dict(config.skip)
+        elif config.cache_hit:
+            from model.swift.layer_cache import load_layer_config
+
+            self.fixed_skip, info = load_layer_config(str(config.layer_cache), run.model_id,
+                                                      n_layers, run.task)
+            run.note(f"cache hit: skip set from {config.layer_cache} (ratio "
+                     f"{info.get('skip_ratio')}, matchness {info.get('matchness')}): "
+                     f"{fmt_skip(self.fixed_skip.to_dict())}")
+        elif n_layers < 3:
+            raise UserError(f"the model has {n_layers} layers; SWIFT needs at least 3 (the first "
+                            f"and last are never skipped).")
+        elif config.layer_cache is not None:
+            path = Path(config.layer_cache)
+            if run.shard is not None and run.num_shards > 1:  # the parent keeps the best shard's
+                path = shard_path(path, run.shard)
+            self.keeper = LayerCacheKeeper(path, run.model_id, run.model_args.architecture,
+                                           n_layers, run.task,
+                                           per_instance=config.reset_search_per_instance)
+        # the search and the draft-stop calibrator are carried across the task's instances
+        self.search = LayerSearch(n_layers, cfg) if self.fixed_skip is None else None
+        self.calibrator = self._new_calibrator()
+        self._was_active = False
+
+    def _new_calibrator(self):
+        from model.swift.decoding import DraftCalibrator
+
+        return DraftCalibrator() if self.config.swift.draft_stop == "calibrated" else None
+
+    def _generate(self, prompt_ids, max_new_tokens, search, calibrator):
+        from model.swift.decoding import swift_generate
+
+        return swift_generate(self.engine, prompt_ids, max_new_tokens, self.run.sampling,
+                              self.run.eos_ids, self.config.swift, search=search,
+                              skip=self.fixed_skip, calibrator=calibrator)
+
+    def warm_generate(self, prompt_ids, max_new_tokens):
+        """A throwaway search and calibrator: warming up must not teach the timed run anything."""
+        from model.swift.layer_search import LayerSearch
+
+        throwaway = None if self.search is None else \
+            LayerSearch(self.run.model_args.n_layers, self.config.swift)
+        self._generate(prompt_ids, max_new_tokens, throwaway, self._new_calibrator())
+
+    def start_instance(self, first):
+        if self.config.reset_search_per_instance and not first:
+            if self.search is not None:
+                self.search.reset()
+            self.calibrator = self._new_calibrator()
+
+    def generate(self, prompt_ids, max_new_tokens):
+        self._was_active = self.search is not None and self.search.active
+        return self._generate(prompt_ids, max_new_tokens, self.search, self.calibrator)
+
+    def answer_written(self):
+        if self.keeper is None:
+            return
+        stopped = self._was_active and not self.search.active  # keep it as soon as it is final
+        try:
+            self.keeper.offer(self.search, write_now=stopped)
+        except OSError as exc:
+            self.run.note(f"warning: could not write the layer configuration {self.keeper.path} "
+                          f"({exc.strerror or exc}); retrying at the end")
+
+    def end_task(self):
+        if self.keeper is not None:
+            self.keeper.offer(self.search, write_now=False)
+            try:
+                self.keeper.flush()
+            except OSError as exc:
+                self.run.note(f"warning: could not write the layer configuration "
+                              f"{self.keeper.path} ({exc.strerror or exc}); pass a writable "
+                              f"--layer-cache to keep it")
+        return self.summary_lines()
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        if self.fixed_skip is not None:
+            lines.append(f"skip set (cache hit): {fmt_skip(self.fixed_skip.to_dict())}")
+        elif self.search.best is None:
+            lines.append("no skip set yet: the layer search needs answers longer than the guard's "
+                         "plain probe and --context-window; SWIFT decoded plainly")
+        else:
+            sm = self.search.summary()
+            state = "still searching" if sm["active"] else f"stopped: {sm['stop_reason']}"
+            lines.append(f"final skip set: {fmt_skip(sm['best_skip'])}; {sm['n_skipped']} of "
+                         f"{sm['search_dims']} sub-layers skipped (ratio {sm['ratio']}, matchness "
+                         f"{sm['best_score']:.3f}, {sm['n_iter']} optimization steps, {state})")
+        if self.keeper is not None and self.keeper.saved_to is not None:
+            lines.append(f"layer configuration saved to {self.keeper.saved_to} (reuse it with "
+                         f"--cache-hit)")
+        return lines
+
+
+def fmt_skip(skip: Optional[dict]) -> str:
+    if not skip:
+        return "none"
+    return f"attention {skip.get('attn', [])}, MLP {skip.get('mlp', [])}"
+
+
+@dataclass
+class LayerCacheKeeper:
+    """Writes the layer-configuration cache when a search stops and at the end of the run.
+
+    One search carried across the task: its current best set (the search's own choice, which
+    accounts for ratio changes). A search reset per instance: the highest-matchness set of all the
+    instances' searches."""
+
+    path: Path
+    model_id: str
+    architecture: str
+    n_layers: int
+    task: str
+    per_instance: bool
+    best: Optional[tuple] = None  # (score, skip, ratio)
+    written: Optional[tuple] = None
+    saved_to: Optional[Path] = None
+
+    def offer(self, search, write_now: bool) -> None:
+        skip = search.best
+        if skip is not None and len(skip) > 0:
+            sm = search.summary()
+            found = (float(sm["best_score"]), skip, float(sm["ratio"]))
+            if not self.per_instance or self.best is None or found[0] > self.best[0]:
+                self.best = found
+        if write_now:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.best is None or self.best == self.written:
+            return
+        from model.swift.layer_cache import save_layer_config
+
+        score, skip, ratio = self.best
+        save_layer_config(str(self.path), self.model_id, self.architecture, self.n_layers,
+                          self.task, skip, ratio, score)
+        self.written = self.best
+        self.saved_to = self.path
+
+
+def merge_layer_caches(path: Path) -> None:
+    """Keep the best-scoring shard layer cache (<stem>.shard<i>.json) as the run's cache."""
+    found = existing_shards(path)
+    best, best_score = None, -math.inf
+    for p in found:
+        with contextlib.suppress(Exception):
+            score = float(json.loads(p.read_text()).get("matchness", -math.inf))
+            if score > best_score:
+                best, best_score = p, score
+    if best is not None:
+        os.replace(best, path)
+    for p in found:
+        if p != best:
+            p.unlink(missing_ok=True)
