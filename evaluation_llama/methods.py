@@ -115,14 +115,14 @@ class Method:
         """Bind the engine, then run untimed generations on ``prompts`` (compilation, graph
         capture, lazy initialisation) and capture the one-token graph of every KV-length bucket,
         so that none of it lands inside a timed answer."""
-        from model.generate import sampling_head
-
         self.engine = engine
         for ids in prompts:
             self.warm_generate(ids, min(max_new_tokens, WARMUP_MAX_NEW_TOKENS))
-        if engine.cuda_graphs:
-            sampling = self.run.sampling
-            engine.warm_up_decode(*sampling_head(sampling), noise=not sampling.greedy)
+        engine.warm_up_decode(self.run.sampling)
+        self.warm_up_graphs()
+
+    def warm_up_graphs(self) -> None:
+        """Capture the method's own graphs (beyond plain decoding's) before anything is timed."""
 
     def warm_generate(self, prompt_ids: list[int], max_new_tokens: int) -> None:
         """One warm-up generation; by default a generation like the timed ones."""
@@ -196,8 +196,8 @@ LAYER_CONFIG = "layer_config.json"
 # SWIFT flags -> SwiftConfig fields (one to one), with their argparse types
 SWIFT_FLAGS = {"skip_ratio": REAL, "context_window": INT, "bayes_interval": INT,
                "max_opt_iter": INT, "max_tolerance_iter": INT, "max_score": REAL,
-               "num_candidates": INT, "draft_stop_threshold": REAL, "max_draft_len": INT,
-               "max_tree_nodes": INT, "guard_margin": REAL}
+               "num_candidates": INT, "draft_stop_threshold": REAL, "draft_chunk": INT,
+               "max_draft_len": INT, "max_tree_nodes": INT, "draft_vocab": INT, "guard_margin": REAL}
 
 
 @dataclass(frozen=True)
@@ -273,14 +273,31 @@ class Swift(Method):
             f"forward, in [1, 16] (default {d['num_candidates']})", type=INT)
         add("draft_stop_threshold", f"stop drafting when the draft's top-1 probability falls "
             f"below this, in (0, 1] (default {d['draft_stop_threshold']})", type=REAL)
-        add("draft_stop", f"when drafting stops: 'confidence' compares the draft's raw top-1 "
-            f"probability with --draft-stop-threshold (the paper's rule), 'calibrated' first maps "
-            f"it to an estimated acceptance probability (default {d['draft_stop']})",
-            choices=("confidence", "calibrated"))
+        add("draft_stop", f"how long to draft: 'speed' drafts the length that maximises the expected "
+            f"tokens/s (measured draft and verify costs, the acceptance observed so far; one host "
+            f"sync per cycle); 'confidence' stops after the first token whose top-1 probability is "
+            f"below --draft-stop-threshold (the paper's rule), 'calibrated' first maps that "
+            f"probability to the acceptance rate observed for it; both read the probabilities "
+            f"once per --draft-chunk tokens (default {d['draft_stop']})",
+            choices=("speed", "confidence", "calibrated"))
+        add("draft_chunk", f"with --draft-stop confidence/calibrated: tokens drafted between two "
+            f"reads of the probabilities, in [1, 32] (default {d['draft_chunk']})", type=INT)
+        add("draft_vocab", f"keep only this many token ids in the draft's LM head (the most "
+            f"frequent in the task's prompts and answers so far, then the lowest ids); "
+            f"verification keeps the whole vocabulary, so the output does not change; 0 = the "
+            f"whole vocabulary (default {d['draft_vocab']})", type=INT)
+        add("ratio_objective", f"with an automatic skip ratio: 'speed' raises the ratio while the "
+            f"predicted tokens/s grows (matchness as acceptance, measured draft cost), 'matchness' "
+            f"raises it while the matchness stays >= --max-score (default {d['ratio_objective']})",
+            choices=("speed", "matchness"))
         add("max_draft_len", f"most tokens drafted per cycle, in [1, 32] "
             f"(default {d['max_draft_len']})", type=INT)
         add("max_tree_nodes", f"most nodes of the verified token tree, in [--max-draft-len + 2, "
             f"128] (default {d['max_tree_nodes']})", type=INT)
+        g.add_argument("--context-drafts", action="store_true",
+                       help="hybrid drafts: each cycle's tree also holds the best continuation found in "
+                            "the prompt and the output so far (prompt lookup, --context-len tokens), "
+                            "verified in the same pass; lossless like the layer-skip draft")
         g.add_argument("--no-guard", action="store_true",
                        help="disable the speed guard that falls back to plain decoding when SWIFT "
                             "is slower than plain steps of the same answer; the guard decides from "
@@ -301,10 +318,11 @@ class Swift(Method):
 
     @classmethod
     def build_config(cls, args):
-        fields = [*SWIFT_FLAGS, "draft_stop"]
+        fields = [*SWIFT_FLAGS, "draft_stop", "ratio_objective"]
         values = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
         given = {f: "--" + f.replace("_", "-") for f in values}
-        values.update(guard=not args.no_guard, seed=args.seed)
+        values.update(guard=not args.no_guard, seed=args.seed,
+                      context_drafts=bool(getattr(args, "context_drafts", False)))
         if args.cache_hit and args.reset_search_per_instance:
             raise UserError("--cache-hit reads a fixed skip set, so there is no search to reset; "
                             "drop --reset-search-per-instance or --cache-hit.")
@@ -374,6 +392,7 @@ class Swift(Method):
         # the search and the draft-stop calibrator are carried across the task's instances
         self.search = LayerSearch(n_layers, cfg) if self.fixed_skip is None else None
         self.calibrator = self._new_calibrator()
+        self.planner = None  # the draft-length planner, made with the engine and carried likewise
         self._was_active = False
 
     def _new_calibrator(self):
@@ -381,30 +400,50 @@ class Swift(Method):
 
         return DraftCalibrator() if self.config.swift.draft_stop == "calibrated" else None
 
-    def _generate(self, prompt_ids, max_new_tokens, search, calibrator):
+    def _generate(self, prompt_ids, max_new_tokens, search, calibrator, planner):
         from model.swift.decoding import swift_generate
 
         return swift_generate(self.engine, prompt_ids, max_new_tokens, self.run.sampling,
                               self.run.eos_ids, self.config.swift, search=search,
-                              skip=self.fixed_skip, calibrator=calibrator)
+                              skip=self.fixed_skip, calibrator=calibrator, planner=planner)
+
+    def _new_planner(self):
+        from model.swift.decoding import accelerator
+        from model.swift.planner import DraftPlanner
+
+        acc = accelerator(self.engine, self.config.swift)
+        return DraftPlanner(acc.costs, acc.drafter.chunks())
 
     def warm_generate(self, prompt_ids, max_new_tokens):
-        """A throwaway search and calibrator: warming up must not teach the timed run anything."""
+        """A throwaway search, calibrator and planner: warming up must not teach the timed run
+        anything."""
         from model.swift.layer_search import LayerSearch
 
         throwaway = None if self.search is None else \
             LayerSearch(self.run.model_args.n_layers, self.config.swift)
-        self._generate(prompt_ids, max_new_tokens, throwaway, self._new_calibrator())
+        self._generate(prompt_ids, max_new_tokens, throwaway, self._new_calibrator(),
+                       self._new_planner())
+
+    def warm_up_graphs(self):
+        from model.swift.decoding import accelerator
+
+        accelerator(self.engine, self.config.swift).warm_up(self.run.sampling)
 
     def start_instance(self, first):
+        if self.planner is None:
+            self.planner = self._new_planner()
         if self.config.reset_search_per_instance and not first:
             if self.search is not None:
                 self.search.reset()
             self.calibrator = self._new_calibrator()
+            self.planner = self._new_planner()
 
     def generate(self, prompt_ids, max_new_tokens):
         self._was_active = self.search is not None and self.search.active
-        return self._generate(prompt_ids, max_new_tokens, self.search, self.calibrator)
+        if self.planner is None:
+            self.planner = self._new_planner()
+        return self._generate(prompt_ids, max_new_tokens, self.search, self.calibrator,
+                              self.planner)
 
     def answer_written(self):
         if self.keeper is None:
@@ -444,6 +483,153 @@ class Swift(Method):
             lines.append(f"layer configuration saved to {self.keeper.saved_to} (reuse it with "
                          f"--cache-hit)")
         return lines
+
+
+class _FixedDrafter(Method):
+    """A method that drafts without a search, through the SWIFT engine (`swift_generate` with a fixed skip set):
+    prompt lookup (the empty skip set, context drafts on) and early exit (every layer from --exit-layer on
+    skipped). Its configuration is a SwiftConfig, recorded like SWIFT's."""
+
+    record_keys = ("swift",)
+
+    @classmethod
+    def add_guard_flags(cls, g):
+        d = {f.name: f.default for f in dataclasses.fields(SwiftConfig)}
+        g.add_argument("--no-guard", action="store_true",
+                       help="disable the speed guard (fall back to plain decoding when drafting is "
+                            "slower than plain steps of the same answer)")
+        g.add_argument("--guard-margin", type=REAL, default=None,
+                       help=f"the guard falls back when tokens/s < margin x plain tokens/s, > 0 "
+                            f"(default {d['guard_margin']})")
+
+    @classmethod
+    def swift_values(cls, args) -> dict:
+        values = {"guard": not args.no_guard, "seed": args.seed}
+        if args.guard_margin is not None:
+            values["guard_margin"] = args.guard_margin
+        return values
+
+    @classmethod
+    def record_config(cls, config):
+        return {"swift": config.to_dict()}
+
+    @classmethod
+    def config_from_dict(cls, data):
+        return SwiftRun.from_dict({"swift": data}).swift
+
+    @property
+    def swift(self) -> SwiftConfig:
+        return self.config
+
+    def skip(self):
+        raise NotImplementedError
+
+    def warm_up_graphs(self):
+        from model.swift.decoding import accelerator
+
+        accelerator(self.engine, self.swift).warm_up(self.run.sampling)
+
+    def generate(self, prompt_ids, max_new_tokens):
+        from model.swift.decoding import swift_generate
+
+        return swift_generate(self.engine, prompt_ids, max_new_tokens, self.run.sampling,
+                              self.run.eos_ids, self.swift, skip=self.skip())
+
+
+@register
+class PromptLookup(_FixedDrafter):
+    name = "pld"
+    entry_module = "evaluation_llama.inference_pld"
+    description = ("prompt lookup decoding (drafts are continuations of n-grams found in the "
+                   "prompt and the output so far, verified by the full model in one pass)")
+
+    @classmethod
+    def add_flags(cls, parser):
+        d = {f.name: f.default for f in dataclasses.fields(SwiftConfig)}
+        g = parser.add_argument_group("prompt lookup")
+        g.add_argument("--context-len", type=INT, default=None,
+                       help=f"most tokens proposed per cycle, in [1, 32] (default {d['context_len']})")
+        g.add_argument("--ngram-max", type=INT, default=None,
+                       help=f"longest suffix matched against the context (default {d['ngram_max']})")
+        g.add_argument("--ngram-min", type=INT, default=None,
+                       help=f"shortest suffix matched (default {d['ngram_min']})")
+        cls.add_guard_flags(g)
+
+    @classmethod
+    def build_config(cls, args):
+        values = {f: getattr(args, f) for f in ("context_len", "ngram_max", "ngram_min")
+                  if getattr(args, f, None) is not None}
+        given = {f: "--" + f.replace("_", "-") for f in values}
+        values.update(cls.swift_values(args), context_drafts=True, max_draft_len=1,
+                      max_tree_nodes=max(16, values.get("context_len", 10) + 2))
+        return swift_config(values, given)
+
+    def skip(self):
+        from model.llama import NO_SKIP
+
+        return NO_SKIP
+
+
+@register
+class EarlyExit(_FixedDrafter):
+    name = "early-exit"
+    entry_module = "evaluation_llama.inference_early_exit"
+    description = ("LayerSkip-style self-speculation: the draft is the model's first --exit-layer "
+                   "layers and its LM head (a fixed depth, no search), verified by the full model")
+
+    @classmethod
+    def add_flags(cls, parser):
+        d = {f.name: f.default for f in dataclasses.fields(SwiftConfig)}
+        g = parser.add_argument_group("early exit")
+        g.add_argument("--exit-layer", type=INT, default=None,
+                       help="layers the draft runs before the LM head (default: half the model's)")
+        g.add_argument("--max-draft-len", type=INT, default=None,
+                       help=f"most tokens drafted per cycle, in [1, 32] (default {d['max_draft_len']})")
+        cls.add_guard_flags(g)
+
+    @classmethod
+    def build_config(cls, args):
+        values = {"max_draft_len": args.max_draft_len} if args.max_draft_len is not None else {}
+        given = {f: "--" + f.replace("_", "-") for f in values}
+        values.update(cls.swift_values(args))
+        if args.exit_layer is not None and args.exit_layer < 1:
+            raise UserError(f"--exit-layer must be >= 1, got {args.exit_layer}.")
+        return EarlyExitRun(swift_config(values, given), args.exit_layer)
+
+    @classmethod
+    def record_config(cls, config):
+        return {"swift": dict(config.swift.to_dict(), exit_layer=config.exit_layer)}
+
+    @classmethod
+    def config_from_dict(cls, data):
+        return EarlyExitRun(SwiftRun.from_dict({"swift": data["swift"]}).swift, data.get("exit_layer"))
+
+    def __init__(self, config, run):
+        super().__init__(config, run)
+        n = run.model_args.n_layers
+        self.exit_layer = config.exit_layer or max(1, n // 2)
+        if self.exit_layer >= n:
+            raise UserError(f"--exit-layer {self.exit_layer} leaves nothing to skip: the model has {n} "
+                            f"layers; pass a smaller one.")
+
+    @property
+    def swift(self) -> SwiftConfig:
+        return self.config.swift
+
+    def skip(self):
+        from model.llama import LayerSkip
+
+        n = self.run.model_args.n_layers
+        return LayerSkip.of(attn=range(self.exit_layer, n), mlp=range(self.exit_layer, n))
+
+
+@dataclass(frozen=True)
+class EarlyExitRun:
+    swift: SwiftConfig
+    exit_layer: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return {"swift": self.swift.to_dict(), "exit_layer": self.exit_layer}
 
 
 def fmt_skip(skip: Optional[dict]) -> str:

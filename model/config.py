@@ -26,6 +26,15 @@ _CONFIG_CLASSES = {"LlamaForCausalLM": "LlamaConfig", "MistralForCausalLM": "Mis
 LLAMA2_7B_SHAPE = dict(architectures=["LlamaForCausalLM"], vocab_size=32000, hidden_size=4096, intermediate_size=11008,
                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                        max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
+# The two small real models' shapes, for random-weight kernel checks (scripts/gpu_selftest.py).
+SMOLLM2_135M_SHAPE = dict(architectures=["LlamaForCausalLM"], vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                          max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
+                          tie_word_embeddings=True)
+QWEN25_05B_SHAPE = dict(architectures=["Qwen2ForCausalLM"], vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                        max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                        tie_word_embeddings=False)
 # The LLaMA-2-13B shape, for the loading measurement (scripts/measure_loading.py).
 LLAMA2_13B_SHAPE = dict(LLAMA2_7B_SHAPE, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
                         num_attention_heads=40, num_key_value_heads=40)

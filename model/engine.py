@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -70,7 +71,7 @@ class Engine:
             note = f"the Triton kernels do not run on {self.device}; using the PyTorch ops"
             if requested.kernels == "triton":
                 raise RuntimeError(note)
-            return torch_ops(), Backends("torch", b.compile).resolve(self.device), note
+            return torch_ops(), replace(b, kernels="torch"), note
         problem = self._kernels_disagree(TritonOps())
         if problem is None:
             return TritonOps(), b, None
@@ -78,7 +79,7 @@ class Engine:
         if requested.kernels == "triton":
             raise RuntimeError(note)
         warnings.warn(note, RuntimeWarning)
-        return torch_ops(), Backends("torch", b.compile).resolve(self.device), note
+        return torch_ops(), replace(b, kernels="torch"), note
 
     @torch.inference_mode()
     def _kernels_disagree(self, ops) -> str | None:

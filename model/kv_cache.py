@@ -30,6 +30,7 @@ class KVCache(nn.Module):
             self.register_buffer(f"kv{g}", t, persistent=False)
             self.tensors.append(t)
             self._layers += [(t[i, 0], t[i, 1]) for i in range(n)]
+        self.layer_group = [(g, i) for g, (_, n) in enumerate(groups) for i in range(n)]
 
     @property
     def kv(self) -> torch.Tensor:

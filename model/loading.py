@@ -218,7 +218,7 @@ class _Shard:
         self._bin: dict | None = None
 
     def _fail(self, e: Exception) -> UserError:
-        return UserError(f"could not read the weight file '{self.path}' ({type(e).__name__}: "
+        return UserError(f"could not load the model: could not read the weight file '{self.path}' ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:200]}). The file is damaged or incomplete; fetch it again.")
 
     def _load_bin(self) -> dict:

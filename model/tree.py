@@ -95,38 +95,81 @@ def tree_tensors(tree: TokenTree, top_k: int, device: str):
     return mask.to(device), depth.to(device), gather.to(device), parents.to(device)
 
 
-class DeviceTree:
-    """The same tree rule, built on the device from the draft's tables, inside a graph (no host round trip).
+@dataclass
+class DeviceTreeTensors:
+    """One cycle's tree on the device. Nodes: 0 the root, 1..C the draft chain, then the alternatives depth by depth,
+    then the context branch. `cand` [D, K+1] is the node of each candidate of depth row d (the candidates of chain
+    node d: column 0 the chain token, 1..K-1 alternatives, K the first context-branch token, only at the branch's
+    row), `valid` marks which are in the tree; `bnode` [B] are the branch's nodes in order, `blen` their number."""
 
-    Inputs of `build`: the draft's top-k ids `table` [D, K] (row d: depth d+1; column 0 is the chain token), its top-1
-    probabilities `top1` [D], and the chain length C [1] (rows >= C were not drafted this cycle). Depth d+1 gets
-    `branch_counts`' candidates, allocated in depth order within `max_nodes`; the result is padded to `size` nodes
-    (pads: the root's token at depth 0, seeing only the committed prefix). Node order as in `build_tree`: root,
-    chain nodes 1..C, then the alternatives depth by depth."""
+    tokens: torch.Tensor  # [n]
+    depth: torch.Tensor  # [n]
+    prefix: torch.Tensor  # [n]: each node sees slots [0, R + prefix) ...
+    run_lo: torch.Tensor  # [n]: ... and [R + run_lo, its own slot]
+    cand: torch.Tensor  # [D, K + 1]
+    valid: torch.Tensor  # [D, K + 1]
+    ctok: torch.Tensor  # [D, K + 1] candidate tokens
+    bnode: torch.Tensor  # [B]
+    blen: torch.Tensor  # [1]
+    at: torch.Tensor  # [1] the chain node the branch hangs off
+
+
+class DeviceTree:
+    """The tree rule of `branch_counts`, built on the device inside a graph (no host round trip), plus an optional
+    context branch (a token sequence proposed from the context, e.g. by prompt lookup).
+
+    Inputs of `build`: the draft's top-k ids `table` [D, K] (row d: depth d+1; column 0 is the chain token), its
+    top-1 probabilities `top1` [D], the chain length C [1] (rows >= C were not drafted this cycle), the context
+    continuation `ctx` [B] of length `clen` [1] (0: none) and the root's token. Depth d+1 gets `branch_counts`'
+    candidates, allocated in depth order within `max_nodes` minus the branch. The branch shares its leading tokens
+    with the chain (they are the chain's nodes); the rest hangs off the chain node where they part, as a path of
+    nodes at consecutive slots (a node sees the prefix up to that chain node, then the branch before it). An
+    alternative equal to the branch's first token is dropped (siblings must differ). Pads: the root's token at depth
+    0, seeing the committed prefix only."""
 
     def __init__(self, rule: tuple[tuple[float, int], ...], max_nodes: int, size: int, device):
         self.thresholds = torch.tensor([t for t, _ in rule], dtype=torch.float32, device=device)
         self.counts = torch.tensor([c for _, c in rule], dtype=torch.long, device=device)
         self.max_nodes, self.size = max_nodes, size
 
-    def build(self, table: torch.Tensor, top1: torch.Tensor, C: torch.Tensor, root_token: torch.Tensor):
-        """(tokens [size], depth [size], node [D, K] (index of each table entry's node; `size` = not in the tree),
-        extras [D] (alternatives per depth row))."""
+    def build(self, table, top1, C, ctx, clen, root_token) -> DeviceTreeTensors:
         D, K = table.shape
-        dev = table.device
+        B, n, dev = ctx.shape[0], self.size, table.device
         d = torch.arange(D, device=dev)
         r = torch.arange(K, device=dev)
+        b = torch.arange(B, device=dev)
+        # the branch: its part shared with the chain, then the rest off chain node `at`
+        m = min(B, D)
+        chain_tok = torch.cat([table[:m, 0], torch.full((B - m,), -1, dtype=table.dtype, device=dev)])
+        shared = ((b < clen) & (b < C) & (ctx == chain_tok)).long().cumprod(0).sum().view(1)
+        blen = (clen - shared).clamp_min(0)
+        at = shared
         drafted = d < C
         row = (top1[:, None] < self.thresholds[None, :]).sum(1).clamp_max(len(self.counts) - 1)
         extras = torch.where(drafted, (self.counts[row] - 1).clamp(0, K - 1), 0)
-        budget = self.max_nodes - 1 - C
+        budget = self.max_nodes - 1 - C - blen
         extras = torch.minimum(extras, (budget - (extras.cumsum(0) - extras)).clamp_min(0))
         before = extras.cumsum(0) - extras
+        first_b = ctx.index_select(0, at.clamp_max(B - 1))  # the branch's first token
+        alt = (r[None, :] >= 1) & (r[None, :] <= extras[:, None])
+        alt &= ~((d[:, None] == at) & (blen > 0) & (table == first_b))  # a sibling equal to the branch goes
+        chain = (r[None, :] == 0) & drafted[:, None]
         node = torch.where(r[None, :] == 0, d[:, None] + 1, 1 + C + before[:, None] + r[None, :] - 1)
-        valid = torch.where(r[None, :] == 0, drafted[:, None], r[None, :] <= extras[:, None])
-        node = torch.where(valid, node, self.size)
-        tokens = root_token.expand(self.size + 1).clone()
-        tokens.scatter_(0, node.flatten(), table.flatten())
-        depth = torch.zeros(self.size + 1, dtype=torch.long, device=dev)
-        depth.scatter_(0, node.flatten(), (d[:, None] + 1).expand(D, K).flatten())
-        return tokens[:self.size], depth[:self.size], node, extras
+        base = 1 + C + extras.sum()  # the branch's first node
+        bnode = torch.where(b < blen, base + b, n)
+        bcol = torch.where(d == at, base, n).view(D, 1)
+        cand = torch.cat([torch.where(chain | alt, node, n), torch.where((d == at).view(D, 1) & (blen > 0), bcol, n)], 1)
+        valid = cand < n
+        ctok = torch.cat([table, first_b.expand(D, 1)], 1)
+        tokens = root_token.expand(n + 1).clone()
+        depth = torch.zeros(n + 1, dtype=torch.long, device=dev)
+        tokens.scatter_(0, cand[:, :K].flatten(), table.flatten())
+        depth.scatter_(0, cand[:, :K].flatten(), (d[:, None] + 1).expand(D, K).flatten())
+        btok = ctx.index_select(0, (at + b).clamp_max(B - 1))
+        tokens.scatter_(0, bnode, btok)
+        depth.scatter_(0, bnode, at + 1 + b)
+        prefix = depth.clone()  # chain nodes, alternatives and pads see [0, R + depth)
+        prefix.scatter_(0, bnode, (at + 1).expand(B))  # branch nodes see up to the chain node they hang off ...
+        run_lo = torch.arange(n + 1, device=dev)
+        run_lo.scatter_(0, bnode, base.expand(B))  # ... then the branch before them
+        return DeviceTreeTensors(tokens[:n], depth[:n], prefix[:n], run_lo[:n], cand, valid, ctok, bnode, blen, at)

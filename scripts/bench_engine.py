@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Engine benchmark (batch 1, greedy decode, bf16), side by side in one run:
+"""Plain decoding speed of our engine, side by side in one run (GPU, bf16, batch 1, greedy):
 
-1. a real checkpoint (default SmolLM2-135M): our vanilla decoding vs `transformers` `generate`, same prompt and length;
-2. a random-weight model with a given HF config shape (default LLaMA-2-7B): our tokens/s vs the memory roofline
-   (weight bytes / device-to-device copy bandwidth measured in the same run).
+1. real checkpoints (`--model-path`, several allowed): tokens/s with each `--kernels` choice (the fused
+   batch-invariant Triton kernels; the PyTorch ops with torch.compile), and `transformers` `generate` unless
+   `--skip-hf`;
+2. random-weight models of the LLaMA-2-7B / 13B shapes (`--shapes`): tokens/s against the memory roofline (weight
+   bytes / the device-to-device copy bandwidth measured in the same run).
 
-Writes `<out>/bench_engine.jsonl` (raw rows) and `<out>/bench_engine.md` (summary table).
+Writes bench_engine.jsonl and bench_engine.md to --out.
+
+Example: python3 scripts/bench_engine.py --model-path models/smollm2-135m/hf --shapes llama-2-7b --out outputs/bench
 """
 
 from __future__ import annotations
@@ -21,15 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from model import attention, linear  # noqa: E402
-from model.config import LLAMA2_7B_SHAPE, ModelArgs  # noqa: E402
 from model.backends import Backends  # noqa: E402
+from model.config import LLAMA2_7B_SHAPE, LLAMA2_13B_SHAPE, ModelArgs  # noqa: E402
 from model.engine import Engine  # noqa: E402
-from model.generate import cache_capacity, sampling_head, vanilla_generate  # noqa: E402
+from model.generate import cache_capacity, vanilla_generate  # noqa: E402
 from model.loading import build_model, load_model, load_tokenizer  # noqa: E402
-from model.sampling import SamplingConfig  # noqa: E402
 
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
+SHAPES = {"llama-2-7b": LLAMA2_7B_SHAPE, "llama-2-13b": LLAMA2_13B_SHAPE}
+KERNELS = {"triton": Backends("triton"), "torch+compile": Backends("torch", "on")}
 
 
 def copy_bandwidth(device, nbytes=2 << 30, reps=20) -> float:
@@ -48,14 +52,16 @@ def copy_bandwidth(device, nbytes=2 << 30, reps=20) -> float:
     return 2 * nbytes * reps / (start.elapsed_time(end) / 1e3)
 
 
-def time_ours(engine, prompt_ids, n_new, reps):
-    vanilla_generate(engine, prompt_ids, 32)  # warm-up + graph capture
-    engine.warm_up_decode(*sampling_head(SamplingConfig()))  # graphs of every KV-length bucket, before timing
-    best = []
-    for _ in range(reps):
-        r = vanilla_generate(engine, prompt_ids, n_new)
-        best.append(r.num_new_tokens / r.wall_time_s)
-    return sorted(best)[len(best) // 2], r
+def time_ours(model, prompt_ids, n_new, reps, backends) -> tuple[float, list, Engine, float]:
+    """(median tokens/s, tokens, engine, set-up seconds): warm-up and graph capture first, then `reps` timed runs."""
+    t0 = time.perf_counter()
+    engine = Engine(model, cache_capacity(len(prompt_ids), n_new), backends)
+    vanilla_generate(engine, prompt_ids, 32)
+    engine.warm_up_decode()
+    setup = time.perf_counter() - t0
+    runs = [vanilla_generate(engine, prompt_ids, n_new) for _ in range(reps)]
+    tps = sorted(r.num_new_tokens / r.wall_time_s for r in runs)[len(runs) // 2]
+    return tps, runs[0].tokens, engine, setup
 
 
 def time_hf(path, prompt_ids, n_new, device, dtype):
@@ -68,119 +74,85 @@ def time_hf(path, prompt_ids, n_new, device, dtype):
     t = time.perf_counter()
     out = hf.generate(ids, **kw)
     torch.cuda.synchronize()
-    dt = time.perf_counter() - t
-    n = out.shape[1] - ids.shape[1]
-    return n / dt, out[0, ids.shape[1]:].tolist()
+    return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-path", default="models/smollm2-135m/hf", help="real checkpoint for part 1")
-    ap.add_argument("--max-new-tokens", type=int, default=512, help="tokens decoded per timed generation")
-    ap.add_argument("--reps", type=int, default=3, help="timed generations per variant (median reported)")
-    ap.add_argument("--skip-hf", action="store_true", help="do not time transformers generate")
-    ap.add_argument("--skip-7b", action="store_true", help="do not run the random-weight 7B-shaped model")
-    ap.add_argument("--attention", nargs="+", default=["sdpa", "triton"], choices=["sdpa", "triton", "auto"],
-                    help="attention implementations to time side by side (model/attention.py)")
-    ap.add_argument("--blas", nargs="+", default=["default"], choices=["default", "cublas", "cublaslt"],
-                    help="BLAS libraries for the 7B-shaped model's matrix-vector products, timed side by side "
-                         "(torch.backends.cuda.preferred_blas_library; 'default' leaves torch's choice)")
-    ap.add_argument("--linear", nargs="+", default=["auto"], choices=list(linear.BACKENDS),
-                    help="matrix-vector product implementations, timed side by side "
-                         "(model/linear.py: torch = F.linear/cuBLAS, triton = the GEMV kernel, auto = the faster per "
-                         "weight shape)")
-    ap.add_argument("--skip-real", action="store_true", help="do not run part 1 (the real checkpoint)")
-    ap.add_argument("--out", default="outputs/bench_engine", help="folder for the jsonl rows and markdown table")
+    ap.add_argument("--model-path", nargs="*", default=["models/smollm2-135m/hf"], help="real checkpoints to time")
+    ap.add_argument("--shapes", default="llama-2-7b", help=f"random-weight shapes, comma-separated, from "
+                                                           f"{', '.join(SHAPES)} ('' for none)")
+    ap.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated, from {', '.join(KERNELS)}")
+    ap.add_argument("--max-new-tokens", type=int, default=512, help="tokens per timed generation")
+    ap.add_argument("--reps", type=int, default=3, help="timed generations per row (the median is reported)")
+    ap.add_argument("--skip-hf", action="store_true", help="do not time transformers' generate")
+    ap.add_argument("--out", default="outputs/bench_engine", help="output folder")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_engine.py needs a CUDA GPU")
+    assert torch.cuda.is_available(), "this benchmark needs a GPU"
     dev, dtype = torch.device("cuda"), torch.bfloat16
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",
-               python=platform.python_version(), command=" ".join(sys.argv))
-    print(json.dumps(env))
-    rows = []
+               python=platform.python_version(), command=" ".join(["scripts/bench_engine.py", *sys.argv[1:]]))
+    print(json.dumps(env), flush=True)
     bw = copy_bandwidth(dev)
-    print(f"device-to-device copy bandwidth: {bw / 1e12:.2f} TB/s")
+    print(f"device-to-device copy bandwidth: {bw / 1e12:.2f} TB/s", flush=True)
+    kernels = [k for k in args.kernels.split(",") if k]
+    rows = []
+    raw = open(out / "bench_engine.jsonl", "w")
 
-    ids = list(range(1000, 1040))  # the 7B part's prompt when part 1 is skipped
-    if not args.skip_real:
-        tok = load_tokenizer(args.model_path)
-        ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                      return_dict=True)["input_ids"]
-        ids = list(ids)
-        model, margs = load_model(args.model_path, device=dev, dtype=dtype)
-        for compiled in (False, True):  # compilation is process-wide: the eager-sub-layer variants run first
-            for backend, lin in [(b, li) for b in args.attention for li in args.linear]:
-                attention.set_backend(backend)
-                linear.set_backend(lin)
-                eng = Engine(model, cache_capacity(len(ids), args.max_new_tokens), Backends(kernels="torch" if lin == "torch" else "triton", compile="on" if compiled else "off"))
-                t0 = time.perf_counter()
-                tps, res = time_ours(eng, ids, args.max_new_tokens, args.reps)
-                impl = f"ours-vanilla[{backend}, linear={lin}]" + ("+compile" if compiled else "")
-                rows.append(dict(env, part="real", model=args.model_path, impl=impl, tokens_per_s=tps,
-                                 new_tokens=res.num_new_tokens, prompt_tokens=len(ids), tokens=res.tokens,
-                                 setup_and_timing_s=time.perf_counter() - t0, attention=attention.kernel_status(),
-                                 linear=lin, linear_choices=linear.choices()))
-                print(f"{impl} {args.model_path}: {tps:.1f} tok/s", flush=True)
-                del eng
-        for r in rows:  # bf16 kernels may round differently: share of positions equal to the first variant's tokens
-            r["same_token_share_vs_first"] = sum(a == b for a, b in zip(r["tokens"], rows[0]["tokens"])) / max(
-                1, len(rows[0]["tokens"]))
-        print("same-token share vs the first variant:", [round(r["same_token_share_vs_first"], 3) for r in rows])
-        tps = max(r["tokens_per_s"] for r in rows)
+    def emit(row):
+        rows.append(row)
+        raw.write(json.dumps({k: v for k, v in row.items() if k != "tokens"}) + "\n")
+        raw.flush()
+
+    for path in args.model_path:
+        tok = load_tokenizer(path)
+        ids = list(tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                           return_dict=True)["input_ids"])
+        model, _ = load_model(path, device=dev, dtype=dtype)
+        wbytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+        first = None
+        for name in kernels:
+            tps, tokens, eng, setup = time_ours(model, ids, args.max_new_tokens, args.reps, KERNELS[name])
+            first = first or tokens
+            same = sum(a == b for a, b in zip(tokens, first)) / max(1, len(first))
+            emit(dict(env, model=path, impl=f"ours, {name}", tokens_per_s=tps, weight_bytes=wbytes,
+                      roofline_tokens_per_s=bw / wbytes, setup_s=setup, backends=eng.backends.to_dict(),
+                      same_token_share_vs_first=same, new_tokens=len(tokens)))
+            print(f"{path} [{name}]: {tps:.1f} tok/s (set-up {setup:.1f} s)", flush=True)
+            del eng
         if not args.skip_hf:
-            hf_tps, hf_tokens = time_hf(args.model_path, ids, args.max_new_tokens, dev, dtype)
-            same = sum(a == b for a, b in zip(hf_tokens, res.tokens)) / max(1, len(res.tokens))
-            rows.append(dict(env, part="real", model=args.model_path, impl="hf-generate", tokens_per_s=hf_tps,
-                             new_tokens=len(hf_tokens), prompt_tokens=len(ids), same_token_share_vs_ours=same))
-            print(f"transformers generate: {hf_tps:.1f} tok/s; ours / generate = {tps / hf_tps:.1f}x; "
-                  f"same tokens {same:.3f}")
+            hf = time_hf(path, ids, args.max_new_tokens, dev, dtype)
+            emit(dict(env, model=path, impl="transformers generate", tokens_per_s=hf))
+            print(f"{path} [transformers generate]: {hf:.1f} tok/s", flush=True)
         del model
         torch.cuda.empty_cache()
-    if not args.skip_7b:
-        a7 = ModelArgs.from_hf_config(LLAMA2_7B_SHAPE)
+    for shape in [s for s in args.shapes.split(",") if s]:
+        margs = ModelArgs.from_hf_config(SHAPES[shape])
         torch.manual_seed(0)
-        m7 = build_model(a7, None, device=dev, dtype=dtype)
-        wbytes = sum(p.numel() * p.element_size() for p in m7.parameters())
-        ids7 = [i % a7.vocab_size for i in ids]
-        roof = bw / wbytes
-        default_blas = torch.backends.cuda.preferred_blas_library()
-        for blas in args.blas:
-            torch.backends.cuda.preferred_blas_library(default_blas if blas == "default" else blas)
-            for lin in args.linear:
-                linear.set_backend(lin)
-                for backend in args.attention:
-                    attention.set_backend(backend)
-                    e7 = Engine(m7, cache_capacity(len(ids), args.max_new_tokens), Backends(kernels="torch" if lin == "torch" else "triton", compile="on"))
-                    tps7, r7 = time_ours(e7, ids7, args.max_new_tokens, args.reps)
-                    impl = f"ours-vanilla[{backend}, linear={lin}]+compile" + (
-                        "" if blas == "default" else f" blas={blas}")
-                    rows.append(dict(env, part="7b-random", model="llama-2-7b-shape (random weights)", impl=impl,
-                                     tokens_per_s=tps7, weight_bytes=wbytes, copy_bw=bw,
-                                     roofline_tokens_per_s=roof, roofline_share=tps7 / roof,
-                                     new_tokens=r7.num_new_tokens, blas=blas, linear=lin,
-                                     linear_choices=linear.choices(), attention=attention.kernel_status()))
-                    print(f"7B-shaped [{backend}, linear {lin}, blas {blas}]: {tps7:.1f} tok/s, roofline "
-                          f"{roof:.1f} tok/s ({tps7 / roof:.1%})", flush=True)
-                    del e7
-        torch.backends.cuda.preferred_blas_library(default_blas)
-        print("GEMV decisions (auto):", json.dumps(linear.choices()))
-    with open(out / "bench_engine.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps({k: v for k, v in r.items() if k != "tokens"}) + "\n")
-    lines = [f"GPU: {env['gpu']}; torch {env['torch']}; dtype bfloat16; batch 1; greedy; "
-             f"{args.max_new_tokens} new tokens; command: `{env['command']}`", "",
-             "| model | implementation | tokens/s | note |", "|---|---|---:|---|"]
+        model = build_model(margs, None, device=dev, dtype=dtype)
+        wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        ids = [i % margs.vocab_size for i in range(1000, 1040)]
+        for name in kernels:
+            tps, tokens, eng, setup = time_ours(model, ids, args.max_new_tokens, args.reps, KERNELS[name])
+            emit(dict(env, model=f"{shape} shape (random weights)", impl=f"ours, {name}", tokens_per_s=tps,
+                      weight_bytes=wbytes, copy_bw=bw, roofline_tokens_per_s=bw / wbytes,
+                      roofline_share=tps * wbytes / bw, setup_s=setup, backends=eng.backends.to_dict()))
+            print(f"{shape} [{name}]: {tps:.1f} tok/s = {tps * wbytes / bw:.1%} of the {bw / wbytes:.1f} tok/s "
+                  f"roofline", flush=True)
+            del eng
+        del model
+        torch.cuda.empty_cache()
+    raw.close()
+    lines = [f"GPU: {env['gpu']}; torch {env['torch']}; bfloat16; batch 1; greedy; {args.max_new_tokens} new tokens; "
+             f"median of {args.reps}; device-to-device copy {bw / 1e12:.2f} TB/s; command: `{env['command']}`", "",
+             "| model | implementation | tokens/s | share of the memory roofline | same tokens as the first row |",
+             "|---|---|---:|---:|---:|"]
     for r in rows:
-        note = ""
-        if "roofline_share" in r:
-            note = f"roofline {r['roofline_tokens_per_s']:.1f} tok/s ({r['copy_bw'] / 1e12:.2f} TB/s copy), " \
-                   f"{r['roofline_share']:.1%} of it"
-        elif r["impl"] == "hf-generate":
-            note = f"ours (best) is {tps / r['tokens_per_s']:.1f}x faster"
-        lines.append(f"| {r['model']} | {r['impl']} | {r['tokens_per_s']:.1f} | {note} |")
+        share = f"{r['tokens_per_s'] / r['roofline_tokens_per_s']:.1%}" if "roofline_tokens_per_s" in r else ""
+        same = f"{r['same_token_share_vs_first']:.0%}" if "same_token_share_vs_first" in r else ""
+        lines.append(f"| {r['model']} | {r['impl']} | {r['tokens_per_s']:.1f} | {share} | {same} |")
     (out / "bench_engine.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

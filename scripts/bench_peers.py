@@ -52,7 +52,8 @@ import torch  # noqa: E402
 from data import TASKS, default_data_dir, load_task  # noqa: E402
 from evaluation_llama import metrics, paths  # noqa: E402
 from evaluation_llama.flags import COMPILE, KERNELS, NONNEG_INT, POS_INT, WARMUP_MAX_NEW_TOKENS  # noqa: E402
-from evaluation_llama.methods import Swift, SwiftRun, TaskRun, Vanilla, instance_seed  # noqa: E402
+from evaluation_llama.methods import (EarlyExit, EarlyExitRun, PromptLookup, Swift, SwiftRun, TaskRun,  # noqa: E402
+                                      Vanilla, instance_seed)
 from evaluation_llama.prompting import PromptTooLong, tokenize_prompt  # noqa: E402
 from model.backends import Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
@@ -61,7 +62,8 @@ from model.loading import default_eos_ids, load_model, load_tokenizer, model_nam
 from model.sampling import SamplingConfig  # noqa: E402
 from model.swift.config import SwiftConfig  # noqa: E402
 
-METHODS = ("vanilla", "hf-generate", "hf-early-exit", "hf-prompt-lookup", "swift", "swift-cached")
+METHODS = ("vanilla", "pld", "early-exit", "swift", "swift-cached", "hybrid", "hf-generate", "hf-prompt-lookup",
+           "hf-early-exit")
 HF_METHODS = ("hf-generate", "hf-early-exit", "hf-prompt-lookup")
 LENGTH_METHODS = ("vanilla", "swift", "swift-cached")
 PROMPT_LOOKUP_TOKENS = 10
@@ -388,6 +390,18 @@ class Bench:
         if method == "swift-cached":
             config, desc = self._cached(state.get("swift"))
             return [self._ours(desc, Swift(config, run))], ""
+        if method == "hybrid":
+            path = Path(self.a.out) / f"layer_config_hybrid_{task}{state.get('suffix', '')}.json"
+            m = Swift(SwiftRun(SwiftConfig(context_drafts=True), layer_cache=str(path)), run)
+            return [self._ours("hybrid SWIFT: layer-skip draft chain + prompt-lookup branch in one tree", m)], ""
+        if method == "pld":
+            cfg = SwiftConfig(context_drafts=True, max_draft_len=1, max_tree_nodes=16)
+            return [self._ours("prompt lookup on our engine (n-grams of prompt + output, 10 tokens)",
+                               PromptLookup(cfg, run))], ""
+        if method == "early-exit":
+            n = self.early_exit_layer()
+            return [self._ours(f"early exit on our engine: the first {n} of {self.margs.n_layers} layers draft",
+                               EarlyExit(EarlyExitRun(SwiftConfig(), n), run))], ""
 
         # transformers methods
         try:
@@ -693,7 +707,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         a.data_dir = default_data_dir()
     length_mode = a.lengths is not None
     if length_mode:
-        dropped = sorted(methods - set(LENGTH_METHODS))
+        dropped = sorted(methods - set(LENGTH_METHODS), key=lambda m: (m not in HF_METHODS, m))
         methods &= set(LENGTH_METHODS)
         tasks = tasks[:1]
     order = [m for m in METHODS if m in methods]

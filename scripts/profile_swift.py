@@ -1,14 +1,25 @@
 #!/usr/bin/env python3
-"""Quick side-by-side profile of SWIFT vs our vanilla decoding on a few prompts of one task, with a time breakdown
-(prefill, optimization, drafting, verification, plain steps) and the measured per-pass costs that bound the speedup.
+"""The cycle profile: where a SWIFT draft/verify cycle's time goes on a real model, one row per cycle.
 
-Example: python3 scripts/profile_swift.py --task gsm8k --num-samples 8 --max-new-tokens 256
+Runs vanilla decoding and SWIFT (search carried over the task's instances, as the runner does, after the same
+warm-up) on `--num-samples` instances of each task, and records for every cycle (`model.swift.decoding.CycleProfile`):
+its host wall time, the GPU time of the draft replay and of the verification replay (CUDA events), the host time
+spent launching each and reading the result, the host syncs, and the CUDA-graph captures that happened inside it
+(the target is 0 after warm-up). It also measures, outside the timed runs, what the verification graph spends
+besides the model pass (tree building, acceptance, KV commit: the verify graph against a graph of the pass alone),
+and reports the analytic ceiling that the measured step costs and the observed acceptance allow
+(`model/swift/planner.py`) next to the speedup reached.
+
+Writes profile_swift.json (every cycle) and profile_swift.md (the summary table) to --out.
+
+Example: python3 scripts/profile_swift.py --model-path models/smollm2-135m/hf --tasks gsm8k,humaneval --out outputs/profile
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -17,89 +28,146 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from data import load_task  # noqa: E402
+from data import default_data_dir, load_task  # noqa: E402
+from evaluation_llama.prompting import tokenize_all  # noqa: E402
 from model.backends import Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
-from model.generate import cache_capacity, sync, vanilla_generate  # noqa: E402
-from model.llama import NO_SKIP  # noqa: E402
+from model.generate import cache_capacity, vanilla_generate  # noqa: E402
+from model.llama import Pass  # noqa: E402
 from model.loading import default_eos_ids, load_model, load_tokenizer  # noqa: E402
+from model.sampling import SamplingConfig  # noqa: E402
 from model.swift.config import SwiftConfig  # noqa: E402
-from model.swift.decoding import swift_generate  # noqa: E402
+from model.swift.decoding import CycleProfile, accelerator, swift_generate  # noqa: E402
 from model.swift.layer_search import LayerSearch  # noqa: E402
+from model.swift.planner import DraftPlanner, expected_speedup  # noqa: E402
 
 
-def pass_costs(engine: Engine, skip, reps=50) -> dict:
-    """Milliseconds of one full decode step, one draft step with `skip`, and one verify pass per tree bucket."""
-    def timeit(fn):
+def tree_overhead_ms(engine: Engine, acc, reps: int = 10) -> dict:
+    """GPU ms of the verification graph and of a graph of its model pass alone (same tree size and positions)."""
+    if not engine.cuda_graphs:
+        return {}
+    from model import graphs
+    n = acc.verifier.size
+    at = acc.cfg.context_window + 1
+    acc._at(at)
+    slot = engine.cursor + engine.arange[:n]
+    tokens = engine.seq.index_select(0, slot.clamp_max(engine.max_seq_len - 1))
+    g = graphs.capture(lambda: engine.logits(engine.forward(Pass(tokens, engine.ext(slot, slot, slot, slot)))))
+
+    def ms(fn):
         fn()
-        sync(engine.device)
-        t = time.perf_counter()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         for _ in range(reps):
+            acc._at(at)
             fn()
-        sync(engine.device)
-        return (time.perf_counter() - t) / reps * 1e3
-    tok = torch.zeros(1, dtype=torch.long, device=engine.device)
-    out = {"full_step_ms": timeit(lambda: engine.decode(tok, 10)),
-           "draft_step_ms": timeit(lambda: engine.decode(tok, 10, skip=skip))}
-    for T in (8, 16, 32, 64):
-        intra = torch.ones(T, T, dtype=torch.bool, device=engine.device).tril()
-        toks = torch.zeros(T, dtype=torch.long, device=engine.device)
-        out[f"verify{T}_ms"] = timeit(lambda: engine.block(T, toks, 10, 10, engine.arange[:T] + 10, intra,
-                                                         head_name="argmax", head=lambda x, st: x.argmax(-1)))
-    return out
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / reps
+
+    verify = ms(lambda: acc.verifier.verify(acc.cfg.max_draft_len, SamplingConfig()))
+    model_pass = ms(g.replay)
+    engine.length = 0
+    return dict(verify_graph_ms=verify, model_pass_ms=model_pass, tree_accept_commit_ms=verify - model_pass)
 
 
-def main():
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-path", default="models/smollm2-135m/hf", help="model folder, .gguf or hub id")
-    ap.add_argument("--task", default="gsm8k", help="task name (see data.TASKS)")
-    ap.add_argument("--data-dir", default=None, help="folder with the task jsonl files")
-    ap.add_argument("--num-samples", type=int, default=8, help="prompts to run")
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per prompt")
-    ap.add_argument("--skip-ratio", type=float, default=None, help="fixed skip ratio (default: automatic)")
-    ap.add_argument("--no-guard", action="store_true", help="disable the speed guard")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the sub-layer functions (GPU)")
-    ap.add_argument("--out", default=None, help="write a json summary here")
+    ap.add_argument("--tasks", default="gsm8k,humaneval", help="comma-separated tasks")
+    ap.add_argument("--data-dir", default=None, help="task data folder (default: as the runners find it)")
+    ap.add_argument("--num-samples", type=int, default=8, help="instances per task")
+    ap.add_argument("--max-new-tokens", type=int, default=512, help="new tokens per answer")
+    ap.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"), help="engine kernels")
+    ap.add_argument("--out", default="outputs/profile", help="output folder")
     a = ap.parse_args()
-    dev = torch.device(a.device)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     tok = load_tokenizer(a.model_path)
     model, margs = load_model(a.model_path, device=dev, dtype=dtype)
     eos = default_eos_ids(margs, tok)
-    insts = load_task(a.task, a.data_dir, num_samples=a.num_samples, seed=0).instances
-    prompts = [tok(i.prompt).input_ids for i in insts]
-    eng = Engine(model, cache_capacity(max(map(len, prompts)), a.max_new_tokens), Backends(kernels="torch", compile="on" if a.compile else "off"))
-    cfg = SwiftConfig(skip_ratio=a.skip_ratio, guard=not a.no_guard)
-    search = LayerSearch(margs.n_layers, cfg)
-    vanilla_generate(eng, prompts[0], 16)
-    swift_generate(eng, prompts[0], 16, cfg=cfg, search=LayerSearch(margs.n_layers, cfg))
-    rows = []
-    for i, p in enumerate(prompts):
-        v = vanilla_generate(eng, p, a.max_new_tokens, eos_ids=eos)
-        s = swift_generate(eng, p, a.max_new_tokens, eos_ids=eos, cfg=cfg, search=search)
-        st = s.stats
-        rows.append(dict(i=i, same=s.tokens == v.tokens, v_tps=v.num_new_tokens / v.wall_time_s,
-                         s_tps=s.num_new_tokens / s.wall_time_s, n=s.num_new_tokens,
-                         mean_accept=sum(s.accept_lengths) / len(s.accept_lengths), times=st["times"],
-                         fallback=st["fallback_at"], search=st["search"]))
-        r = rows[-1]
-        print(f"[{i}] vanilla {r['v_tps']:.0f} tok/s  swift {r['s_tps']:.0f} tok/s  x{r['s_tps'] / r['v_tps']:.2f}  "
-              f"accept {r['mean_accept']:.2f}  same={r['same']}  fallback={r['fallback']}  "
-              f"ratio={st['search']['ratio']} score={st['search']['best_score']:.3f} active={st['search']['active']} "
-              f"times={ {k: round(v, 3) for k, v in st['times'].items()} }", flush=True)
-    costs = pass_costs(eng, search.best or NO_SKIP)
-    print("pass costs (ms):", json.dumps({k: round(v, 3) for k, v in costs.items()}))
-    mv = sum(r["v_tps"] for r in rows) / len(rows)
-    ms = sum(r["s_tps"] for r in rows) / len(rows)
-    summary = dict(model=a.model_path, task=a.task, n=len(rows), speedup=ms / mv, vanilla_tps=mv, swift_tps=ms,
-                   identical=sum(r["same"] for r in rows) / len(rows), costs=costs, rows=rows,
-                   device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
-    print(f"speedup {ms / mv:.3f}x  identical {summary['identical']:.2f}")
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(summary, indent=1))
+    data_dir = a.data_dir or default_data_dir()
+    tasks = {t: load_task(t, data_dir, num_samples=a.num_samples, seed=0).instances for t in a.tasks.split(",")}
+    prompts = {t: list(tokenize_all(list(enumerate(insts)), tok, margs, max_new_tokens=a.max_new_tokens,
+                                    task=t).values()) for t, insts in tasks.items()}
+    longest = max(len(p) for ps in prompts.values() for p in ps)
+    engine = Engine(model, cache_capacity(longest, a.max_new_tokens), Backends(a.kernels))
+    cfg = SwiftConfig()
+    acc = accelerator(engine, cfg)
+    first = next(iter(prompts.values()))[0]
+    vanilla_generate(engine, first, 32, eos_ids=eos)
+    swift_generate(engine, first, 32, eos_ids=eos, cfg=cfg, search=LayerSearch(margs.n_layers, cfg))
+    engine.warm_up_decode()
+    acc.warm_up(SamplingConfig())
+    static = tree_overhead_ms(engine, acc)
+    env = dict(gpu=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", torch=torch.__version__,
+               model=a.model_path, backends=engine.backends.to_dict(), tracked_draft_graph=acc.drafter.tracked,
+               command=" ".join(["scripts/profile_swift.py", *sys.argv[1:]]), costs=acc.costs.to_dict(), **static)
+    print(json.dumps(env), flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary, every = [], []
+    for task, ps in prompts.items():
+        search = LayerSearch(margs.n_layers, cfg)
+        planner = DraftPlanner(acc.costs, acc.drafter.chunks())
+        prof = CycleProfile(dev.type == "cuda")
+        v, s = [], []
+        for i, p in enumerate(ps):
+            torch.manual_seed(i)
+            v.append(vanilla_generate(engine, p, a.max_new_tokens, eos_ids=eos))
+            torch.manual_seed(i)
+            s.append(swift_generate(engine, p, a.max_new_tokens, eos_ids=eos, cfg=cfg, search=search,
+                                    planner=planner, profile=prof))
+        cyc = [c for c in prof.cycles if not c["searching"]] or prof.cycles
+        gpu = [c.get("gpu_draft_ms", 0.0) + c.get("gpu_verify_ms", 0.0) for c in cyc]
+        wall = [c["wall_ms"] for c in cyc]
+        v_tps = statistics.mean(r.num_new_tokens / r.wall_time_s for r in v)
+        s_tps = statistics.mean(r.num_new_tokens / r.wall_time_s for r in s)
+        skip = search.best
+        c_r = acc.costs.draft(len(skip.attn), len(skip.mlp)) if skip else None
+        ceiling = expected_speedup(planner.rates(), c_r, acc.costs.verify, acc.drafter.chunks())[0] if skip else None
+        steps = [x for r in s for x in r.accept_lengths]
+        times = {k: sum(r.stats["times"][k] for r in s) for k in s[0].stats["times"]}
+        total = sum(r.wall_time_s for r in s)
+        row = dict(task=task, answers=len(s), cycles=len(prof.cycles), cycles_after_search=len(cyc),
+                   wall_ms=statistics.mean(wall) if wall else None, gpu_ms=statistics.mean(gpu) if gpu else None,
+                   wall_over_gpu=(sum(wall) / sum(gpu)) if gpu and sum(gpu) else None,
+                   gpu_draft_ms=statistics.mean(c.get("gpu_draft_ms", 0) for c in cyc) if cyc else None,
+                   gpu_verify_ms=statistics.mean(c.get("gpu_verify_ms", 0) for c in cyc) if cyc else None,
+                   host_launch_ms=statistics.mean(c["draft_launch_ms"] + c["verify_launch_ms"] for c in cyc)
+                   if cyc else None, syncs_per_cycle=statistics.mean(c["syncs"] for c in prof.cycles)
+                   if prof.cycles else None, captures_in_timed_runs=sum(c["captures"] for c in prof.cycles),
+                   draft_len=statistics.mean(c["C"] for c in cyc) if cyc else None,
+                   M=sum(steps) / len(steps), c_r=c_r, v=acc.costs.verify, ceiling=ceiling,
+                   speedup=s_tps / v_tps, vanilla_tps=v_tps, swift_tps=s_tps,
+                   share_of_ceiling=(s_tps / v_tps) / ceiling if ceiling else None,
+                   identical=sum(x.tokens == y.tokens for x, y in zip(s, v)) / len(s),
+                   time_shares={k: round(t / total, 4) for k, t in times.items()}, search=search.summary())
+        summary.append(row)
+        every += [dict(c, task=task) for c in prof.cycles]
+        print(json.dumps({k: (round(x, 4) if isinstance(x, float) else x) for k, x in row.items()}), flush=True)
+    (out / "profile_swift.json").write_text(json.dumps(dict(env=env, summary=summary, cycles=every), indent=1))
+    f = lambda x, spec=".3f": "" if x is None else format(x, spec)  # noqa: E731
+    lines = [f"Model `{a.model_path}` on {env['gpu']}, torch {env['torch']}, kernels {env['backends']['kernels']}, "
+             f"{a.num_samples} instances per task, {a.max_new_tokens} new tokens; draft graph with switchable "
+             f"kernels: {env['tracked_draft_graph']}; measured costs (relative to a full step): "
+             f"{env['costs']}; verification graph {f(static.get('verify_graph_ms'))} ms of which the model pass "
+             f"{f(static.get('model_pass_ms'))} ms and tree + acceptance + commit "
+             f"{f(static.get('tree_accept_commit_ms'))} ms. Command: `{env['command']}`", "",
+             "| task | cycles | wall ms / cycle | GPU ms / cycle | wall / GPU | draft GPU ms | verify GPU ms | host "
+             "launch ms | syncs / cycle | captures in timed runs | draft length | M | c(r) | v | ceiling | speedup | "
+             "share of ceiling | identical |", "|---" * 18 + "|"]
+    for r in summary:
+        lines.append(f"| {r['task']} | {r['cycles']} | {f(r['wall_ms'])} | {f(r['gpu_ms'])} | "
+                     f"{f(r['wall_over_gpu'], '.2f')} | {f(r['gpu_draft_ms'])} | {f(r['gpu_verify_ms'])} | "
+                     f"{f(r['host_launch_ms'])} | {f(r['syncs_per_cycle'], '.2f')} | {r['captures_in_timed_runs']} | "
+                     f"{f(r['draft_len'], '.1f')} | {r['M']:.2f} | {f(r['c_r'])} | {f(r['v'])} | "
+                     f"{f(r['ceiling'], '.2f')} | {r['speedup']:.2f}x | {f(r['share_of_ceiling'], '.0%')} | "
+                     f"{r['identical']:.0%} |")
+    (out / "profile_swift.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

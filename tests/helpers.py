@@ -47,3 +47,43 @@ def tiny_engine(arch="llama", seed=0, scale=1.0, max_seq_len=512, **kw):
 def causal_mask(T: int, S: int, start: int = 0) -> torch.Tensor:
     pos = torch.arange(start, start + T)
     return torch.arange(S)[None, :] <= pos[:, None]
+
+
+@torch.inference_mode()
+def full_logits(model, ids: torch.Tensor, skip=None, gates=None, S: int | None = None) -> torch.Tensor:
+    """Logits [T, V] of every position of `ids` in one causal pass through the PyTorch ops (a fresh cache of S
+    slots), with an optional skip set or per-token gates."""
+    from model.kernels.attention import Extents
+    from model.llama import Pass
+    from model.ops import TorchOps
+    T = ids.shape[0]
+    from model.llama import NO_SKIP
+    model.setup_cache(S or -(-(T + 8) // 128) * 128)
+    pos, zeros = torch.arange(T), torch.zeros(T, dtype=torch.long)
+    ops = TorchOps()
+    x = model(Pass(ids, Extents(zeros, zeros, pos, pos, model.args.sliding_window or 0)), ops, skip=skip or NO_SKIP,
+              gates=gates)
+    return model.logits(x, ops)
+
+
+@torch.inference_mode()
+def pass_logits(engine, tokens, prefix, run_lo, slot, pos, skip=None, gates=None) -> torch.Tensor:
+    """Logits [T, V] of one pass of `tokens` through the engine's ops with the given extents (lists or tensors)."""
+    from model.llama import NO_SKIP, Pass
+    t = lambda v: torch.as_tensor(v, dtype=torch.long, device=engine.device)  # noqa: E731
+    p = Pass(t(tokens), engine.ext(t(prefix), t(run_lo), t(slot), t(pos)), engine.kv_len(len(tokens)))
+    return engine.logits(engine.forward(p, skip=skip or NO_SKIP, gates=gates))
+
+
+@torch.inference_mode()
+def teacher_forced_logits(engine, tokens: list[int], start: int) -> list[torch.Tensor]:
+    """Prefill tokens[:start], then decode tokens[start:] one at a time through the engine's ops (the decode path):
+    the logits [V] after each of tokens[start - 1], tokens[start], ... (the first from the prefill)."""
+    out = [engine.start(tokens[:start])]
+    for pos in range(start, len(tokens)):
+        engine.seq[pos] = tokens[pos]
+        cur = engine.cursor.clone()
+        out.append(engine.logits(engine.forward(engine.one_step(cur)))[0])
+        engine.cursor.add_(1)
+        engine.length += 1
+    return out

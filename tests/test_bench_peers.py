@@ -53,7 +53,7 @@ def test_all_methods_match_vanilla(bench, smollm2_path, shared_data_dir, tmp_pat
         assert 1 <= r["new_tokens"] <= 8 and r["wall_time_s"] > 0 and r["prompt_tokens"] == 32
     ref = by["vanilla"]["token_ids"][0]
     assert len(ref) == by["vanilla"]["new_tokens"]
-    for m in ("hf-generate", "hf-prompt-lookup", "swift", "swift-cached"):  # exact greedy in fp32
+    for m in ("hf-generate", "hf-prompt-lookup", "swift", "swift-cached", "pld", "early-exit", "hybrid"):  # fp32
         assert by[m]["token_ids"][0] == ref, m
         assert by[m]["same_as_vanilla"] is True
     assert by["swift"]["choices"][0]["accept_lengths"] and "accept_lengths" not in by["hf-generate"]["choices"][0]

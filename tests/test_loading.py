@@ -16,22 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import attention as A
+from model.backends import Backends
 from model.config import ModelArgs
 from model.engine import Engine
 from model.errors import UserError
 from model.generate import vanilla_generate
 from model.loading import convert_hf_state_dict, load_model, load_tokenizer
-from tests.helpers import causal_mask, hf_config, hf_model, ours_from_hf
+from tests.helpers import full_logits, hf_config, hf_model, ours_from_hf, teacher_forced_logits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _logits(model, ids):
-    model.setup_cache(ids.shape[0] + 8)
-    T = ids.shape[0]
-    pos = torch.arange(T)
-    return model(ids[None], pos, pos, causal_mask(T, model.cache.max_seq_len))[0]
+    return full_logits(model, ids)
 
 
 def _reference(hf, ids):
@@ -151,9 +148,9 @@ def test_fields_transformers_ignores_are_accepted(tmp_path):
     assert (_logits(model, ids) - _reference(hf, ids)).abs().max().item() <= 1e-4
 
 
-def test_sliding_window_decode_matches_transformers_generate(monkeypatch):
+def test_sliding_window_decode_matches_transformers_generate():
     """Token-by-token decoding through the engine past the window: every step's logits match transformers' forward
-    over the whole sequence, with SDPA and with the split-KV Triton kernel, and greedy generation matches
+    over the whole sequence, with the PyTorch ops and with the Triton kernels, and greedy generation matches
     transformers' greedy generate."""
     hf = hf_model(hf_config("mistral", sliding_window=12), seed=4, scale=4)
     model, _ = ours_from_hf(hf)
@@ -162,23 +159,14 @@ def test_sliding_window_decode_matches_transformers_generate(monkeypatch):
                        do_sample=False, eos_token_id=None, pad_token_id=0)[0, 30:].tolist()
     eng = Engine(model, 256)
     assert vanilla_generate(eng, prompt.tolist(), 40).tokens == want
-    full = torch.cat([prompt, torch.tensor(want)])
-    ref = _reference(hf, full)
-    kernel_calls, real = [], A.triton_attention
-    monkeypatch.setattr(A, "triton_attention", lambda *a: kernel_calls.append(a[0].shape) or real(*a))
-    old = A.BACKEND
-    try:
-        for backend, steps in (("sdpa", 40), ("triton", 6)):
-            A.set_backend(backend)
-            assert (eng.prefill(prompt) - ref[29]).abs().max().item() <= 1e-4
-            for i in range(steps):
-                pos = 30 + i
-                got = eng.decode(full[pos], pos)[-1]
-                assert (got - ref[pos]).abs().max().item() <= 1e-4, (backend, pos)
-    finally:
-        A.set_backend(old)
-    if A.interpreting():  # CPU tensors reach the kernel only in Triton's interpreter (set by conftest without CUDA)
-        assert len(kernel_calls) == 7 * model.args.n_layers  # the prefill and the decode steps of the triton pass
+    full = prompt.tolist() + want
+    ref = _reference(hf, torch.tensor(full))
+    for kernels, steps in (("torch", 40), ("triton", 6)):
+        e = Engine(model, 256, Backends(kernels=kernels))
+        assert e.ops.name == kernels
+        got = teacher_forced_logits(e, full[:30 + steps], 30)
+        for i, logits in enumerate(got):
+            assert (logits - ref[29 + i]).abs().max().item() <= 1e-4, (kernels, 29 + i)
 
 
 # ---- refusals ------------------------------------------------------------------------------------------------------

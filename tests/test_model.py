@@ -14,7 +14,7 @@ from model.generate import vanilla_generate
 from model.llama import LayerSkip
 from model.loading import load_model, load_tokenizer
 from model.tree import build_tree
-from tests.helpers import causal_mask, hf_config, hf_model, ours_from_hf
+from tests.helpers import full_logits, hf_config, hf_model, ours_from_hf, pass_logits
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64}
@@ -29,9 +29,7 @@ CASES = {
 
 
 def full_forward(model, ids):
-    T = ids.shape[0]
-    pos = torch.arange(T)
-    return model(ids[None], pos, pos, causal_mask(T, model.cache.max_seq_len))[0]
+    return full_logits(model, ids)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -85,37 +83,38 @@ def test_cache_rollback_gives_identical_logits():
     model, _ = ours_from_hf(hf)
     eng = Engine(model, 256)
     ids = torch.randint(0, 97, (30,))
-    eng.prefill(ids[:29])
-    first = eng.decode(ids[29], 29).clone()
+    eng.start(ids[:29].tolist())
+    first = pass_logits(eng, [ids[29]], [29], [29], [29], [29])
     spec = torch.randint(0, 97, (8,))  # 8 speculative tokens after the committed length ...
-    eng.block(8, spec, prefix=30, start=30, rope_pos=torch.arange(30, 38), intra=torch.ones(8, 8).tril().bool())
-    again = eng.decode(ids[29], 29)  # ... rolled back by not moving the length
+    pass_logits(eng, spec, [30] * 8, [30] * 8, range(30, 38), range(30, 38))
+    again = pass_logits(eng, [ids[29]], [29], [29], [29], [29])  # ... rolled back by not moving the length
     assert torch.equal(first, again)
-    cont = eng.decode(torch.tensor(5), 30)
+    cont = pass_logits(eng, [5], [30], [30], [30], [30])[0]
     model2, _ = ours_from_hf(hf)
-    model2.setup_cache(256)
     ref = full_forward(model2, torch.cat([ids, torch.tensor([5])]))[-1]
     assert (cont - ref).abs().max() <= 1e-4
 
 
 def test_decode_warm_up_leaves_generation_unchanged():
-    """warm_up_decode runs a one-token pass at the end of every KV-length bucket (writing scratch K/V there); a
-    generation before and after it is identical, and every bucket was visited."""
-    from model.engine import KV_BUCKET
-    from model.generate import sampling_head
-    from model.sampling import SamplingConfig
+    """warm_up_decode captures the plain-decoding graph of every chunk size and (PyTorch path) every KV-length
+    bucket; a generation before and after it is identical. (On CPU the graphs are eager calls: `run` records them.)"""
+    from model.engine import DECODE_CHUNKS, KV_BUCKET
     hf = hf_model(hf_config("llama"), seed=3, scale=4.0)
     model, _ = ours_from_hf(hf)
     eng = Engine(model, 3 * KV_BUCKET - 40)
     prompt = torch.randint(0, 97, (20,)).tolist()
     before = vanilla_generate(eng, prompt, 40).tokens
     seen = []
-    real = eng.decode
-    eng.decode = lambda tok, pos, **kw: seen.append(pos) or real(tok, pos, **kw)
-    eng.warm_up_decode(*sampling_head(SamplingConfig()))
-    eng.decode = real
-    assert seen == [KV_BUCKET - 1, 2 * KV_BUCKET - 1, eng.max_seq_len - 1]
-    assert {eng.kv_len(p + 1) for p in seen} == {KV_BUCKET, 2 * KV_BUCKET, eng.max_seq_len}
+    real = eng.run
+    eng.run = lambda key, fn, track=False: seen.append(key) or fn()
+    eng.cuda_graphs = True
+    try:
+        eng.warm_up_decode()
+    finally:
+        eng.cuda_graphs, eng.run = False, real
+    buckets = {k[3] for k in seen}
+    assert buckets == {KV_BUCKET, 2 * KV_BUCKET, eng.max_seq_len} and {k[1] for k in seen} == set(DECODE_CHUNKS)
+    assert len(seen) == len(set(seen)) == len(buckets) * len(DECODE_CHUNKS)
     assert vanilla_generate(eng, prompt, 40).tokens == before
 
 
@@ -124,13 +123,14 @@ def test_tree_logits_equal_sequential_branches():
     model, _ = ours_from_hf(hf)
     eng = Engine(model, 256)
     prompt = torch.randint(0, 97, (12,))
-    eng.prefill(prompt[:-1])
+    eng.start(prompt[:-1].tolist())
     tree = build_tree((2, 1, 3, 1))
     n = tree.size
     tokens = torch.cat([prompt[-1:], torch.randint(0, 97, (n - 1,))])
     root = len(prompt) - 1
     depth = torch.tensor(tree.depth)
-    out = eng.block(n, tokens, prefix=root, start=root, rope_pos=depth + root, intra=tree.ancestor_mask()).clone()
+    slots = root + torch.arange(n)  # every node sees the committed prefix, its chain ancestors and itself
+    out = pass_logits(eng, tokens, root + depth, slots, slots, root + depth)
     for i in range(n):
         branch, node = [], i
         while node >= 0:
@@ -138,7 +138,6 @@ def test_tree_logits_equal_sequential_branches():
             node = tree.parents[node]
         seq = torch.cat([prompt[:-1], tokens[list(reversed(branch))]])
         ref_model, _ = ours_from_hf(hf)
-        ref_model.setup_cache(64)
         ref = full_forward(ref_model, seq)[-1]
         assert (out[i] - ref).abs().max() <= 1e-4, f"node {i}"
 
@@ -146,14 +145,12 @@ def test_tree_logits_equal_sequential_branches():
 def test_skip_nothing_equals_full_and_mlp_skip_matches_hand_reference():
     hf = hf_model(hf_config("llama"), seed=5)
     model, args = ours_from_hf(hf)
-    model.setup_cache(64)
     ids = torch.randint(0, 97, (16,))
-    T, S = 16, 64
+    T = 16
     pos = torch.arange(T)
-    mask = causal_mask(T, S)
-    full = model(ids[None], pos, pos, mask)[0]
-    assert torch.equal(full, model(ids[None], pos, pos, mask, skip=LayerSkip())[0])
-    skipped = model(ids[None], pos, pos, mask, skip=LayerSkip.of(mlp=[2]))[0]
+    full = full_logits(model, ids)
+    assert torch.equal(full, full_logits(model, ids, skip=LayerSkip()))
+    skipped = full_logits(model, ids, skip=LayerSkip.of(mlp=[2]))
     # hand reference with transformers' modules: run the decoder layers, leaving out layer 2's MLP residual branch
     with torch.no_grad():
         h = hf.model.embed_tokens(ids[None])
@@ -179,16 +176,15 @@ def test_gated_forward_equals_real_skip():
     model, args = ours_from_hf(hf)
     eng = Engine(model, 128)
     ids = torch.randint(0, 97, (24,))
-    eng.prefill(ids[:16])
+    eng.start(ids[:16].tolist())
     skip = LayerSkip.of(attn=[1, 3], mlp=[2])
     window = ids[16:24]
     keep = torch.ones(2, args.n_layers, 8, dtype=torch.bool)
     keep[0, [1, 3]] = False
     keep[1, [2]] = False
-    gated = eng.block(8, window, prefix=16, start=16, rope_pos=torch.arange(16, 24),
-                      intra=torch.ones(8, 8).tril().bool(), gates=(keep[0], keep[1])).clone()
-    real = eng.block(8, window, prefix=16, start=16, rope_pos=torch.arange(16, 24),
-                     intra=torch.ones(8, 8).tril().bool(), skip=skip)
+    ext = ([16] * 8, [16] * 8, range(16, 24), range(16, 24))  # the window sees the prompt and itself causally
+    gated = pass_logits(eng, window, *ext, gates=(keep[0], keep[1]))
+    real = pass_logits(eng, window, *ext, skip=skip)
     assert (gated - real).abs().max() <= 1e-5
 
 
@@ -223,7 +219,6 @@ def test_real_smollm2_logits_and_greedy_generation(smollm2_path):
     with torch.no_grad():
         ref = hf(t[None]).logits[0]
     model2, _ = load_model(smollm2_path)
-    model2.setup_cache(len(ids) + 8)
     assert (full_forward(model2, t) - ref).abs().max() <= 2e-3
     want = hf.generate(t[None], max_new_tokens=64, do_sample=False, eos_token_id=None,
                        pad_token_id=tok.eos_token_id)[0, len(ids):].tolist()
@@ -235,19 +230,19 @@ def test_real_smollm2_logits_and_greedy_generation(smollm2_path):
 def test_compiled_sub_layers_trace_whole_and_keep_outputs(monkeypatch):
     """torch.compile(fullgraph=True) of the sub-layer functions (traced by dynamo + AOT autograd; the aot_eager backend
     needs no C++ compiler): vanilla and greedy SWIFT give the eager engine's tokens."""
-    import model.llama as llama
+    from model import ops
     from model.swift.config import SwiftConfig
     from model.swift.decoding import swift_generate
     from model.swift.layer_search import LayerSearch
     real_compile = torch.compile
-    monkeypatch.setattr(llama, "COMPILED", dict(llama.EAGER))  # restored afterwards: other tests stay eager
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "aot_eager"}))
     hf = hf_model(hf_config("llama"), seed=1, scale=6)
     model, args = ours_from_hf(hf)
     prompt = torch.randint(0, 97, (30,), generator=torch.Generator().manual_seed(1)).tolist()
     ref = vanilla_generate(Engine(model, 300), prompt, 40).tokens
     eng = Engine(model, 300, Backends(kernels="torch", compile="on"))
-    assert all(llama.COMPILED[k] is not llama.EAGER[k] for k in llama.EAGER)
+    eager = {"attn_in": ops._attn_in, "attn_out": ops._attn_out, "mlp": ops._mlp}
+    assert eng.ops.name == "torch" and all(eng.ops.fns[k] is not f for k, f in eager.items())
     assert vanilla_generate(eng, prompt, 40).tokens == ref
     cfg = SwiftConfig(skip_ratio=0.25, context_window=8, guard=False)
     assert swift_generate(eng, prompt, 40, cfg=cfg, search=LayerSearch(args.n_layers, cfg)).tokens == ref

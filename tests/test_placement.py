@@ -19,7 +19,7 @@ from model.placement import chunk_sizes, place_model, split_layers
 from model.swift.config import SwiftConfig
 from model.swift.decoding import swift_generate
 from model.swift.layer_search import LayerSearch
-from tests.helpers import causal_mask, hf_config, hf_model, ours_from_hf
+from tests.helpers import full_logits, hf_config, hf_model, ours_from_hf
 
 CPU2 = ["cpu", "cpu"]
 CASES = {
@@ -37,11 +37,8 @@ def _pair(arch, kw, devices=CPU2, seed=0, scale=1.0, **extra):
     return ref, place_model(placed, devices)
 
 
-def _logits(model, ids, S=64, gates=None):
-    model.setup_cache(S)
-    T = ids.shape[0]
-    pos = torch.arange(T)
-    return model(ids[None], pos, pos, causal_mask(T, S), gates=gates)[0]
+def _logits(model, ids, S=128, gates=None):
+    return full_logits(model, ids, gates=gates, S=S)
 
 
 # ---- splitting -----------------------------------------------------------------------------------------------------
@@ -106,21 +103,22 @@ def test_tied_head_is_copied_to_another_last_device():
 
 # ---- KV cache groups -----------------------------------------------------------------------------------------------
 def test_kv_move_across_groups_matches_one_group():
-    args = dict(n_layers=5, batch_size=1, n_kv_heads=2, max_seq_len=16, head_dim=4)
+    args = dict(n_layers=5, n_kv_heads=2, max_seq_len=16, head_dim=4)
     one = KVCache(**args)
     split = KVCache(**args, groups=[("cpu", 3), ("cpu", 2)])
     assert [t.shape[0] for t in split.tensors] == [3, 2] and split.layer_group[3] == (1, 0)
     for layer in range(5):
-        kv = torch.randn(2, 1, 2, 16, 4)
+        kv = torch.randn(2, 2, 16, 4)
         pos = torch.arange(16)
         for c in (one, split):
-            keys, values = c.update(layer, pos, kv)
+            c.update(layer, pos, kv[0], kv[1])
+            keys, values = c.layer(layer)
             assert torch.equal(keys, kv[0]) and torch.equal(values, kv[1])
     src, dst = torch.tensor([9, 12, 14]), torch.tensor([5, 6, 7])
     one.move(src, dst)
     split.move(src, dst)
     assert torch.equal(torch.cat(split.tensors), one.kv)
-    assert torch.equal(one.kv[:, :, :, :, 5:8], one.kv[:, :, :, :, [9, 12, 14]])
+    assert torch.equal(one.kv[:, :, :, 5:8], one.kv[:, :, :, [9, 12, 14]])
     with pytest.raises(AttributeError):
         split.kv  # noqa: B018 - several groups have no single tensor
 
@@ -130,8 +128,9 @@ def test_engine_on_placed_model_is_eager_and_answers_on_the_first_device():
     _, placed = _pair("llama", dict(tie_word_embeddings=False))
     eng = Engine(placed, 64, cuda_graphs=True)  # asked for graphs: turned off, the model spans several stages
     assert eng.multi_device and not eng.cuda_graphs and eng.device == torch.device("cpu")
-    assert eng.prefill(torch.arange(5)).shape == (97,)
-    assert eng.decode(torch.tensor(3), 5).shape == (1, 97)
+    assert eng.start(list(range(5))).shape == (97,)
+    eng.decode(2)
+    assert eng.length == 8 and eng.seq.device == torch.device("cpu")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

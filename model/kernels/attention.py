@@ -3,7 +3,8 @@
 A query row of token t sees two sets of cache slots (`Extents`, one entry per token):
   1. the prefix `[lo_t, prefix_t)`: the committed sequence before the token (lo_t > 0 only under a sliding window);
   2. the run `[run_lo_t, slot_t]`: a few more slots ending with the token's own key (for a decoded token or a tree
-     node just its own slot; for a block of tokens scored together, the block before it).
+     node just its own slot; for a block of tokens scored together, the block before it); they hold consecutive
+     positions, so a sliding window cuts the run at slot_t - window.
 The prefix is reduced by `_split_kernel` in fixed chunks of CHUNK slots aligned to absolute slot numbers (online
 softmax inside a chunk, BLOCK_N keys at a time), and `_combine_kernel` merges, per row, the chunks in slot order and
 then the run one key at a time. Nothing depends on how many rows share the call or where the own key sits: a tree
@@ -121,7 +122,11 @@ if triton is not None:
             acc = acc * a1 + o2 * a2
             m = mn
         q = tl.load(Q + (h * R + r) * HEAD_DIM + rd).to(tl.float32)
-        for j in range(tl.load(RUN_LO + t), tl.load(SLOT + t) + 1):  # the run, one key at a time, own key last
+        own = tl.load(SLOT + t)
+        run_lo = tl.load(RUN_LO + t)
+        if window > 0:  # the run holds consecutive positions ending at the token's own
+            run_lo = tl.maximum(run_lo, own - window + 1)
+        for j in range(run_lo, own + 1):  # the run, one key at a time, own key last
             k = tl.load(K + h * sk_h + j * sk_s + rd).to(tl.float32)
             s = tl.sum(q * k, 0) * scale + tl.zeros([1], tl.float32)
             mn = tl.maximum(m, s)
@@ -168,4 +173,6 @@ def reference_mask(ext: Extents, S: int) -> torch.Tensor:
     lo = (ext.pos - ext.window + 1).clamp_min(0)[:, None] if ext.window else 0
     prefix = (j >= lo) & (j < ext.prefix[:, None])
     run = (j >= ext.run_lo[:, None]) & (j <= ext.slot[:, None])
+    if ext.window:  # the run's slots hold consecutive positions ending at the token's own
+        run &= j > ext.slot[:, None] - ext.window
     return prefix | run

@@ -194,5 +194,5 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
                            NORM=norm is not None, GLU=glu, HAS_BIAS=bias is not None, RESID=residual is not None,
                            GATED=keep is not None, IEEE=w.dtype == torch.float32, EVEN=even, MB=mb,
                            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-                           num_stages=cfg.num_stages)
+                           num_stages=1 if w.dtype == torch.float32 else cfg.num_stages)  # fp32 tiles: no room
     return None if residual is not None else y

@@ -76,7 +76,14 @@ class Drafter:
         if not e.cuda_graphs:
             self._steps(k, self.skip)
         elif self.tracked:
-            g = e.graph(("draft", k, kv), lambda mark: self._steps(k, NO_SKIP, mark), track=True)
+            try:
+                g = e.graph(("draft", id(self), k, kv), lambda mark: self._steps(k, NO_SKIP, mark), track=True)
+            except RuntimeError as err:  # the graph API refused: one graph per skip set from now on
+                import warnings
+                warnings.warn(f"draft graphs cannot switch kernels off ({err}); capturing one per skip set",
+                              RuntimeWarning)
+                self.tracked = False
+                return self.draft(k, offset)
             if getattr(g, "skip", None) != self.skip:  # switch the skipped sub-layers' kernels off, the rest on
                 for key in g.regions:
                     _, kind, layer = key
@@ -84,7 +91,7 @@ class Drafter:
                 g.skip = self.skip
             g.replay()
         else:
-            e.run(("draft", k, kv, self.skip), lambda: self._steps(k, self.skip))
+            e.run(("draft", id(self), k, kv, self.skip), lambda: self._steps(k, self.skip))
 
     def warm_up(self) -> None:
         """Capture the draft graph of every chunk length now (with tracking, these serve every skip set)."""
@@ -136,7 +143,14 @@ class DraftVocabulary:
 
 
 class Verifier:
-    """Tree building, one full-model pass over the tree, acceptance and commit, as one graph per tree size."""
+    """Tree building, one full-model pass over the tree, acceptance and commit, as one graph per tree size.
+
+    The tree holds the draft chain with its alternatives (`Drafter.table`) and, when `context` tokens are given, a
+    context branch (model/tree.py `DeviceTree`). Acceptance walks the chain while its tokens are accepted; at the
+    first chain node whose chain child is not, one of its other candidates (an alternative, or the branch's first
+    token) may be accepted; along an accepted branch, its tokens are accepted one after the other. Greedy: a
+    candidate is accepted when it equals the full model's argmax at its parent; sampling: recursive rejection over
+    each node's candidates (model/sampling.py), so the output has the full model's distribution either way."""
 
     def __init__(self, engine: Engine, cfg: SwiftConfig, drafter: Drafter):
         self.engine, self.cfg, self.drafter = engine, cfg, drafter
@@ -144,85 +158,104 @@ class Verifier:
         self.size = padded_size(cfg.max_tree_nodes)
         self.tree = DeviceTree(cfg.tree_rule, cfg.max_tree_nodes, self.size, dev)
         self.chain = torch.zeros(1, dtype=torch.long, device=dev)  # C: chain tokens drafted this cycle
+        self.B = max(1, cfg.context_len)
+        self.context = torch.zeros(1 + self.B, dtype=torch.long, device=dev)  # [length, tokens...]
+        self._host = torch.zeros(1 + self.B, dtype=torch.long, pin_memory=engine.device.type == "cuda")
         D = cfg.max_draft_len
-        # report: [tokens committed, chain tokens accepted, leaf accepted, committed tokens (D + 2)]
-        self.report = torch.zeros(3 + D + 2, dtype=torch.long, device=dev)
+        # report: [tokens committed, chain tokens accepted, alternative accepted, branch tokens accepted,
+        #          committed tokens (D + B + 1)]
+        self.report = torch.zeros(4 + D + self.B + 1, dtype=torch.long, device=dev)
 
-    def verify(self, chain_len: int, sampling: SamplingConfig) -> torch.Tensor:
-        """Verify the drafted chain of `chain_len` tokens (and the tree around it); returns the report (on device)."""
+    def verify(self, chain_len: int, sampling: SamplingConfig, context: list[int] = ()) -> torch.Tensor:
+        """Verify the drafted chain of `chain_len` tokens, its alternatives and the `context` branch; returns the
+        report (on the device; read it with the cycle's one sync)."""
         e = self.engine
         self.chain.fill_(chain_len)
+        ctx = list(context)[:self.B]
+        self._host[0] = len(ctx)
+        self._host[1:1 + len(ctx)] = torch.tensor(ctx, dtype=torch.long)
+        self.context.copy_(self._host, non_blocking=True)
         if not sampling.greedy:
-            e.buffer(("verify-noise", self.size), (self.size, e.args.vocab_size)).exponential_(1)
-            e.buffer(("verify-u", self.size), tuple(self.drafter.table.shape)).uniform_()
+            e.buffer(("verify-noise", id(self)), (self.size, e.args.vocab_size)).exponential_(1)
+            e.buffer(("verify-u", id(self)), (self.drafter.table.shape[0], self.drafter.table.shape[1] + 1)).uniform_()
+            e.buffer(("verify-ub", id(self)), (self.B,)).uniform_()
         kv = e.kv_len(self.size + 1)
-        e.run(("verify", self.size, sampling, kv), lambda: self._cycle(sampling, kv))
+        e.run(("verify", id(self), sampling, kv), lambda: self._cycle(sampling, kv))  # graphs read these buffers
         return self.report
 
     def _cycle(self, sampling: SamplingConfig, kv):
-        e, dr, n = self.engine, self.drafter, self.size
+        e, dr, n, B = self.engine, self.drafter, self.size, self.B
         table, R, C = dr.table, e.cursor, self.chain
-        D = table.shape[0]
-        tokens, depth, node, extras = self.tree.build(table, dr.top1, C, e.seq.index_select(0, R))
+        D, K = table.shape
+        dev = e.device
+        t = self.tree.build(table, dr.top1, C, self.context[1:], self.context[:1], e.seq.index_select(0, R))
         slot = R + e.arange[:n]
-        x = e.forward(Pass(tokens, e.ext(R + depth, slot, slot, R + depth), kv))
+        x = e.forward(Pass(t.tokens, e.ext(R + t.prefix, R + t.run_lo, slot, R + t.depth), kv))
         logits = e.logits(x)  # [n, V]
-        d = torch.arange(D, device=e.device)
+        bt = t.tokens.index_select(0, t.bnode.clamp_max(n - 1))  # branch tokens
+        nxt_b = torch.cat([bt[1:], bt.new_zeros(1)])  # each branch node's child token
+        more_b = torch.arange(B, device=dev) + 1 < t.blen  # a branch node has a child in the tree
         if sampling.greedy:
             pred = logits.argmax(dim=-1)
-            first = _greedy_choice(table, pred, node, extras, C, n)
+            parent_pred = pred[:D].view(D, 1)
+            first = _first(t.valid & (t.ctok == parent_pred))
+            b_ok = nxt_b == pred.index_select(0, t.bnode.clamp_max(n - 1))
             samples = pred
         else:
-            first, samples = self._sampling_choice(logits, sampling, table, node, extras, C)
-        chain_ok = (first == 0) & (d < C)
-        a = chain_ok.long().cumprod(0).sum().view(1)  # chain tokens accepted
+            first, b_ok, samples = self._sampling(logits, sampling, t, nxt_b, more_b)
+        d = torch.arange(D, device=dev)
+        a = ((first == 0) & (d < C)).long().cumprod(0).sum().view(1)  # chain tokens accepted
         row = a.clamp_max(D - 1)
-        r_leaf = first.index_select(0, row)  # candidate accepted at the first non-chain row (>= 1: a leaf)
-        has_leaf = (a < C) & (r_leaf >= 1)
-        leaf = node.index_select(0, row).gather(1, r_leaf.clamp_min(0).view(1, 1)).view(1)
-        bonus_node = torch.where(has_leaf, leaf, a)
+        r = first.index_select(0, row)  # where the chain stops: an alternative (1..K-1), the branch (K), none (-1)
+        has_leaf = (r >= 1) & (r < K)
+        has_branch = r == K
+        nb = torch.where(has_branch, 1 + (b_ok & more_b).long().cumprod(0).sum(), 0)  # branch tokens accepted
+        leaf = t.cand.index_select(0, row).gather(1, r.clamp(0, K).view(1, 1)).view(1)
+        last_b = t.bnode.index_select(0, (nb - 1).clamp_min(0))
+        bonus_node = torch.where(has_branch, last_b, torch.where(has_leaf, leaf, a))
         bonus = samples.index_select(0, bonus_node)
-        leaf_tok = table.index_select(0, row).gather(1, r_leaf.clamp_min(0).view(1, 1)).view(1)
-        out = torch.cat([table[:, 0], torch.zeros(2, dtype=torch.long, device=e.device)])
-        out.index_copy_(0, a, torch.where(has_leaf, leaf_tok, bonus))
-        out.index_copy_(0, a + 1, torch.where(has_leaf, bonus, out.index_select(0, a + 1)))
-        n_new = a + 1 + has_leaf.long()
-        e.seq.index_copy_(0, R + 1 + torch.arange(D + 2, device=e.device), out)
-        e.cache.move(R + torch.where(has_leaf, leaf, a + 1), R + a + 1)
+        side = torch.where(has_leaf, leaf.expand(B), t.bnode)  # the accepted off-chain nodes, in order
+        n_side = torch.where(has_leaf, 1, nb)
+        i = torch.arange(B, device=dev)
+        side_tok = t.tokens.index_select(0, side.clamp_max(n - 1))
+        out = torch.cat([table[:, 0], torch.zeros(B + 1, dtype=torch.long, device=dev)])
+        keep = i < n_side
+        out.index_copy_(0, a + i, torch.where(keep, side_tok, out.index_select(0, a + i)))
+        out.index_copy_(0, a + n_side, bonus)
+        n_new = a + n_side + 1
+        e.seq.index_copy_(0, R + 1 + torch.arange(D + B + 1, device=dev), out)
+        # K/V of accepted off-chain nodes into place; unused moves copy a scratch slot onto itself
+        scratch = R + n + i
+        e.cache.move(torch.where(keep, R + side, scratch), torch.where(keep, R + a + 1 + i, scratch))
         e.cursor.add_(n_new)
-        self.report.copy_(torch.cat([n_new, a, has_leaf.long(), out]))
+        self.report.copy_(torch.cat([n_new, a, has_leaf.long(), nb, out]))
 
-    def _sampling_choice(self, logits, sampling, table, node, extras, C):
-        """Recursive rejection sampling over each chain node's candidates (model/sampling.py): per depth row, the
-        first accepted candidate (0 = the chain token, r >= 1 an alternative, -1 none), and per node the token it
-        emits when none of its candidates is accepted: a sample of its residual distribution (its candidates removed;
-        alternatives and the last chain node have none, so theirs is a plain sample)."""
-        n, (D, K) = self.size, table.shape
+    def _sampling(self, logits, sampling, t, nxt_b, more_b):
+        """Recursive rejection sampling (model/sampling.py): per depth row, the first accepted candidate (-1: none);
+        per branch node, whether its child is accepted; per node, the token it emits when it is the last accepted
+        node: a sample of its residual distribution (its candidates removed; a node without candidates has the
+        plain distribution)."""
+        e, n, B = self.engine, self.size, self.B
+        D = t.cand.shape[0]
         probs = logits_to_probs(logits, sampling)  # [n, V]; row d < D is chain node d
         V = probs.shape[1]
-        valid = _candidates(D, K, C, extras, table.device)
-        p_c = torch.where(valid, probs[:D].gather(1, table), 0.0)  # candidates' target probabilities, in order
+        p_c = torch.where(t.valid, probs[:D].gather(1, t.ctok), 0.0)  # candidates' target probabilities, in order
         mass = p_c.cumsum(1) - p_c  # rejected mass before each candidate
-        u = self.engine.buffer(("verify-u", n), (D, K))
-        accept = valid & (u < rules.accept_probability(p_c, mass))
-        first = torch.where(accept.any(1), accept.float().argmax(1), -1)
-        rows = torch.arange(D, device=table.device)[:, None]
-        hidden = torch.where(valid, rows * V + table, n * V)  # flat index into [n, V], or the trash entry
-        residual = torch.cat([probs.flatten(), probs.new_zeros(1)]).index_fill_(0, hidden.flatten(), 0.0)
-        noise = self.engine.buffer(("verify-noise", n), (n, V))
-        return first, sample_from_probs(residual[:-1].view(n, V), noise)
+        u = e.buffer(("verify-u", id(self)), tuple(t.cand.shape))
+        first = _first(t.valid & (u < rules.accept_probability(p_c, mass)))
+        bn = t.bnode.clamp_max(n - 1)
+        p_b = probs.index_select(0, bn).gather(1, nxt_b.view(B, 1)).view(B)
+        ub = e.buffer(("verify-ub", id(self)), (B,))
+        b_ok = ub < rules.accept_probability(p_b, torch.zeros_like(p_b))
+        rows = torch.arange(D, device=probs.device)[:, None]
+        hidden = torch.where(t.valid, rows * V + t.ctok, n * V).flatten()  # chain nodes' candidates
+        hidden_b = torch.where(more_b & (t.bnode < n), bn * V + nxt_b, n * V)  # branch nodes' children
+        residual = torch.cat([probs.flatten(), probs.new_zeros(1)])
+        residual = residual.index_fill_(0, torch.cat([hidden, hidden_b]), 0.0)
+        noise = e.buffer(("verify-noise", id(self)), (n, V))
+        return first, b_ok, sample_from_probs(residual[:-1].view(n, V), noise)
 
 
-def _candidates(D: int, K: int, C, extras, device) -> torch.Tensor:
-    """[D, K] bool: depth row d's candidates in the tree (column 0 the chain token, then `extras[d]` alternatives)."""
-    d = torch.arange(D, device=device)
-    r = torch.arange(K, device=device)
-    return torch.where(r[None, :] == 0, (d < C)[:, None], r[None, :] <= extras[:, None])
-
-
-def _greedy_choice(table, pred, node, extras, C, n):
-    """Per depth row d: 0 when the chain token equals the full model's prediction at chain node d, else the rank of
-    the alternative that does (at most one: the draft's top-k ids are distinct), else -1."""
-    D, K = table.shape
-    match = _candidates(D, K, C, extras, table.device) & (table == pred[:D].view(D, 1))
-    return torch.where(match.any(1), match.float().argmax(1), -1)
+def _first(ok: torch.Tensor) -> torch.Tensor:
+    """Index of the first True per row (-1 when none)."""
+    return torch.where(ok.any(1), ok.float().argmax(1), -1)

@@ -39,6 +39,11 @@ class SwiftConfig:
     tree_rule: tuple = DEFAULT_TREE_RULE
     max_tree_nodes: int = 32
     draft_vocab: int = 0  # > 0: the draft's LM head keeps only this many token ids (verification keeps all)
+    # hybrid drafts: each cycle's tree also holds the best continuation found in the context (prompt + output so far)
+    context_drafts: bool = False
+    context_len: int = 10  # most tokens of a context continuation
+    ngram_max: int = 3  # longest suffix matched against the context (prompt lookup), down to ngram_min
+    ngram_min: int = 1
     # automatic ratio: "speed" raises r while the predicted tokens/s (matchness as acceptance, measured draft cost)
     # grows; "matchness" raises it while matchness stays >= max_score and stops there
     ratio_objective: str = "speed"
@@ -66,12 +71,17 @@ class SwiftConfig:
         need(self.draft_stop in ("speed", "confidence", "calibrated"),
              f"draft stop rule must be 'speed', 'confidence' or 'calibrated', got '{self.draft_stop}'.")
         need(1 <= self.draft_chunk <= 32, f"draft chunk must be in [1, 32], got {self.draft_chunk}.")
+        need(1 <= self.context_len <= 32, f"context draft length must be in [1, 32], got {self.context_len}.")
+        need(1 <= self.ngram_min <= self.ngram_max <= 8,
+             f"n-gram sizes must satisfy 1 <= min <= max <= 8, got {self.ngram_min}..{self.ngram_max}.")
         need(self.draft_vocab >= 0, f"draft vocabulary size must be >= 0 (0 = full), got {self.draft_vocab}.")
         need(self.ratio_objective in ("speed", "matchness"),
              f"ratio objective must be 'speed' or 'matchness', got '{self.ratio_objective}'.")
         need(1 <= self.max_draft_len <= 32, f"max draft length must be in [1, 32], got {self.max_draft_len}.")
         need(self.max_draft_len + 2 <= self.max_tree_nodes <= 128,
              f"max tree nodes must be in [max draft length + 2, 128], got {self.max_tree_nodes}.")
+        need(not self.context_drafts or self.max_tree_nodes >= self.context_len + 2,
+             f"max tree nodes must be >= context draft length + 2, got {self.max_tree_nodes}.")
         need(0 < self.ratio_min <= self.ratio_init <= self.ratio_max < 1 and self.ratio_step > 0,
              "automatic ratio bounds must satisfy 0 < min <= init <= max < 1 and step > 0.")
         need(self.guard_margin > 0, f"guard margin must be > 0, got {self.guard_margin}.")

@@ -28,6 +28,7 @@ from model.swift.acceleration import Drafter, Verifier
 from model.swift.config import SwiftConfig
 from model.swift.layer_search import LayerSearch, score_candidates
 from model.swift.planner import CostModel, DraftPlanner
+from model.context_draft import ContextIndex
 
 
 class DraftCalibrator:
@@ -90,18 +91,108 @@ class Accelerator:
     (their graphs read these objects' buffers): see `accelerator`."""
 
     def __init__(self, engine: Engine, cfg: SwiftConfig):
+        self.engine, self.cfg = engine, cfg
         self.drafter = Drafter(engine, cfg)
         self.verifier = Verifier(engine, cfg, self.drafter)
         self.costs = CostModel.default(engine.args.n_layers)
 
+    @torch.inference_mode()
+    def warm_up(self, sampling: SamplingConfig) -> None:
+        """Capture every graph a stream can replay (each draft length, the verification, the search's scoring) on
+        scratch positions, then measure the pass costs the planner works with. Leaves the stream empty."""
+        e, cfg = self.engine, self.cfg
+        if not e.cuda_graphs:
+            return
+        at = cfg.context_window + 1
+        self._at(at)
+        self.drafter.warm_up()
+        self._at(at)
+        self.verifier.verify(1, sampling)
+        self._at(at)
+        score_candidates(e, [LayerSkip()] * cfg.num_candidates, cfg.context_window)
+        self.costs = self.measure(at, sampling)
+        e.length = 0
+
+    def _at(self, slot: int) -> None:
+        self.engine.cursor.fill_(slot)
+        self.engine.length = slot + 1
+
+    def measure(self, at: int, sampling: SamplingConfig, reps: int = 5) -> CostModel:
+        """Pass costs from graph replays timed with CUDA events: a full step, a draft step with nothing / every
+        skippable attention / every skippable MLP skipped, a verification; relative to the full step."""
+        e, dr, L = self.engine, self.drafter, self.engine.args.n_layers
+
+        def ms(fn) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self._at(at)
+            fn()
+            start.record()
+            for _ in range(reps):
+                self._at(at)
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / reps
+
+        k = max(dr.chunks())
+        full = ms(lambda: e.decode(8, sampling)) / 8
+        middle = range(1, L - 1)
+        steps = {}
+        for name, skip in (("none", LayerSkip()), ("attn", LayerSkip.of(attn=middle)),
+                           ("mlp", LayerSkip.of(mlp=middle))):
+            dr.set_skip(skip)
+            steps[name] = ms(lambda: dr.draft(k)) / k
+        dr.set_skip(LayerSkip())
+        verify = ms(lambda: self.verifier.verify(k, sampling))
+        attn = max(0.0, steps["none"] - steps["attn"]) / (L - 2) / full
+        mlp = max(0.0, steps["none"] - steps["mlp"]) / (L - 2) / full
+        fixed = max(0.0, steps["none"] / full - (attn + mlp) * (L - 2))
+        return CostModel(fixed=fixed, attn=attn, mlp=mlp, verify=verify / full, n_layers=L, measured=True)
+
 
 def accelerator(engine: Engine, cfg: SwiftConfig) -> Accelerator:
     """The engine's `Accelerator` for the settings that shape its buffers (made on first use)."""
-    key = (cfg.max_draft_len, cfg.tree_rule, cfg.max_tree_nodes, cfg.draft_vocab)
+    key = (cfg.max_draft_len, cfg.tree_rule, cfg.max_tree_nodes, cfg.draft_vocab, cfg.context_len)
     store = engine.__dict__.setdefault("_accelerators", {})
     if key not in store:
         store[key] = Accelerator(engine, cfg)
     return store[key]
+
+
+class CycleProfile:
+    """Per-cycle timings of `swift_generate` (scripts/profile_swift.py): host wall time of the cycle and of its parts,
+    and GPU time of the draft and of the verification replays (CUDA events, read once the cycle has synced)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.cycles, self._ev = cuda, [], None
+
+    def _event(self):
+        if not self.cuda:
+            return None
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
+
+    def begin(self, t: float) -> None:
+        self._t = [t]
+        self._ev = [self._event()]
+
+    def drafted(self, t: float) -> None:
+        self._t.append(t)
+        self._ev.append(self._event())
+
+    def verified(self) -> None:
+        self._t.append(time.perf_counter())
+        self._ev.append(self._event())
+
+    def end(self, t: float, **info) -> None:
+        t0, t1, t2 = self._t
+        row = dict(info, wall_ms=(t - t0) * 1e3, draft_launch_ms=(t1 - t0) * 1e3, verify_launch_ms=(t2 - t1) * 1e3,
+                   read_and_host_ms=(t - t2) * 1e3)
+        if self.cuda:
+            e0, e1, e2 = self._ev
+            row.update(gpu_draft_ms=e0.elapsed_time(e1), gpu_verify_ms=e1.elapsed_time(e2))
+        self.cycles.append(row)
 
 
 @dataclass
@@ -162,15 +253,19 @@ def draft_chain(acc: Accelerator, cfg: SwiftConfig, planner: DraftPlanner, skip:
 def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
                    sampling: SamplingConfig = SamplingConfig(), eos_ids=(), cfg: SwiftConfig = SwiftConfig(),
                    search: LayerSearch | None = None, skip: LayerSkip | None = None,
-                   calibrator: DraftCalibrator | None = None, planner: DraftPlanner | None = None) -> GenerationResult:
+                   calibrator: DraftCalibrator | None = None, planner: DraftPlanner | None = None,
+                   profile: "CycleProfile | None" = None) -> GenerationResult:
     """SWIFT generation. Pass `search` (owned by the caller, carried across prompts of a task, or reset) to optimize
     the skip set on the fly, or a fixed `skip` (e.g. from a layer-config cache) to only accelerate. `calibrator`
     (draft_stop="calibrated") and `planner` (draft_stop="speed") can likewise be carried across prompts."""
     check_lengths(engine, len(prompt_ids), max_new_tokens)
     acc = accelerator(engine, cfg)
     planner = planner or DraftPlanner(acc.costs, acc.drafter.chunks())
+    planner.costs = acc.costs  # measured at warm-up (Accelerator.warm_up), else the even split
     if search is None and skip is None:
         search = LayerSearch(engine.args.n_layers, cfg, value=planner.value)
+    elif search is not None and acc.costs.measured:
+        search.value = planner.value  # the measured draft costs price the skip ratio
     if cfg.draft_stop == "calibrated" and calibrator is None:
         calibrator = DraftCalibrator()
     calibrate = calibrator if cfg.draft_stop == "calibrated" else None
@@ -179,6 +274,8 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     guard, drafted, skip_log, captures0 = SpeedGuard(cfg), 0, [], engine.graph_captures
     sync(dev)
     t0 = time.perf_counter()
+    acc.drafter.vocab.observe(prompt_ids)                                  # the draft head learns the prompt's ids
+    acc.drafter.vocab.update()
     engine.start(prompt_ids, sampling)                                     # prefill -> the first root
     s.append(engine.seq[len(prompt_ids):len(prompt_ids) + 1].tolist(), one_step=False)
     s.times["prefill"] = time.perf_counter() - t0
@@ -187,6 +284,10 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         plain_steps(engine, s, cfg.guard_probe_tokens, sampling)
         s.times["plain"] += (dt := time.perf_counter() - t)
         guard.plain_tps = (len(s.new) - n0) / max(dt, 1e-9)
+    ctx = ContextIndex(cfg.ngram_max, cfg.ngram_min) if cfg.context_drafts else None
+    if ctx is not None:
+        ctx.extend(prompt_ids)
+    sources = {"draft": 0, "context": 0}
     while not s.done:
         t = time.perf_counter()
         if search is not None and search.active and engine.length - 1 > gamma:  # optimize: score candidates
@@ -194,37 +295,62 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             search.observe(cands, score_candidates(engine, cands, gamma))
             s.times["optimize"] += time.perf_counter() - t
         current = search.best if search is not None else skip
-        if current is None or len(current) == 0 or guard.check(len(s.new)):  # nothing to draft with, or guard
+        layers = current is not None and len(current) > 0
+        context = []
+        if ctx is not None:  # a continuation of the root from the context (prompt lookup)
+            ctx.extend(s.new[len(ctx.tokens) - len(prompt_ids):])
+            context = ctx.propose(cfg.context_len)
+        if (not layers and not context) or guard.check(len(s.new)):  # nothing to draft with, or the guard
             t = time.perf_counter()
-            plain_steps(engine, s, 1 if (search is not None and search.active) else 8, sampling)
+            plain_steps(engine, s, 1 if (ctx is not None or (search is not None and search.active)) else 8,
+                        sampling)
             s.times["plain"] += time.perf_counter() - t
             continue
-        if not skip_log or skip_log[-1][1] != current.to_dict():
+        if layers and (not skip_log or skip_log[-1][1] != current.to_dict()):
             skip_log.append((len(s.new), current.to_dict()))
         captures = engine.graph_captures
         t = time.perf_counter()
-        limit = min(cfg.max_draft_len, max_new_tokens - len(s.new))
-        chain = draft_chain(acc, cfg, planner, current, max(1, limit), calibrate)  # draft with the skip set
+        if profile:
+            profile.begin(t)
+        limit = max(1, min(cfg.max_draft_len, max_new_tokens - len(s.new)))
+        chain = draft_chain(acc, cfg, planner, current, limit, calibrate) if layers else 0  # draft with the skip set
         t1 = time.perf_counter()
+        if profile:
+            profile.drafted(t1)
         C = chain if isinstance(chain, int) else len(chain)
-        report = acc.verifier.verify(C, sampling).tolist()  # sync: tree, verify, accept, commit on the device
-        n_new, a = report[0], report[1]
+        report = acc.verifier.verify(C, sampling, context)
+        if profile:
+            profile.verified()
+        report = report.tolist()  # sync: tree, verify, accept, commit on the device; the cycle's one read
+        n_new, a, leaf, nb = report[:4]
         engine.length += n_new
-        n_new = s.append(report[3:3 + n_new], one_step=True)
-        planner.observe(C, a)
-        if calibrate:
+        n_new = s.append(report[4:4 + n_new], one_step=True)  # may stop short at EOS or the budget
+        accepted = n_new - 1  # as the metrics count it: the step's last token is its bonus
+        sources["draft"] += min(a, accepted) + min(leaf, max(0, accepted - a))
+        sources["context"] += min(nb, max(0, accepted - a))
+        if layers:
+            planner.observe(C, a)
+        if calibrate and layers:
             calibrator.update(chain, a)
         t2 = time.perf_counter()
         s.times["draft"] += t1 - t
         s.times["verify"] += t2 - t1
-        drafted += C
+        drafted += C + len(context)
         if engine.graph_captures == captures and (search is None or not search.active):
             guard.observe(n_new, t2 - t)
+        if profile:
+            profile.end(time.perf_counter(), C=C, committed=n_new, accepted=a, context=len(context),
+                        captures=engine.graph_captures - captures, searching=search is not None and search.active,
+                        syncs=1 if isinstance(chain, int) else 1 + -(-len(chain) // cfg.draft_chunk))
+    acc.drafter.vocab.observe(s.new)
     sync(dev)
     wall = time.perf_counter() - t0
     stats = {"method": "swift", "times": s.times, "skip_changes": skip_log, "guard_plain_tps": guard.plain_tps,
              "guard_swift_tps": guard.swift_tps(), "fallback_at": guard.tripped_at, "num_layers": engine.args.n_layers,
              "search": search.summary() if search is not None else None, "cache_hit": search is None,
+             "final_skip": (search.best if search is not None else skip).to_dict()
+             if (search.best if search is not None else skip) is not None else None,
+             "draft_costs": acc.costs.to_dict(), "accepted_from": sources,
              "graph_captures": engine.graph_captures - captures0}
     return GenerationResult(tokens=s.new, num_new_tokens=len(s.new), num_steps=len(s.accept_lengths),
                             accept_lengths=s.accept_lengths, num_drafted=drafted, wall_time_s=wall, stats=stats)

@@ -1,0 +1,163 @@
+"""Drafts beyond the layer-skip chain: prompt lookup (n-gram matcher), early exit, hybrid SWIFT trees, the reduced
+draft vocabulary, and the device-side cycle's graph keys (warm-up covers every graph)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model import graphs
+from model.context_draft import ContextIndex
+from model.generate import vanilla_generate
+from model.llama import NO_SKIP, LayerSkip
+from model.sampling import SamplingConfig
+from model.swift.config import SwiftConfig
+from model.swift.decoding import accelerator, swift_generate
+from model.swift.layer_search import LayerSearch
+from tests.helpers import tiny_engine
+from tests.test_swift import VOCAB, _chi2_pvalue, _prompt
+
+
+# ---- the n-gram matcher ----------------------------------------------------------------------------------------------
+def test_context_index_longest_then_most_recent_match():
+    idx = ContextIndex(ngram_max=3, ngram_min=1)
+    idx.extend([1, 2, 3, 4, 9, 2, 3, 5, 7, 1, 2, 3])
+    # suffix (1, 2, 3) occurred at the start: the longest match wins over the more recent (2, 3) -> 5
+    assert idx.propose(3) == [4, 9, 2]
+    idx.extend([5])
+    # suffix (2, 3, 5) occurred once before, followed by 7, 1, 2
+    assert idx.propose(2) == [7, 1]
+    idx.extend([8])  # (3, 5, 8), (5, 8), (8): never seen before
+    assert idx.propose(4) == []
+
+
+def test_context_index_prefers_the_most_recent_occurrence():
+    idx = ContextIndex(ngram_max=2, ngram_min=1)
+    idx.extend([6, 1, 10, 6, 1, 20, 6, 1])
+    assert idx.propose(1) == [20]  # (6, 1) was followed by 10, then by 20: the later one
+    idx2 = ContextIndex(ngram_max=3, ngram_min=2)
+    idx2.extend([4, 5, 6, 7])
+    assert idx2.propose(3) == []  # no suffix of 2..3 tokens repeats, and 1-grams are not tried
+
+
+# ---- lossless on tiny models -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pld_early_exit_and_hybrid_equal_vanilla_tiny(seed):
+    eng, _ = tiny_engine(seed=seed, scale=6, num_hidden_layers=6, vocab_size=24)
+    prompt = _prompt(40, 24, seed=seed)
+    want = vanilla_generate(eng, prompt, 100).tokens
+    pld = swift_generate(eng, prompt, 100, cfg=SwiftConfig(guard=False, context_drafts=True), skip=NO_SKIP)
+    early = swift_generate(eng, prompt, 100, cfg=SwiftConfig(guard=False), skip=LayerSkip.of(range(3, 6), range(3, 6)))
+    cfg = SwiftConfig(guard=False, context_drafts=True, context_window=16, skip_ratio=0.25, seed=seed)
+    hybrid = swift_generate(eng, prompt, 100, cfg=cfg, search=LayerSearch(6, cfg))
+    for res in (pld, early, hybrid):
+        assert res.tokens == want
+    assert pld.stats["accepted_from"]["context"] > 0 and pld.stats["accepted_from"]["draft"] == 0
+    assert early.stats["accepted_from"]["draft"] > 0 and early.stats["accepted_from"]["context"] == 0
+    assert sum(hybrid.stats["accepted_from"].values()) == sum(a - 1 for a in hybrid.accept_lengths)
+
+
+def test_hybrid_tree_sampling_matches_exact_distribution():
+    """The chi-square test of tests/test_swift.py with a context branch in every tree (prompt lookup on an 8-token
+    vocabulary always finds one), and its wrong-rule control."""
+    from model import sampling as rules
+    from tests.test_swift import _exact_joint
+
+    eng, _ = tiny_engine(seed=8, scale=25, vocab_size=VOCAB, max_seq_len=256)
+    prompt = _prompt(12, VOCAB, seed=8)
+    exact = _exact_joint(eng, prompt)
+    cfg = SwiftConfig(guard=False, tree_rule=((0.95, 1), (0.0, 3)), max_draft_len=3, context_drafts=True,
+                      context_len=2)
+
+    def samples(n):
+        counts = np.zeros(VOCAB * VOCAB)
+        for i in range(n):
+            torch.manual_seed(2000 + i)
+            t = swift_generate(eng, prompt, 3, SamplingConfig(temperature=1.0), cfg=cfg,
+                               skip=LayerSkip.of(mlp=[1], attn=[2])).tokens
+            counts[t[1] * VOCAB + t[2]] += 1
+        return counts
+
+    assert _chi2_pvalue(samples(1500), exact) > 1e-3
+    real = rules.accept_probability
+    rules.accept_probability = lambda p, mass: p  # forgets to renormalise the residual
+    try:
+        assert _chi2_pvalue(samples(1500), exact) < 1e-6
+    finally:
+        rules.accept_probability = real
+
+
+# ---- the reduced draft vocabulary ------------------------------------------------------------------------------------
+def test_reduced_draft_vocabulary_never_changes_the_output():
+    """A 64-id draft head on a 97-token model: the draft cannot propose ids outside it, the full model still produces
+    them, and the output equals vanilla decoding."""
+    eng, _ = tiny_engine(seed=3, scale=6, num_hidden_layers=6)
+    prompt = _prompt(40, seed=3)
+    want = vanilla_generate(eng, prompt, 120).tokens
+    cfg = SwiftConfig(guard=False, draft_vocab=64, skip_ratio=0.25, context_window=16)
+    res = swift_generate(eng, prompt, 120, cfg=cfg, search=LayerSearch(6, cfg))
+    assert res.tokens == want
+    vocab = accelerator(eng, cfg).drafter.vocab
+    kept = set(vocab.map.tolist())
+    assert len(kept) == 64 and any(t not in kept for t in want)  # the output holds ids the draft cannot propose
+    assert res.num_drafted > 0
+
+
+# ---- graphs: warm-up covers every graph a stream replays ----------------------------------------------------------
+class _FakeGraph:
+    """Stands in for a CUDA graph on the CPU: replay runs the captured function."""
+
+    def __init__(self, fn, track):
+        self.fn, self.track, self.regions = fn, track, {}
+
+    def replay(self):
+        return self.fn(lambda key: None) if self.track else self.fn()
+
+    def enable(self, key, on):
+        pass
+
+
+def test_warm_up_captures_every_graph_a_stream_replays(monkeypatch):
+    """With graph capture faked on the CPU and the draft graph in its switch-kernels-off mode, a SWIFT stream whose
+    search changes the skip set many times captures nothing after the accelerator's and the decode warm-up."""
+    monkeypatch.setattr(graphs, "capture", lambda fn, pool=None, track=False: _FakeGraph(fn, track))
+    eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6)
+    eng.cuda_graphs = True
+    cfg = SwiftConfig(guard=False, context_window=16, skip_ratio=0.25)
+    acc = accelerator(eng, cfg)
+    acc.drafter.tracked = True
+    monkeypatch.setattr(acc, "measure", lambda at, sampling: acc.costs)  # no CUDA events on the CPU
+    eng.warm_up_decode()
+    acc.warm_up(SamplingConfig())
+    before = eng.graph_captures
+    search = LayerSearch(6, cfg)
+    res = swift_generate(eng, _prompt(40), 120, cfg=cfg, search=search)
+    assert len(res.stats["skip_changes"]) > 1  # the skip set changed during the stream
+    assert eng.graph_captures == before and res.stats["graph_captures"] == 0
+
+
+@pytest.mark.real_model
+def test_pld_early_exit_and_hybrid_equal_vanilla_real_smollm2(smollm2_path, shared_data_dir):
+    """2 CNN/DM + 2 HumanEval prompts (their last 400 tokens: CPU time), 96 new tokens, on the real SmolLM2."""
+    from data import load_task
+    from model.engine import Engine
+    from model.loading import load_model, load_tokenizer
+    tok = load_tokenizer(smollm2_path)
+    model, args = load_model(smollm2_path)
+    prompts = [tok(inst.prompt).input_ids[-400:] for task in ("cnndm", "humaneval")
+               for inst in load_task(task, str(shared_data_dir), num_samples=2, seed=0).instances]
+    eng = Engine(model, 400 + 96 + 200)
+    hybrid_cfg = SwiftConfig(context_drafts=True, context_window=16, num_candidates=2, max_opt_iter=30,
+                             max_draft_len=6, guard=False)
+    search = LayerSearch(args.n_layers, hybrid_cfg)
+    exit_skip = LayerSkip.of(range(args.n_layers // 2, args.n_layers), range(args.n_layers // 2, args.n_layers))
+    context = 0
+    for p in prompts:
+        want = vanilla_generate(eng, p, 96).tokens
+        pld = swift_generate(eng, p, 96, cfg=SwiftConfig(context_drafts=True, guard=False), skip=NO_SKIP)
+        early = swift_generate(eng, p, 96, cfg=SwiftConfig(max_draft_len=6, guard=False), skip=exit_skip)
+        hybrid = swift_generate(eng, p, 96, cfg=hybrid_cfg, search=search)
+        assert pld.tokens == want and early.tokens == want and hybrid.tokens == want
+        context += pld.stats["accepted_from"]["context"]
+    assert context > 0  # prompt lookup found continuations that were accepted

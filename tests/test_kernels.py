@@ -1,0 +1,193 @@
+"""The batch-invariant Triton kernels (model/kernels/) in Triton's CPU interpreter: each against a PyTorch reference,
+and each row's bits independent of the number of rows, of the neighbouring rows, and of where a tree node's own key
+sits. bf16 is not checked here (the interpreter's bf16 matrix product reinterprets the bits); scripts/gpu_selftest.py
+checks bf16 on the GPU, and the engine checks the kernels against the PyTorch ops on its first use there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import kernels
+from model.backends import Backends
+from model.engine import Engine
+from model.kernels.attention import Extents, attention, reference_mask
+from model.kernels.gemm import gemm
+from model.kernels.rope import rope_write
+from model.ops import apply_rope
+from tests.helpers import hf_config, hf_model, ours_from_hf
+
+pytest.importorskip("triton", reason="triton is installed by scripts/setup.sh")
+pytestmark = pytest.mark.skipif(not kernels.interpreting() and not torch.cuda.is_available(),
+                                reason="the kernels run on CPU tensors only in Triton's interpreter")
+DTYPES = [torch.float32, torch.float16]
+TOL = {torch.float32: 1e-4, torch.float16: 3e-3}
+
+
+def _close(got, ref, dtype):
+    scale = max(1.0, ref.abs().max().item())
+    assert (got.float() - ref.float()).abs().max().item() <= TOL[dtype] * scale
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(40, 96), (37, 50), (16, 130)])
+def test_gemm_matches_pytorch(n, k, dtype):
+    """Plain, with bias, with the RMSNorm prologue, and the SiLU-gated product adding into a gated residual;
+    shapes that are not multiples of the blocks (masked tails)."""
+    g = torch.Generator().manual_seed(n * k)
+    M = 5
+    x = torch.randn(M, k, generator=g).to(dtype)
+    w = (torch.randn(n, k, generator=g) / 8).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype)
+    _close(gemm(x, w, bias=b), F.linear(x.float(), w.float(), b.float()), dtype)
+    nw = torch.randn(k, generator=g).to(dtype)
+    xn = (F.rms_norm(x.float(), (k,), eps=1e-5).to(dtype).float() * nw.float()).to(dtype)
+    _close(gemm(x, w, norm=nw, eps=1e-5), F.linear(xn.float(), w.float()), dtype)
+    gu = torch.randn(M, 2 * k, generator=g).to(dtype)
+    r = torch.randn(M, n, generator=g).to(dtype)
+    keep = torch.tensor([True, False, True, True, False])
+    want = r.float() + F.linear((F.silu(gu[:, :k].float()) * gu[:, k:].float()).to(dtype).float(), w.float())
+    want = torch.where(keep[:, None], want, r.float())
+    r0 = r.clone()
+    assert gemm(gu, w, glu=True, residual=r, keep=keep) is None
+    _close(r, want, dtype)
+    assert torch.equal(r[~keep], r0[~keep])  # gated-off rows keep their residual exactly
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", ["plain", "norm", "glu-residual"])
+def test_gemm_rows_are_bit_identical_whatever_the_batch(variant, dtype):
+    """A row's result for M = 1 equals its result among 1..64 other rows, with other neighbours, bit for bit."""
+    g = torch.Generator().manual_seed(7)
+    n, k = 48, 64
+    w = (torch.randn(n, k, generator=g) / 8).to(dtype)
+    nw = torch.randn(k, generator=g).to(dtype)
+    width = 2 * k if variant == "glu-residual" else k
+    row = torch.randn(1, width, generator=g).to(dtype)
+    resid = torch.randn(1, n, generator=g).to(dtype)
+
+    def run(x, r):
+        if variant == "plain":
+            return gemm(x, w)
+        if variant == "norm":
+            return gemm(x, w, norm=nw, eps=1e-6)
+        gemm(x, w, glu=True, residual=r)
+        return r
+
+    alone = run(row.clone(), resid.clone())
+    for M in (2, 7, 16, 17, 33, 64):
+        for at in (0, M // 2, M - 1):
+            x = torch.randn(M, width, generator=g).to(dtype)
+            x[at] = row[0]
+            r = torch.randn(M, n, generator=g).to(dtype)
+            r[at] = resid[0]
+            assert torch.equal(run(x, r)[at], alone[0]), (M, at)
+
+
+def _cache(n_kv, S, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n_kv, S, D, generator=g).to(dtype), torch.randn(n_kv, S, D, generator=g).to(dtype)
+
+
+def _sdpa(q, k, v, ext, g):
+    n_kv, R, D = q.shape
+    T = R // g
+    mask = reference_mask(ext, k.shape[1])
+    qr = q.view(n_kv, T, g, D).permute(0, 2, 1, 3).float()
+    o = F.scaled_dot_product_attention(qr, k[:, None].float().expand(-1, g, -1, -1),
+                                       v[:, None].float().expand(-1, g, -1, -1),
+                                       attn_mask=mask[None, None].expand(n_kv, g, -1, -1))
+    return o.permute(2, 0, 1, 3).reshape(T, -1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [0, 50])
+def test_attention_matches_sdpa(dtype, window):
+    """Rows with different prefixes (0, inside a chunk, at chunk boundaries), runs of several keys, a window."""
+    n_kv, g, D, S = 2, 3, 32, 384
+    k, v = _cache(n_kv, S, D, dtype)
+    prefix = torch.tensor([0, 100, 128, 257, 300])
+    slot = torch.tensor([200, 201, 202, 350, 351])
+    run_lo = slot.clone()
+    run_lo[4] = 340
+    ext = Extents(prefix, run_lo, slot, torch.tensor([10, 101, 131, 258, 310]), window)
+    q = torch.randn(n_kv, 5 * g, D, generator=torch.Generator().manual_seed(1)).to(dtype)
+    _close(attention(q, k, v, ext), _sdpa(q, k, v, ext, g), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tree_node_attention_equals_sequential_decoding_bitwise(dtype):
+    """A tree pass: nodes at depths 1..4 after a root at slot R, each seeing [0, R + depth) and its own slot (a leaf in
+    a scratch slot). Each row equals the same query decoded alone (prefix = its position, own key at its position)
+    bit for bit, when the leaf's key is copied to where sequential decoding would have it."""
+    n_kv, g, D, S, R = 2, 2, 32, 512, 261
+    k, v = _cache(n_kv, S, D, dtype, seed=3)
+    depth = torch.tensor([0, 1, 2, 3, 4, 2])  # root, chain 1..4, a leaf at depth 2 in slot R + 5
+    slot = R + torch.arange(6)
+    q = torch.randn(n_kv, 6 * g, D, generator=torch.Generator().manual_seed(4)).to(dtype)
+    tree = attention(q, k, v, Extents(R + depth, slot, slot, R + depth))
+    for i in range(6):
+        kk, vv = k.clone(), v.clone()
+        p = R + int(depth[i])
+        kk[:, p], vv[:, p] = k[:, slot[i]], v[:, slot[i]]
+        one = torch.tensor([p])
+        alone = attention(q.view(n_kv, 6, g, D)[:, i].contiguous(), kk, vv, Extents(one, one, one, one))
+        assert torch.equal(alone[0], tree[i]), i
+
+
+def test_rope_write_matches_pytorch():
+    n_q, n_kv, D, T = 4, 2, 16, 3
+    g = torch.Generator().manual_seed(5)
+    qkv = torch.randn(T, (n_q + 2 * n_kv) * D, generator=g)
+    kc, vc = torch.zeros(n_kv, 64, D), torch.zeros(n_kv, 64, D)
+    inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+    pos, slots = torch.tensor([3, 7, 9]), torch.tensor([10, 11, 40])
+    q = rope_write(qkv, pos, slots, inv, kc, vc, n_q, n_kv)
+    x = qkv.view(T, n_q + 2 * n_kv, D)
+    f = pos[:, None].float() * inv
+    emb = torch.cat((f, f), -1)[:, None]
+    qk = apply_rope(x[:, :n_q + n_kv], emb.cos(), emb.sin())
+    want_q = qk[:, :n_q].reshape(T, n_kv, n_q // n_kv, D).permute(1, 0, 2, 3).reshape(n_kv, -1, D)
+    assert (q - want_q).abs().max() <= 1e-5
+    assert (kc[:, slots].transpose(0, 1) - qk[:, n_q:]).abs().max() <= 1e-5
+    assert torch.equal(vc[:, slots].transpose(0, 1), x[:, n_q + n_kv:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_model_tree_logits_equal_sequential_decode_bitwise(dtype):
+    """Through the whole model with the Triton kernels: a verification-shaped pass (root + chain at consecutive
+    slots) gives each token the bits that decoding it alone gives."""
+    from model.llama import Pass
+    hf = hf_model(hf_config("llama", num_hidden_layers=2), seed=2, scale=4)
+    model, _ = ours_from_hf(hf)
+    model = model.to(dtype)
+    eng = Engine(model, 128, Backends(kernels="triton"))
+    prompt = torch.randint(0, 97, (20,), generator=torch.Generator().manual_seed(2)).tolist()
+    chain = [5, 17, 42]
+    eng.start(prompt)
+    R = len(prompt)
+    eng.seq[R:R + 4] = torch.tensor([eng.seq[R].item()] + chain)
+    seq = eng.seq.clone()
+    slot = R + torch.arange(4)
+    tree = eng.logits(eng.forward(Pass(seq[R:R + 4], eng.ext(slot, slot, slot, slot))))
+    for i in range(4):
+        p = torch.tensor([R + i])
+        alone = eng.logits(eng.forward(Pass(seq[R + i:R + i + 1], eng.ext(p, p, p, p))))
+        assert torch.equal(alone[0], tree[i]), i
+
+
+def test_engine_refuses_disagreeing_kernels(monkeypatch):
+    """The engine compares the kernels with the PyTorch ops on its own weights: `triton` refuses to run wrong
+    kernels, `auto` falls back to the PyTorch ops with a warning and records it."""
+    from model import ops as O
+    real = O.TritonOps.mlp
+    monkeypatch.setattr(O.TritonOps, "mlp", lambda self, block, x, gate=None: real(self, block, x, gate).mul_(1.5))
+    hf = hf_model(hf_config("llama", num_hidden_layers=2), seed=1)
+    model, _ = ours_from_hf(hf)
+    with pytest.raises(RuntimeError, match="disagree"):
+        Engine(model, 256, Backends(kernels="triton"))
+    monkeypatch.setattr(Backends, "resolve", lambda self, device: Backends("triton", "off"))
+    with pytest.warns(RuntimeWarning, match="disagree"):
+        eng = Engine(model, 256, Backends(kernels="auto"))
+    assert eng.ops.name == "torch" and eng.backends.kernels == "torch" and "disagree" in eng.kernel_note
