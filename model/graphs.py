@@ -15,6 +15,7 @@ says whether both are there, else callers capture one graph per skip set instead
 from __future__ import annotations
 
 import ctypes
+import gc
 from typing import Callable, Hashable
 
 import torch
@@ -100,7 +101,17 @@ class Graph:
 
 
 def capture(fn: Callable, pool=None, track: bool = False) -> Graph:
-    """Graph of `fn` (called as `fn(mark)` when `track`, else `fn()`), after one warm-up call on a side stream."""
+    """Graph of `fn` (called as `fn(mark)` when `track`, else `fn()`), after one warm-up call on a side stream.
+    The garbage collector is held off meanwhile: freeing an old graph during a capture invalidates the capture."""
+    gc.collect()
+    gc.disable()
+    try:
+        return _capture(fn, pool, track)
+    finally:
+        gc.enable()
+
+
+def _capture(fn: Callable, pool, track: bool) -> Graph:
     noop = lambda key: None  # noqa: E731
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

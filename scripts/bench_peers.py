@@ -395,7 +395,7 @@ class Bench:
             m = Swift(SwiftRun(SwiftConfig(context_drafts=True), layer_cache=str(path)), run)
             return [self._ours("hybrid SWIFT: layer-skip draft chain + prompt-lookup branch in one tree", m)], ""
         if method == "pld":
-            cfg = SwiftConfig(context_drafts=True, max_draft_len=1, max_tree_nodes=16)
+            cfg = SwiftConfig(context_drafts=True, max_draft_len=10, max_tree_nodes=16)
             return [self._ours("prompt lookup on our engine (n-grams of prompt + output, 10 tokens)",
                                PromptLookup(cfg, run))], ""
         if method == "early-exit":

@@ -49,9 +49,8 @@ def heuristic(n: int, k: int) -> Config:
     """A block shape for an (N, K) weight that keeps enough programs in flight for a memory-bound product."""
     if interpreting():
         return Config(16, 32, 1, 1)
-    block_n = 16 if n <= 8192 else (32 if n <= 65536 else 64)
-    block_k = 512 if k >= 2048 else 256
-    return Config(block_n, min(block_k, max(64, triton.next_power_of_2(k))), 4, 3)
+    block_n = 16 if n <= 8192 else 32  # shared memory: 3 stages of 4 x-blocks + the weight tile stay < 150 KB
+    return Config(block_n, min(256, max(64, triton.next_power_of_2(k))), 4, 3)
 
 
 def config(n: int, k: int) -> Config:

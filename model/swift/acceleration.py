@@ -49,6 +49,14 @@ class Drafter:
     def chunks(self) -> tuple[int, ...]:
         return tuple(k for k in DRAFT_LENGTHS if k <= self.cfg.max_draft_len)
 
+    def propose(self, tokens: list[int]) -> int:
+        """Use `tokens` (e.g. a context continuation) as this cycle's chain, with full confidence (no alternatives);
+        returns the chain length."""
+        n = len(tokens)
+        self.table[:n, 0].copy_(torch.tensor(tokens, dtype=torch.long), non_blocking=False)
+        self.top1[:n].fill_(1.0)
+        return n
+
     def set_skip(self, skip: LayerSkip) -> None:
         self.skip = skip
 

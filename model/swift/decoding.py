@@ -313,7 +313,11 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         if profile:
             profile.begin(t)
         limit = max(1, min(cfg.max_draft_len, max_new_tokens - len(s.new)))
-        chain = draft_chain(acc, cfg, planner, current, limit, calibrate) if layers else 0  # draft with the skip set
+        if layers:
+            chain = draft_chain(acc, cfg, planner, current, limit, calibrate)  # draft with the skip set
+        else:  # prompt lookup alone: the continuation is the chain (its nodes then reduce like plain decoding)
+            chain = acc.drafter.propose(context[:limit])
+            context = []
         t1 = time.perf_counter()
         if profile:
             profile.drafted(t1)
@@ -326,7 +330,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         engine.length += n_new
         n_new = s.append(report[4:4 + n_new], one_step=True)  # may stop short at EOS or the budget
         accepted = n_new - 1  # as the metrics count it: the step's last token is its bonus
-        sources["draft"] += min(a, accepted) + min(leaf, max(0, accepted - a))
+        sources["draft" if layers else "context"] += min(a, accepted) + min(leaf, max(0, accepted - a))
         sources["context"] += min(nb, max(0, accepted - a))
         if layers:
             planner.observe(C, a)
