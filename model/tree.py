@@ -79,22 +79,6 @@ def build_tree(branches: tuple[int, ...]) -> TokenTree:
     return TokenTree(tuple(branches), tuple(parents), tuple(depth), tuple(src), tuple(tuple(c) for c in children))
 
 
-@lru_cache(maxsize=512)
-def tree_tensors(tree: TokenTree, top_k: int, device: str):
-    """Device tensors for one tree shape, padded to the verification bucket: intra mask [Nb, Nb] (pads see only
-    themselves), depth [Nb], token gather index [Nb] into (root|top-k table), parents of nodes 1..n-1 [n-1]."""
-    n, nb = tree.size, padded_size(tree.size)
-    mask = torch.eye(nb, dtype=torch.bool)
-    mask[:n, :n] = tree.ancestor_mask()
-    depth = torch.zeros(nb, dtype=torch.long)
-    depth[:n] = torch.tensor(tree.depth)
-    # index into cat([root], topk_ids.flatten()): 0 = root, 1 + d*top_k + r = draft table entry; pads -> root
-    gather = torch.zeros(nb, dtype=torch.long)
-    gather[1:n] = torch.tensor([1 + d * top_k + r for d, r in tree.src])
-    parents = torch.tensor(tree.parents[1:], dtype=torch.long)
-    return mask.to(device), depth.to(device), gather.to(device), parents.to(device)
-
-
 @dataclass
 class DeviceTreeTensors:
     """One cycle's tree on the device. Nodes: 0 the root, 1..C the draft chain, then the alternatives depth by depth,

@@ -44,11 +44,6 @@ def tiny_engine(arch="llama", seed=0, scale=1.0, max_seq_len=512, **kw):
     return Engine(model, max_seq_len), hf
 
 
-def causal_mask(T: int, S: int, start: int = 0) -> torch.Tensor:
-    pos = torch.arange(start, start + T)
-    return torch.arange(S)[None, :] <= pos[:, None]
-
-
 @torch.inference_mode()
 def full_logits(model, ids: torch.Tensor, skip=None, gates=None, S: int | None = None) -> torch.Tensor:
     """Logits [T, V] of every position of `ids` in one causal pass through the PyTorch ops (a fresh cache of S

@@ -191,3 +191,30 @@ def test_engine_refuses_disagreeing_kernels(monkeypatch):
     with pytest.warns(RuntimeWarning, match="disagree"):
         eng = Engine(model, 256, Backends(kernels="auto"))
     assert eng.ops.name == "torch" and eng.backends.kernels == "torch" and "disagree" in eng.kernel_note
+
+
+def test_device_tree_follows_the_host_tree_rule():
+    """The device-built tree (model/tree.py DeviceTree) has the nodes, tokens and depths of the host rule
+    (branch_counts + build_tree) for random confidences and chain lengths, and a context branch off the chain node
+    where it parts from the chain."""
+    from model.swift.config import DEFAULT_TREE_RULE
+    from model.tree import DeviceTree, branch_counts, build_tree
+    g = torch.Generator().manual_seed(0)
+    D, K, n = 6, 8, 32
+    dt = DeviceTree(DEFAULT_TREE_RULE, n, n, "cpu")
+    for trial in range(20):
+        table = torch.randperm(90, generator=g)[:D * K].view(D, K) + 5
+        top1 = torch.rand(D, generator=g)
+        C = int(torch.randint(1, D + 1, (1,), generator=g))
+        t = dt.build(table, top1, torch.tensor([C]), torch.zeros(4, dtype=torch.long), torch.tensor([0]),
+                     torch.tensor([3]))
+        tree = build_tree(branch_counts(top1[:C].tolist(), DEFAULT_TREE_RULE, n))
+        want_tok = [3] + [int(table[d, r]) for d, r in tree.src]
+        assert t.tokens[:tree.size].tolist() == want_tok and t.depth[:tree.size].tolist() == list(tree.depth)
+        assert (t.tokens[tree.size:] == 3).all() and (t.depth[tree.size:] == 0).all()  # pads
+    # a context branch sharing the chain's first two tokens hangs off chain node 2
+    ctx = torch.tensor([int(table[0, 0]), int(table[1, 0]), 77, 78])
+    t = dt.build(table, torch.ones(D), torch.tensor([4]), ctx, torch.tensor([4]), torch.tensor([3]))
+    assert int(t.at) == 2 and int(t.blen) == 2
+    assert t.tokens[t.bnode[:2]].tolist() == [77, 78] and t.depth[t.bnode[:2]].tolist() == [3, 4]
+    assert t.prefix[t.bnode[:2]].tolist() == [3, 3] and t.run_lo[t.bnode[0]] == t.bnode[0]
