@@ -78,6 +78,23 @@ def _nodes(graph: int) -> list[int]:
     return [arr[i] for i in range(n.value)]
 
 
+def gpu_ms(fn: Callable, reps: int = 5, before: Callable | None = None) -> float:
+    """GPU milliseconds per call of `fn` (CUDA events around `reps` calls, after one untimed call); `before` runs
+    ahead of every call (e.g. putting the engine's cursor back), inside the timed region."""
+    if before:
+        before()
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        if before:
+            before()
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 class Graph:
     """A captured graph, its output, and (when tracked) the nodes of each marked region."""
 

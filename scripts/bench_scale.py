@@ -22,7 +22,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,6 +32,7 @@ from model.backends import Backends  # noqa: E402
 from model.config import LLAMA2_7B_SHAPE, LLAMA2_13B_SHAPE, ModelArgs  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.generate import cache_capacity, vanilla_generate  # noqa: E402
+from model.graphs import gpu_ms  # noqa: E402
 from model.llama import LayerSkip  # noqa: E402
 from model.loading import build_model  # noqa: E402
 from model.sampling import SamplingConfig  # noqa: E402
@@ -86,16 +86,8 @@ def verify_costs(engine: Engine, sizes=(8, 16, 32, 64)) -> dict:
         acc = Accelerator(engine, cfg)
         acc.warm_up(SamplingConfig())
         at = cfg.context_window + 1
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        acc._at(at)
-        acc.verifier.verify(cfg.max_draft_len, SamplingConfig())
-        start.record()
-        for _ in range(5):
-            acc._at(at)
-            acc.verifier.verify(cfg.max_draft_len, SamplingConfig())
-        end.record()
-        end.synchronize()
-        out[size] = round(start.elapsed_time(end) / 5, 3)
+        out[size] = round(gpu_ms(lambda: acc.verifier.verify(cfg.max_draft_len, SamplingConfig()),
+                                 before=lambda: acc._at(at)), 3)
     engine.length = 0
     return out
 

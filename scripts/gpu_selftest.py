@@ -119,14 +119,7 @@ def gemm_checks(shape: str, args: ModelArgs) -> None:
 def graph_time(fns, reps=20) -> float:
     """GPU ms per call of a graph replaying `fns` in a row."""
     g = graphs.capture(lambda: [f() for f in fns])
-    g.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        g.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / (reps * len(fns))
+    return graphs.gpu_ms(g.replay, reps) / len(fns)
 
 
 def gemm_tuning(shape: str, args: ModelArgs) -> None:
@@ -243,14 +236,7 @@ def engine_checks(shape: str, args: ModelArgs, n_new: int, compare_torch: bool) 
 
 
 def _time(fn, reps=20) -> float:
-    fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps
+    return graphs.gpu_ms(fn, reps)
 
 
 def main() -> int:

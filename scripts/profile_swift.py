@@ -21,7 +21,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,15 +54,7 @@ def tree_overhead_ms(engine: Engine, acc, reps: int = 10) -> dict:
     g = graphs.capture(lambda: engine.logits(engine.forward(Pass(tokens, engine.ext(slot, slot, slot, slot)))))
 
     def ms(fn):
-        fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            acc._at(at)
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / reps
+        return graphs.gpu_ms(fn, reps, before=lambda: acc._at(at))
 
     verify = ms(lambda: acc.verifier.verify(acc.cfg.max_draft_len, SamplingConfig()))
     model_pass = ms(g.replay)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model.engine import Engine
+from model.graphs import gpu_ms
 from model.generate import GenerationResult, check_lengths, sync
 from model.llama import LayerSkip
 from model.sampling import SamplingConfig
@@ -123,16 +124,7 @@ class Accelerator:
         e, dr, L = self.engine, self.drafter, self.engine.args.n_layers
 
         def ms(fn) -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self._at(at)
-            fn()
-            start.record()
-            for _ in range(reps):
-                self._at(at)
-                fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / reps
+            return gpu_ms(fn, reps, before=lambda: self._at(at))
 
         k = max(dr.chunks())
         full = ms(lambda: e.decode(8, sampling)) / 8

@@ -264,7 +264,7 @@ def score_candidates(engine, cands: list[LayerSkip], gamma: int) -> list[float]:
     followed. All candidates run in one forward (one graph per candidate count): candidate c is block c of the input,
     written to scratch slots R + c*gamma.., its skip set applied by per-token gates; each block sees the committed
     prefix before the window plus itself causally."""
-    n, nl, dev = len(cands), engine.args.n_layers, engine.device
+    n, nl = len(cands), engine.args.n_layers
     keep = torch.ones(2, nl, n, gamma, dtype=torch.bool)
     for c, sk in enumerate(cands):
         keep[0, list(sk.attn), c] = False
