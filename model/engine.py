@@ -192,6 +192,20 @@ class Engine:
         return max(c for c in DECODE_CHUNKS if c <= max(1, remaining))
 
     @torch.inference_mode()
+    def warm_up_prefill(self, prompts) -> int:
+        """Prefill each distinct prompt length of `prompts` once, untimed: the prefill runs eager PyTorch ops, whose
+        libraries do lazy work per new input shape (tens of ms on an H200), and that work must not land in the timed
+        answers of whichever method meets a length first. Leaves the stream empty; returns the lengths warmed."""
+        lengths = {}
+        for ids in prompts:
+            lengths.setdefault(len(ids), ids)
+        for ids in lengths.values():
+            self.start(ids)
+        self.length = 0
+        self.cursor.zero_()
+        return len(lengths)
+
+    @torch.inference_mode()
     def warm_up_decode(self, sampling: SamplingConfig = SamplingConfig()) -> None:
         """Capture every plain-decoding graph now (each chunk size; for the PyTorch path each KV-length bucket), so
         that no capture lands inside a timed generation. Runs on scratch positions and leaves the stream empty."""

@@ -113,8 +113,8 @@ class TritonOps:
     def mlp(self, block, x, gate=None):
         from model.kernels.gemm import gemm
         f, n = block.feed_forward, block.ffn_norm
-        gu = gemm(x, f.w13.weight, bias=f.w13.bias, norm=n.weight, eps=n.eps)
-        gemm(gu, f.w2.weight, bias=f.w2.bias, glu=True, residual=x, keep=gate)
+        act = gemm(x, f.w13.weight, bias=f.w13.bias, norm=n.weight, eps=n.eps, glu=True)
+        gemm(act, f.w2.weight, bias=f.w2.bias, residual=x, keep=gate)
         return x
 
     def head(self, x, norm_w, eps: float, w, b=None) -> torch.Tensor:

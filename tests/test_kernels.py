@@ -13,7 +13,7 @@ from model import kernels
 from model.backends import Backends
 from model.engine import Engine
 from model.kernels.attention import Extents, attention, reference_mask
-from model.kernels.gemm import gemm
+from model.kernels.gemm import Config, gemm
 from model.kernels.rope import rope_write
 from model.ops import apply_rope
 from tests.helpers import hf_config, hf_model, ours_from_hf
@@ -31,54 +31,57 @@ def _close(got, ref, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("split", [1, 3])
 @pytest.mark.parametrize("n,k", [(40, 96), (37, 50), (16, 130)])
-def test_gemm_matches_pytorch(n, k, dtype):
-    """Plain, with bias, with the RMSNorm prologue, and the SiLU-gated product adding into a gated residual;
-    shapes that are not multiples of the blocks (masked tails)."""
+def test_gemm_matches_pytorch(n, k, split, dtype):
+    """Plain, with bias, with the RMSNorm prologue, the SiLU-gated gate/up product, and a product adding into a
+    gated residual; shapes that are not multiples of the blocks (masked tails); one K range or three."""
+    cfg = Config(16, 32, 1, 1, split=split)
     g = torch.Generator().manual_seed(n * k)
     M = 5
     x = torch.randn(M, k, generator=g).to(dtype)
     w = (torch.randn(n, k, generator=g) / 8).to(dtype)
     b = torch.randn(n, generator=g).to(dtype)
-    _close(gemm(x, w, bias=b), F.linear(x.float(), w.float(), b.float()), dtype)
+    _close(gemm(x, w, bias=b, cfg=cfg), F.linear(x.float(), w.float(), b.float()), dtype)
     nw = torch.randn(k, generator=g).to(dtype)
     xn = (F.rms_norm(x.float(), (k,), eps=1e-5).to(dtype).float() * nw.float()).to(dtype)
-    _close(gemm(x, w, norm=nw, eps=1e-5), F.linear(xn.float(), w.float()), dtype)
-    gu = torch.randn(M, 2 * k, generator=g).to(dtype)
+    _close(gemm(x, w, norm=nw, eps=1e-5, cfg=cfg), F.linear(xn.float(), w.float()), dtype)
+    w2 = (torch.randn(2 * n, k, generator=g) / 8).to(dtype)
+    b2 = torch.randn(2 * n, generator=g).to(dtype)
+    gate, up = F.linear(xn.float(), w2.float(), b2.float()).to(dtype).float().chunk(2, dim=1)
+    _close(gemm(x, w2, bias=b2, norm=nw, eps=1e-5, glu=True, cfg=cfg), F.silu(gate).to(dtype).float() * up, dtype)
     r = torch.randn(M, n, generator=g).to(dtype)
     keep = torch.tensor([True, False, True, True, False])
-    want = r.float() + F.linear((F.silu(gu[:, :k].float()) * gu[:, k:].float()).to(dtype).float(), w.float())
-    want = torch.where(keep[:, None], want, r.float())
+    want = torch.where(keep[:, None], r.float() + F.linear(x.float(), w.float()), r.float())
     r0 = r.clone()
-    assert gemm(gu, w, glu=True, residual=r, keep=keep) is None
+    assert gemm(x, w, residual=r, keep=keep, cfg=cfg) is None
     _close(r, want, dtype)
     assert torch.equal(r[~keep], r0[~keep])  # gated-off rows keep their residual exactly
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("variant", ["plain", "norm", "glu-residual"])
+@pytest.mark.parametrize("variant", ["plain", "norm-glu", "residual-split"])
 def test_gemm_rows_are_bit_identical_whatever_the_batch(variant, dtype):
     """A row's result for M = 1 equals its result among 1..64 other rows, with other neighbours, bit for bit."""
     g = torch.Generator().manual_seed(7)
     n, k = 48, 64
-    w = (torch.randn(n, k, generator=g) / 8).to(dtype)
+    w = (torch.randn(2 * n if variant == "norm-glu" else n, k, generator=g) / 8).to(dtype)
     nw = torch.randn(k, generator=g).to(dtype)
-    width = 2 * k if variant == "glu-residual" else k
-    row = torch.randn(1, width, generator=g).to(dtype)
+    row = torch.randn(1, k, generator=g).to(dtype)
     resid = torch.randn(1, n, generator=g).to(dtype)
 
     def run(x, r):
         if variant == "plain":
             return gemm(x, w)
-        if variant == "norm":
-            return gemm(x, w, norm=nw, eps=1e-6)
-        gemm(x, w, glu=True, residual=r)
+        if variant == "norm-glu":
+            return gemm(x, w, norm=nw, eps=1e-6, glu=True)
+        gemm(x, w, residual=r, cfg=Config(16, 32, 1, 1, split=2))
         return r
 
     alone = run(row.clone(), resid.clone())
     for M in (2, 7, 16, 17, 33, 64):
         for at in (0, M // 2, M - 1):
-            x = torch.randn(M, width, generator=g).to(dtype)
+            x = torch.randn(M, k, generator=g).to(dtype)
             x[at] = row[0]
             r = torch.randn(M, n, generator=g).to(dtype)
             r[at] = resid[0]
@@ -218,3 +221,21 @@ def test_device_tree_follows_the_host_tree_rule():
     assert int(t.at) == 2 and int(t.blen) == 2
     assert t.tokens[t.bnode[:2]].tolist() == [77, 78] and t.depth[t.bnode[:2]].tolist() == [3, 4]
     assert t.prefix[t.bnode[:2]].tolist() == [3, 3] and t.run_lo[t.bnode[0]] == t.bnode[0]
+
+
+def test_tuned_block_shapes_come_from_the_file_then_the_table(tmp_path, monkeypatch):
+    """SWIFT_GEMM_TUNED (the tuned.json of scripts/gpu_selftest.py --tune) wins over TUNED, which wins over the
+    heuristic; a block shape keyed by (N, K) only."""
+    from model.kernels import gemm as G
+    path = tmp_path / "tuned.json"
+    path.write_text('{"96,64": [32, 64, 4, 4, 2]}')
+    monkeypatch.setenv("SWIFT_GEMM_TUNED", str(path))
+    monkeypatch.setattr(G, "_FROM_FILE", None)
+    monkeypatch.setitem(G.TUNED, (96, 64), Config(16, 128))
+    monkeypatch.setitem(G.TUNED, (48, 64), Config(64, 64))
+    assert G.config(96, 64) == Config(32, 64, 4, 4, split=2)
+    assert G.config(48, 64) == Config(64, 64)
+    assert G.config(40, 96) == G.heuristic(40, 96)
+    monkeypatch.setattr(G, "_FROM_FILE", None)
+    with pytest.raises(ValueError):
+        Config(8, 64)

@@ -118,6 +118,26 @@ def test_decode_warm_up_leaves_generation_unchanged():
     assert vanilla_generate(eng, prompt, 40).tokens == before
 
 
+def test_prefill_warm_up_runs_each_prompt_length_once_and_changes_nothing():
+    """warm_up_prefill prefills one prompt per distinct length (the lazy per-shape work of the eager prefill
+    happens before timing, whichever method runs first) and leaves generation unchanged."""
+    hf = hf_model(hf_config("llama"), seed=3, scale=4.0)
+    model, _ = ours_from_hf(hf)
+    eng = Engine(model, 256)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (12, 20, 12, 7, 20)]
+    before = vanilla_generate(eng, prompts[1], 24).tokens
+    starts = []
+    real = eng.start
+    eng.start = lambda ids, *a, **k: starts.append(len(ids)) or real(ids, *a, **k)
+    try:
+        assert eng.warm_up_prefill(prompts) == 3
+    finally:
+        eng.start = real
+    assert sorted(starts) == [7, 12, 20] and eng.length == 0 and int(eng.cursor) == 0
+    assert vanilla_generate(eng, prompts[1], 24).tokens == before
+
+
 def test_tree_logits_equal_sequential_branches():
     hf = hf_model(hf_config("llama"), seed=4)
     model, _ = ours_from_hf(hf)

@@ -215,3 +215,16 @@ def test_a_cpu_report_says_what_to_expect_there():
     assert "not expected to be faster" in to_markdown(cpu)
     gpu = compare(recs("swift", "cuda", 0.5), recs("vanilla", "cuda", 1.0))
     assert "not expected to be faster" not in to_markdown(gpu)
+
+
+def test_answer_cost_fit_separates_fixed_and_per_token_cost():
+    """scripts/answer_costs.py: wall = a + b * tokens recovered exactly; equal lengths give (0, mean per token)."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("answer_costs",
+                                                  Path(__file__).resolve().parents[1] / "scripts/answer_costs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a, b = mod.fit([(t, 40.0 + 0.9 * t) for t in (50, 200, 512)])
+    assert abs(a - 40.0) < 1e-9 and abs(b - 0.9) < 1e-12
+    assert mod.fit([(512, 460.8), (512, 460.8)]) == (0.0, 0.9)

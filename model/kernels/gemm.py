@@ -2,28 +2,34 @@
 
     y = epilogue(prologue(x) @ w.T)       x [M, K] (M = 1 .. a few hundred), w [N, K]
 
-prologue: none | RMSNorm(x) * norm_w (`norm=`) | SiLU(gate) * up of x = [gate | up] (`glu=True`)
-epilogue: + bias | residual += y in place, optionally only for rows whose `keep` flag is set (`residual=`, `keep=`)
+prologue: none | RMSNorm(x) * norm_w (`norm=`)
+epilogue: + bias | SiLU(gate) * up of the two halves of w = [w_gate; w_up] (`glu=True`, y is [M, N/2]) |
+          residual += y in place, optionally only for rows whose `keep` flag is set (`residual=`, `keep=`)
 
 Why one kernel for decoding and verification alike: a decode step multiplies one row, a tree verification 8..64
 rows. cuBLAS picks a different algorithm (GEMV, split-K GEMM, tensor-core tiles) per row count, so the same token
 gets different rounding in the two passes, and bf16 greedy outputs of SWIFT and vanilla decoding part after a
-near-tie. Here every row is computed by the same instructions in the same order:
+near-tie. Here every row is computed by the same instructions in the same order, and everything that shapes that
+order -- the `Config` -- is chosen from the weight shape (N, K) alone, never from M:
 
-* rows come in blocks of 16, each multiplied by its own `tl.dot` of shape [16, BLOCK_K] x [BLOCK_K, BLOCK_N] (the
-  tensor-core instruction and its accumulation order along K never change); a program holds 1, 2 or 4 such blocks
-  (MB) so that the weights are read once for up to 64 rows, but the blocks never share a dot;
-* the block shape (BLOCK_N, BLOCK_K, warps, stages) depends on the weight shape only (`config`), never on M;
-* K is walked in one sequential loop: no split-K, no atomics;
+* a program multiplies one block of 16 rows by its own `tl.dot` of shape [16, BLOCK_K] x [BLOCK_K, BLOCK_N]: the
+  tensor-core instruction and its accumulation order along K never change. The row blocks of one weight tile are
+  neighbours in the launch order, so the tile is read from memory once and from L2 by the other blocks;
+* `split`: K is cut into `split` fixed ranges (from K and BLOCK_K only); each range's partial sum goes to a float32
+  workspace, and the last program of a tile to arrive (an atomic counter) adds the partials in range order
+  0, 1, .., split-1 and applies the epilogue. More programs for a long K, the same bits for every M;
 * the RMSNorm's sum of squares is computed per row, in the same BLOCK_K slices, by every program that needs it.
 
-Memory traffic is the weights, once per call, which is what bounds decoding; the 15 idle rows of a one-row call cost
-tensor-core cycles that a memory-bound product has to spare.
+The SiLU gating is an epilogue of the gate/up product, not a prologue of the down product: a prologue is recomputed
+by every program of the down product at every K step, in the loop that should only stream weights, and it made that
+product several times slower than cuBLAS (outputs/reference/h200-selftest).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +37,7 @@ import torch
 from model.kernels import interpreting, tl, triton
 
 ROWS = 16  # rows per tensor-core block: fixed, so a row's arithmetic never depends on the call's row count
+LOCKS = 1 << 18  # arrival counters of split products: (row blocks x column tiles) of one call at most
 
 
 @dataclass(frozen=True)
@@ -39,22 +46,73 @@ class Config:
     block_k: int
     num_warps: int = 4
     num_stages: int = 3
+    split: int = 1  # fixed K ranges, reduced in order by the last program of a tile
+
+    def __post_init__(self):
+        if self.block_n < 16 or self.block_k < 16:
+            raise ValueError("tensor-core blocks need block_n, block_k >= 16")
+        if self.split < 1:
+            raise ValueError("split must be >= 1")
+
+    @property
+    def name(self) -> str:
+        return f"{self.block_n}x{self.block_k}w{self.num_warps}s{self.num_stages}k{self.split}"
 
 
-# Block shapes per (N, K) measured on an H200 (scripts/tune_kernels.py); other shapes use `heuristic`.
-TUNED: dict[tuple[int, int], Config] = {}
+# Block shapes per (N, K) measured on an H200 (scripts/gpu_selftest.py --tune, M = 1/16/32); others: `heuristic`.
+TUNED: dict[tuple[int, int], Config] = {  # SmolLM2-135M and LLaMA-2-7B shapes (outputs/reference/h200-selftest-tuned)
+    (960, 576): Config(16, 256, 4, 3, 1),
+    (576, 576): Config(16, 128, 4, 3, 1),
+    (3072, 576): Config(32, 64, 4, 4, 1),
+    (576, 1536): Config(16, 256, 4, 3, 8),
+    (49152, 576): Config(64, 64, 4, 3, 1),
+    (12288, 4096): Config(32, 64, 4, 4, 1),
+    (4096, 4096): Config(32, 64, 4, 4, 4),
+    (22016, 4096): Config(32, 64, 4, 4, 1),
+    (4096, 11008): Config(32, 64, 4, 4, 4),
+    (32000, 4096): Config(64, 64, 4, 3, 1),
+}
 
 
 def heuristic(n: int, k: int) -> Config:
     """A block shape for an (N, K) weight that keeps enough programs in flight for a memory-bound product."""
     if interpreting():
         return Config(16, 32, 1, 1)
-    block_n = 16 if n <= 8192 else 32  # shared memory: 3 stages of 4 x-blocks + the weight tile stay < 150 KB
-    return Config(block_n, min(256, max(64, triton.next_power_of_2(k))), 4, 3)
+    return Config(32 if n >= 2048 else 16, 64, 4, 4, split=4 if k >= 4 * n and k >= 2048 else 1)
+
+
+def _tuned_file() -> dict[tuple[int, int], Config]:
+    """Block shapes from a tuning run on this GPU (SWIFT_GEMM_TUNED=path to scripts/gpu_selftest.py's tuned.json)."""
+    path = os.environ.get("SWIFT_GEMM_TUNED")
+    if not path:
+        return {}
+    with open(path) as f:
+        return {tuple(int(v) for v in key.split(",")): Config(*fields) for key, fields in json.load(f).items()}
 
 
 def config(n: int, k: int) -> Config:
-    return TUNED.get((n, k)) or heuristic(n, k)
+    """The block shape of an (N, K) weight: a tuned file, then TUNED, then `heuristic`. Never depends on M."""
+    global _FROM_FILE
+    if _FROM_FILE is None:
+        _FROM_FILE = _tuned_file()
+    return _FROM_FILE.get((n, k)) or TUNED.get((n, k)) or heuristic(n, k)
+
+
+_FROM_FILE: dict | None = None
+
+
+_locks: dict[torch.device, torch.Tensor] = {}
+
+
+def _lock_buffer(device: torch.device) -> torch.Tensor:
+    """Zeroed arrival counters, one buffer per device; every split call leaves them zero again."""
+    buf = _locks.get(device)
+    if buf is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("split products need their counters allocated before a CUDA-graph capture: "
+                               "run the pass once eagerly first (model.graphs.capture does)")
+        buf = _locks[device] = torch.zeros(LOCKS, dtype=torch.int32, device=device)
+    return buf
 
 
 if triton is not None:
@@ -70,36 +128,69 @@ if triton is not None:
         return 1.0 / tl.sqrt(ss / K + eps)
 
     @triton.jit
-    def _x_tile(X, NW, rows, rk, rstd, M, K, stride_xm, NORM: tl.constexpr, GLU: tl.constexpr):
+    def _x_tile(X, NW, rows, rk, rstd, M, K, stride_xm, NORM: tl.constexpr):
         """The prologue-applied input tile [16, BLOCK_K], rounded to the input dtype as eager PyTorch would."""
-        m = (rows < M)[:, None] & (rk < K)[None, :]
-        ptr = X + rows[:, None] * stride_xm + rk[None, :]
-        if GLU:  # x = [gate | up]: silu(gate) * up
-            g = tl.load(ptr, mask=m, other=0.0)
-            u = tl.load(ptr + K, mask=m, other=0.0)
-            gf = g.to(tl.float32)
-            a = (gf * tl.sigmoid(gf)).to(u.dtype)
-            x = (a.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
-        else:
-            x = tl.load(ptr, mask=m, other=0.0)
-            if NORM:
-                nw = tl.load(NW + rk, mask=rk < K, other=0.0)
-                xn = (x.to(tl.float32) * rstd[:, None]).to(nw.dtype)
-                x = (xn.to(tl.float32) * nw.to(tl.float32)[None, :]).to(nw.dtype)
+        x = tl.load(X + rows[:, None] * stride_xm + rk[None, :], mask=(rows < M)[:, None] & (rk < K)[None, :],
+                    other=0.0)
+        if NORM:
+            nw = tl.load(NW + rk, mask=rk < K, other=0.0)
+            xn = (x.to(tl.float32) * rstd[:, None]).to(nw.dtype)
+            x = (xn.to(tl.float32) * nw.to(tl.float32)[None, :]).to(nw.dtype)
         return x
+
+    @triton.jit
+    def _w_tile(W, rn, rk, N, K, stride_wn, EVEN: tl.constexpr):
+        """The transposed weight tile [BLOCK_K, BLOCK_N] of rows `rn`."""
+        wp = W + rn[:, None] * stride_wn + rk[None, :]
+        if EVEN:
+            return tl.trans(tl.load(wp))
+        return tl.trans(tl.load(wp, mask=(rn < N)[:, None] & (rk < K)[None, :], other=0.0))
 
     @triton.jit
     def _dot(x, wt, acc, IEEE: tl.constexpr):
         if IEEE:
-            return tl.dot(x, wt, acc, input_precision="ieee")
-        return tl.dot(x, wt, acc)
+            return tl.dot(x.to(wt.dtype), wt, acc, input_precision="ieee")
+        return tl.dot(x.to(wt.dtype), wt, acc)
 
     @triton.jit
-    def _epilogue(acc, Y, B, R, KEEP, rows, rn, M, N, stride_ym, stride_rm,
-                  HAS_BIAS: tl.constexpr, RESID: tl.constexpr, GATED: tl.constexpr):
+    def _put_partial(acc, WS, pid_s, half, rows, rn, M_PAD, N, HALVES: tl.constexpr):
+        """Partial sum of K range `pid_s` (of product `half`: gate 0, up 1), into the float32 workspace
+        [split, HALVES, M_PAD, N]."""
+        tl.store(WS + ((pid_s * HALVES + half) * M_PAD + rows[:, None]) * N + rn[None, :], acc, mask=(rn < N)[None, :])
+
+    @triton.jit
+    def _sum_partials(WS, half, rows, rn, M_PAD, N, HALVES: tl.constexpr, BLOCK_N: tl.constexpr,
+                      SPLIT: tl.constexpr):
+        """The tile's partial sums added in range order 0, 1, .., SPLIT-1 (read through L2, not L1)."""
+        acc = tl.zeros([16, BLOCK_N], tl.float32)
+        for s in tl.static_range(SPLIT):
+            acc += tl.load(WS + ((s * HALVES + half) * M_PAD + rows[:, None]) * N + rn[None, :], mask=(rn < N)[None, :],
+                           other=0.0, cache_modifier=".cg")
+        return acc
+
+    @triton.jit
+    def _arrive(LOCK, tile, SPLIT: tl.constexpr):
+        """True for the last of the tile's SPLIT programs to arrive (it sets the counter back to 0)."""
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        old = tl.atomic_add(LOCK + tile, 1, sem="acq_rel")
+        last = old == SPLIT - 1
+        if last:
+            tl.atomic_xchg(LOCK + tile, 0)
+        return last
+
+    @triton.jit
+    def _epilogue(acc, up, Y, B, R, KEEP, rows, rn, M, N, stride_ym, stride_rm, HAS_BIAS: tl.constexpr,
+                  GLU: tl.constexpr, RESID: tl.constexpr, GATED: tl.constexpr):
         m = (rows < M)[:, None] & (rn < N)[None, :]
         if HAS_BIAS:
             acc += tl.load(B + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+            if GLU:
+                up += tl.load(B + N + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        if GLU:  # silu(gate) * up, each rounded to the output dtype first as the unfused product would be
+            g = acc.to(Y.dtype.element_ty).to(tl.float32)
+            u = up.to(Y.dtype.element_ty)
+            a = (g * tl.sigmoid(g)).to(u.dtype)
+            acc = a.to(tl.float32) * u.to(tl.float32)
         if RESID:  # residual += y, in place; rows whose keep flag is 0 keep their residual
             rp = R + rows[:, None] * stride_rm + rn[None, :]
             r = tl.load(rp, mask=m, other=0.0)
@@ -112,72 +203,58 @@ if triton is not None:
             tl.store(Y + rows[:, None] * stride_ym + rn[None, :], acc.to(Y.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _gemm_kernel(X, NW, W, B, R, KEEP, Y, M, N, K, eps, stride_xm, stride_wn, stride_rm, stride_ym,
-                     NORM: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr, RESID: tl.constexpr,
-                     GATED: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr, MB: tl.constexpr,
+    def _gemm_kernel(X, NW, W, B, R, KEEP, Y, WS, LOCK, M, N, K, eps, stride_xm, stride_wn, stride_rm, stride_ym,
+                     M_PAD, NORM: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr, RESID: tl.constexpr,
+                     GATED: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        pid_n = tl.program_id(0)
+        """One 16-row block x BLOCK_N output columns x one K range. N is the output width (half of w's rows when
+        GLU: the gate rows [0, N) and the up rows [N, 2N) are multiplied side by side)."""
+        pid_m = tl.program_id(0)  # the row blocks of one weight tile are neighbours: its later reads hit L2
+        pid_n = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        rows = pid_m * 16 + tl.arange(0, 16)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        r0 = tl.program_id(1) * (16 * MB) + tl.arange(0, 16)
-        r1 = r0 + 16
-        r2 = r0 + 32
-        r3 = r0 + 48
-        s0 = tl.full([16], 1.0, tl.float32)
-        s1 = s0
-        s2 = s0
-        s3 = s0
+        rstd = tl.full([16], 1.0, tl.float32)
         if NORM:
-            s0 = _row_rstd(X, r0, M, K, stride_xm, eps, BLOCK_K)
-            if MB >= 2:
-                s1 = _row_rstd(X, r1, M, K, stride_xm, eps, BLOCK_K)
-            if MB >= 4:
-                s2 = _row_rstd(X, r2, M, K, stride_xm, eps, BLOCK_K)
-                s3 = _row_rstd(X, r3, M, K, stride_xm, eps, BLOCK_K)
-        acc0 = tl.zeros([16, BLOCK_N], tl.float32)
-        acc1 = acc0
-        acc2 = acc0
-        acc3 = acc0
-        for k0 in range(0, K, BLOCK_K):
+            rstd = _row_rstd(X, rows, M, K, stride_xm, eps, BLOCK_K)
+        acc = tl.zeros([16, BLOCK_N], tl.float32)
+        up = acc
+        per = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT) * BLOCK_K  # K range pid_s: whole BLOCK_K slices
+        for k0 in range(pid_s * per, tl.minimum(K, (pid_s + 1) * per), BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
-            wp = W + rn[:, None] * stride_wn + rk[None, :]
-            if EVEN:
-                w = tl.load(wp)
-            else:
-                w = tl.load(wp, mask=(rn < N)[:, None] & (rk < K)[None, :], other=0.0)
-            wt = tl.trans(w)
-            acc0 = _dot(_x_tile(X, NW, r0, rk, s0, M, K, stride_xm, NORM, GLU).to(w.dtype), wt, acc0, IEEE)
-            if MB >= 2:
-                acc1 = _dot(_x_tile(X, NW, r1, rk, s1, M, K, stride_xm, NORM, GLU).to(w.dtype), wt, acc1, IEEE)
-            if MB >= 4:
-                acc2 = _dot(_x_tile(X, NW, r2, rk, s2, M, K, stride_xm, NORM, GLU).to(w.dtype), wt, acc2, IEEE)
-                acc3 = _dot(_x_tile(X, NW, r3, rk, s3, M, K, stride_xm, NORM, GLU).to(w.dtype), wt, acc3, IEEE)
-        _epilogue(acc0, Y, B, R, KEEP, r0, rn, M, N, stride_ym, stride_rm, HAS_BIAS, RESID, GATED)
-        if MB >= 2:
-            _epilogue(acc1, Y, B, R, KEEP, r1, rn, M, N, stride_ym, stride_rm, HAS_BIAS, RESID, GATED)
-        if MB >= 4:
-            _epilogue(acc2, Y, B, R, KEEP, r2, rn, M, N, stride_ym, stride_rm, HAS_BIAS, RESID, GATED)
-            _epilogue(acc3, Y, B, R, KEEP, r3, rn, M, N, stride_ym, stride_rm, HAS_BIAS, RESID, GATED)
-
-
-def row_blocks(m: int) -> int:
-    """16-row blocks per program: the weights are read once for up to 64 rows."""
-    return 1 if m <= ROWS else (2 if m <= 2 * ROWS else 4)
+            x = _x_tile(X, NW, rows, rk, rstd, M, K, stride_xm, NORM)
+            acc = _dot(x, _w_tile(W, rn, rk, N, K, stride_wn, EVEN), acc, IEEE)
+            if GLU:
+                up = _dot(x, _w_tile(W + N * stride_wn, rn, rk, N, K, stride_wn, EVEN), up, IEEE)
+        last = True
+        if SPLIT > 1:
+            _put_partial(acc, WS, pid_s, 0, rows, rn, M_PAD, N, 1 + GLU)
+            if GLU:
+                _put_partial(up, WS, pid_s, 1, rows, rn, M_PAD, N, 1 + GLU)
+            last = _arrive(LOCK, pid_n * tl.num_programs(0) + pid_m, SPLIT)
+        if last:
+            if SPLIT > 1:
+                acc = _sum_partials(WS, 0, rows, rn, M_PAD, N, 1 + GLU, BLOCK_N, SPLIT)
+                if GLU:
+                    up = _sum_partials(WS, 1, rows, rn, M_PAD, N, 1 + GLU, BLOCK_N, SPLIT)
+            _epilogue(acc, up, Y, B, R, KEEP, rows, rn, M, N, stride_ym, stride_rm, HAS_BIAS, GLU, RESID, GATED)
 
 
 def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, norm: torch.Tensor | None = None,
          eps: float = 1e-6, glu: bool = False, residual: torch.Tensor | None = None, keep: torch.Tensor | None = None,
          out_dtype: torch.dtype | None = None, cfg: Config | None = None) -> torch.Tensor | None:
-    """prologue(x) @ w.T + bias, for x [M, K] (or [M, 2K] with `glu`), w [N, K] (K contiguous).
+    """epilogue(prologue(x) @ w.T + bias), for x [M, K], w [N, K] (K contiguous).
 
-    `norm`: RMSNorm weight [K] applied to x first (eps); `glu`: x holds [gate | up], the product's input is
-    SiLU(gate) * up. With `residual` [M, N] the result is added to it in place (rows with `keep` [M] == 0 keep their
-    value) and nothing is returned; else a new [M, N] tensor of `out_dtype` (default x's dtype) is returned."""
-    M = x.shape[0]
-    N, K = w.shape
+    `norm`: RMSNorm weight [K] applied to x first (eps). `glu`: w holds [w_gate; w_up] (2H rows) and the result is
+    SiLU(x @ w_gate.T) * (x @ w_up.T), [M, H]. With `residual` [M, N] the result is added to it in place (rows with
+    `keep` [M] == 0 keep their value) and nothing is returned; else a new [M, N] tensor of `out_dtype` (default x's
+    dtype) is returned. `cfg` overrides the weight shape's block shape (tuning only: it must not vary with M)."""
+    M, K = x.shape
     assert x.stride(-1) == 1 and w.stride(1) == 1, "rows must be contiguous"
-    assert x.shape[1] == (2 * K if glu else K), (x.shape, w.shape, glu)
-    cfg = cfg or config(N, K)
-    mb = row_blocks(M)
+    assert w.shape[1] == K, (x.shape, w.shape)
+    cfg = cfg or config(*w.shape)
+    N = w.shape[0] // 2 if glu else w.shape[0]
+    assert not glu or w.shape[0] == 2 * N, "glu needs an even number of weight rows"
     if residual is None:
         y = torch.empty(M, N, dtype=out_dtype or x.dtype, device=x.device)
         stride_ym, r, stride_rm = y.stride(0), y, 0
@@ -185,13 +262,19 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         assert residual.shape == (M, N) and residual.stride(-1) == 1
         y, stride_ym, r, stride_rm = residual, 0, residual, residual.stride(0)
     even = N % cfg.block_n == 0 and K % cfg.block_k == 0
-    grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, ROWS * mb))
+    grid = (triton.cdiv(M, ROWS), triton.cdiv(N, cfg.block_n), cfg.split)
+    m_pad = grid[0] * ROWS
+    ws = lock = w
+    if cfg.split > 1:
+        lock = _lock_buffer(x.device)
+        assert grid[0] * grid[1] <= LOCKS, "more tiles than arrival counters"
+        ws = torch.empty(cfg.split, 2 if glu else 1, m_pad, N, dtype=torch.float32, device=x.device)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _gemm_kernel[grid](x, norm if norm is not None else w, w, bias if bias is not None else w, r,
-                           keep if keep is not None else x, y, M, N, K, float(eps), x.stride(0), w.stride(0),
-                           stride_rm, stride_ym,
+                           keep if keep is not None else x, y, ws, lock, M, N, K, float(eps), x.stride(0),
+                           w.stride(0), stride_rm, stride_ym, m_pad,
                            NORM=norm is not None, GLU=glu, HAS_BIAS=bias is not None, RESID=residual is not None,
-                           GATED=keep is not None, IEEE=w.dtype == torch.float32, EVEN=even, MB=mb,
+                           GATED=keep is not None, IEEE=w.dtype == torch.float32, EVEN=even, SPLIT=cfg.split,
                            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
                            num_stages=1 if w.dtype == torch.float32 else cfg.num_stages)  # fp32 tiles: no room
     return None if residual is not None else y
