@@ -336,6 +336,7 @@ class Bench:
             try:
                 variant["setup"]()
                 variant["warm_up"]([prompts[w % len(prompts)][2] for w in range(a.warmup)], max_new)
+                variant.get("prefill", lambda ids: None)([ids for _, _, ids in prompts])  # our engine: every length
                 for k, (index, qid, ids) in enumerate(prompts):
                     variant["start"](k == 0)
                     torch.manual_seed(instance_seed(a.seed, index))
@@ -375,7 +376,7 @@ class Bench:
                 for r in rows:
                     r["search_after_task"] = sm
         return dict(desc=desc, gen=gen, warm_up=lambda prompts, n: m.warm_up(self.engine, prompts, n),
-                    start=m.start_instance, finish=finish, setup=lambda: None)
+                    prefill=self.engine.warm_up_prefill, start=m.start_instance, finish=finish, setup=lambda: None)
 
     def _runner(self, method: str, task: str, max_new: int, state: dict):
         """(settings to try, best first; note when there is none). A setting is dict(desc, setup, warm_up, start,

@@ -90,6 +90,7 @@ def main() -> int:
     swift_generate(engine, first, 32, eos_ids=eos, cfg=cfg, search=LayerSearch(margs.n_layers, cfg))
     engine.warm_up_decode()
     acc.warm_up(SamplingConfig())
+    engine.warm_up_prefill([ids for task_prompts in prompts.values() for ids in task_prompts])
     static = tree_overhead_ms(engine, acc)
     env = dict(gpu=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", torch=torch.__version__,
                model=a.model_path, backends=engine.backends.to_dict(), tracked_draft_graph=acc.drafter.tracked,
