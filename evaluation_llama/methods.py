@@ -4,7 +4,7 @@ The runner (`evaluation_llama/runner.py`), the suite (`scripts/run_suite.py`) an
 benchmark (`scripts/bench_peers.py`) drive every method alike:
 
     method = Swift(config, run)             # config from Swift.build_config(args); run: TaskRun
-    method.warm_up(engine, prompts, n)      # untimed; binds the engine
+    method.warm_up(engine, prompts, n, timed)  # untimed; binds the engine
     for each instance:
         method.start_instance(first)        # e.g. reset a per-instance search
         torch.manual_seed(instance_seed(seed, index))
@@ -111,15 +111,18 @@ class Method:
         self.run = run
         self.engine = None
 
-    def warm_up(self, engine, prompts: Sequence[list[int]], max_new_tokens: int) -> None:
+    def warm_up(self, engine, prompts: Sequence[list[int]], max_new_tokens: int,
+                timed: Sequence[list[int]] = ()) -> None:
         """Bind the engine, then run untimed generations on ``prompts`` (compilation, graph
-        capture, lazy initialisation) and capture the one-token graph of every KV-length bucket,
-        so that none of it lands inside a timed answer."""
+        capture, lazy initialisation), capture the one-token graph of every KV-length bucket and
+        prefill each prompt length of the ``timed`` prompts once, so that none of it lands inside
+        a timed answer."""
         self.engine = engine
         for ids in prompts:
             self.warm_generate(ids, min(max_new_tokens, WARMUP_MAX_NEW_TOKENS))
         engine.warm_up_decode(self.run.sampling)
         self.warm_up_graphs()
+        engine.warm_up_prefill(timed)
 
     def warm_up_graphs(self) -> None:
         """Capture the method's own graphs (beyond plain decoding's) before anything is timed."""

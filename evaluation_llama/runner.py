@@ -139,8 +139,8 @@ def _answer(s: Settings, td: TaskData, mine: list, pending: list, sink: Deferred
     lines: list[str] = []
     try:
         with guards.Interrupts() as interrupts:
-            method.warm_up(engine, [prompt_ids[pending[0][0]]] * s.warmup, s.max_new_tokens)
-            engine.warm_up_prefill([prompt_ids[index] for index, _ in pending])
+            method.warm_up(engine, [prompt_ids[pending[0][0]]] * s.warmup, s.max_new_tokens,
+                           [prompt_ids[index] for index, _ in pending])
             bar = _progress_bar(s, len(mine), len(mine) - len(pending))
             for n, (index, inst) in enumerate(pending):
                 method.start_instance(first=n == 0)

@@ -335,8 +335,8 @@ class Bench:
             rows = []
             try:
                 variant["setup"]()
-                variant["warm_up"]([prompts[w % len(prompts)][2] for w in range(a.warmup)], max_new)
-                variant.get("prefill", lambda ids: None)([ids for _, _, ids in prompts])  # our engine: every length
+                variant["warm_up"]([prompts[w % len(prompts)][2] for w in range(a.warmup)], max_new,
+                                   [ids for _, _, ids in prompts])
                 for k, (index, qid, ids) in enumerate(prompts):
                     variant["start"](k == 0)
                     torch.manual_seed(instance_seed(a.seed, index))
@@ -375,8 +375,8 @@ class Bench:
                 sm = m.search.summary()
                 for r in rows:
                     r["search_after_task"] = sm
-        return dict(desc=desc, gen=gen, warm_up=lambda prompts, n: m.warm_up(self.engine, prompts, n),
-                    prefill=self.engine.warm_up_prefill, start=m.start_instance, finish=finish, setup=lambda: None)
+        return dict(desc=desc, gen=gen, warm_up=lambda prompts, n, timed: m.warm_up(self.engine, prompts, n, timed),
+                    start=m.start_instance, finish=finish, setup=lambda: None)
 
     def _runner(self, method: str, task: str, max_new: int, state: dict):
         """(settings to try, best first; note when there is none). A setting is dict(desc, setup, warm_up, start,
@@ -417,7 +417,7 @@ class Bench:
             return run
 
         def setting(desc, gen, setup):
-            def warm_up(prompts, n):
+            def warm_up(prompts, n, timed):
                 for ids in prompts:
                     gen(ids, min(n, WARMUP_MAX_NEW_TOKENS))
             return dict(desc=desc, gen=gen, warm_up=warm_up, setup=setup, start=lambda first: None,

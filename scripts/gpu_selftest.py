@@ -23,6 +23,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,7 +57,6 @@ def tune_score(t: dict) -> float:
     return t[1] + 0.1 * t[16] + 0.1 * t[32]
 
 
-TUNED_OUT: dict = {}  # "N,K" -> Config fields, written to tuned.json (read through SWIFT_GEMM_TUNED)
 RESULTS: dict = {"checks": [], "gemm_timing": [], "engine": []}
 FAILURES: list[str] = []
 
@@ -158,7 +158,6 @@ def gemm_tuning(shape: str, args: ModelArgs) -> None:
                 best = (cfg, t)
         cfg, t = best
         G.TUNED[(N, K)] = cfg
-        TUNED_OUT[f"{N},{K}"] = [cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages, cfg.split]
         row["best"] = cfg.name
         row["best_us"] = [round(t[M] * 1e3, 2) for M in TUNE_ROWS]
         row["best_TBps_M1"] = round(w.numel() * 2 / (t[1] * 1e-3) / 1e12, 2)
@@ -287,8 +286,9 @@ def main() -> int:
             if a.out:
                 Path(a.out).mkdir(parents=True, exist_ok=True)
                 (Path(a.out) / "selftest.json").write_text(json.dumps(RESULTS, indent=1))
-                if TUNED_OUT:
-                    (Path(a.out) / "tuned.json").write_text(json.dumps(TUNED_OUT, indent=1))
+                tuned = {f"{r['N']},{r['K']}": astuple(G.TUNED[(r["N"], r["K"])]) for r in RESULTS["gemm_timing"]}
+                if tuned:  # the format SWIFT_GEMM_TUNED reads
+                    (Path(a.out) / "tuned.json").write_text(json.dumps(tuned, indent=1))
     print(f"{len(FAILURES)} failed: {FAILURES}" if FAILURES else "all checks passed")
     return 1 if FAILURES else 0
 

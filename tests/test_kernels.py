@@ -230,12 +230,13 @@ def test_tuned_block_shapes_come_from_the_file_then_the_table(tmp_path, monkeypa
     path = tmp_path / "tuned.json"
     path.write_text('{"96,64": [32, 64, 4, 4, 2]}')
     monkeypatch.setenv("SWIFT_GEMM_TUNED", str(path))
-    monkeypatch.setattr(G, "_FROM_FILE", None)
+    G._tuned_file.cache_clear()
     monkeypatch.setitem(G.TUNED, (96, 64), Config(16, 128))
     monkeypatch.setitem(G.TUNED, (48, 64), Config(64, 64))
     assert G.config(96, 64) == Config(32, 64, 4, 4, split=2)
     assert G.config(48, 64) == Config(64, 64)
     assert G.config(40, 96) == G.heuristic(40, 96)
-    monkeypatch.setattr(G, "_FROM_FILE", None)
+    monkeypatch.delenv("SWIFT_GEMM_TUNED")
+    G._tuned_file.cache_clear()
     with pytest.raises(ValueError):
         Config(8, 64)

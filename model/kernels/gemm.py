@@ -28,6 +28,7 @@ product several times slower than cuBLAS (outputs/reference/h200-selftest).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -83,8 +84,10 @@ def heuristic(n: int, k: int) -> Config:
     return Config(32 if n >= 2048 else 16, 64, 4, 4, split=4 if k >= 4 * n and k >= 2048 else 1)
 
 
+@functools.lru_cache(maxsize=1)
 def _tuned_file() -> dict[tuple[int, int], Config]:
-    """Block shapes from a tuning run on this GPU (SWIFT_GEMM_TUNED=path to scripts/gpu_selftest.py's tuned.json)."""
+    """Block shapes from a tuning run on this GPU (SWIFT_GEMM_TUNED=path to scripts/gpu_selftest.py's tuned.json),
+    read once per process."""
     path = os.environ.get("SWIFT_GEMM_TUNED")
     if not path:
         return {}
@@ -94,13 +97,7 @@ def _tuned_file() -> dict[tuple[int, int], Config]:
 
 def config(n: int, k: int) -> Config:
     """The block shape of an (N, K) weight: a tuned file, then TUNED, then `heuristic`. Never depends on M."""
-    global _FROM_FILE
-    if _FROM_FILE is None:
-        _FROM_FILE = _tuned_file()
-    return _FROM_FILE.get((n, k)) or TUNED.get((n, k)) or heuristic(n, k)
-
-
-_FROM_FILE: dict | None = None
+    return _tuned_file().get((n, k)) or TUNED.get((n, k)) or heuristic(n, k)
 
 
 _locks: dict[torch.device, torch.Tensor] = {}
