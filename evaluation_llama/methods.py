@@ -298,9 +298,15 @@ class Swift(Method):
         add("max_tree_nodes", f"most nodes of the verified token tree, in [--max-draft-len + 2, "
             f"128] (default {d['max_tree_nodes']})", type=INT)
         g.add_argument("--context-drafts", action="store_true",
-                       help="hybrid drafts: each cycle's tree also holds the best continuation found in "
-                            "the prompt and the output so far (prompt lookup, --context-len tokens), "
-                            "verified in the same pass; lossless like the layer-skip draft")
+                       help=f"hybrid drafts: besides the layer-skip draft, each cycle may verify the best "
+                            f"continuation found in the prompt and the output so far (prompt lookup, at "
+                            f"most {d['context_len']} tokens); lossless like the layer-skip draft; see "
+                            f"--context-tree")
+        add("context_tree", f"with --context-drafts: 'select' verifies, each cycle, the context "
+            f"continuation or the layer-skip draft, whichever is predicted faster (bit-identical to "
+            f"plain decoding in bf16); 'union' verifies the layer-skip chain with the continuation as a "
+            f"branch in one tree, accepting from both (in bf16 a branch node can differ from plain "
+            f"decoding in the last bits) (default {d['context_tree']})", choices=("select", "union"))
         g.add_argument("--no-guard", action="store_true",
                        help="disable the speed guard that falls back to plain decoding when SWIFT "
                             "is slower than plain steps of the same answer; the guard decides from "
@@ -321,7 +327,7 @@ class Swift(Method):
 
     @classmethod
     def build_config(cls, args):
-        fields = [*SWIFT_FLAGS, "draft_stop", "ratio_objective"]
+        fields = [*SWIFT_FLAGS, "draft_stop", "ratio_objective", "context_tree"]
         values = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
         given = {f: "--" + f.replace("_", "-") for f in values}
         values.update(guard=not args.no_guard, seed=args.seed,

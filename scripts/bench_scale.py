@@ -86,7 +86,7 @@ def verify_costs(engine: Engine, sizes=(8, 16, 32, 64)) -> dict:
         acc = Accelerator(engine, cfg)
         acc.warm_up(SamplingConfig())
         at = cfg.context_window + 1
-        out[size] = round(gpu_ms(lambda: acc.verifier.verify(cfg.max_draft_len, SamplingConfig()),
+        out[size] = round(gpu_ms(lambda: acc.verifier.verify(cfg.max_draft_len, SamplingConfig(), size=size),
                                  before=lambda: acc._at(at)), 3)
     engine.length = 0
     return out
@@ -151,8 +151,8 @@ def main() -> int:
             overlap = len((found.attn & skip.attn) | (found.mlp & skip.mlp)) if found else 0
             costs = acc.costs
             c = costs.draft(len(skip.attn), len(skip.mlp))
-            ceiling = expected_speedup(planner.rates(), c, costs.verify, acc.drafter.chunks())[0]
-            ceiling_m = expected_speedup(float(m), c, costs.verify, acc.drafter.chunks())[0]
+            ceiling = expected_speedup(planner.rates(), c, costs.verify_chain(), acc.drafter.chunks())[0]
+            ceiling_m = expected_speedup(float(m), c, costs.verify_chain(), acc.drafter.chunks())[0]
             row = dict(env, shape=shape, level=level, eps=eps, planted_matchness=m, n_planted=len(skip),
                        vanilla_tps=v_tps, swift_tps=s_tps, speedup=s_tps / v_tps,
                        identical=sum(x.tokens == y.tokens for x, y in zip(s_runs, v_runs)) / len(v_runs),

@@ -42,11 +42,12 @@ from model.swift.planner import DraftPlanner, expected_speedup  # noqa: E402
 
 
 def tree_overhead_ms(engine: Engine, acc, reps: int = 10) -> dict:
-    """GPU ms of the verification graph and of a graph of its model pass alone (same tree size and positions)."""
+    """GPU ms of the verification graph of the largest tree size and of a graph of its model pass alone (same tree
+    size and positions)."""
     if not engine.cuda_graphs:
         return {}
     from model import graphs
-    n = acc.verifier.size
+    n = acc.verifier.sizes[-1]
     at = acc.cfg.context_window + 1
     acc._at(at)
     slot = engine.cursor + engine.arange[:n]
@@ -56,7 +57,7 @@ def tree_overhead_ms(engine: Engine, acc, reps: int = 10) -> dict:
     def ms(fn):
         return graphs.gpu_ms(fn, reps, before=lambda: acc._at(at))
 
-    verify = ms(lambda: acc.verifier.verify(acc.cfg.max_draft_len, SamplingConfig()))
+    verify = ms(lambda: acc.verifier.verify(acc.verifier.chain_for(n), SamplingConfig(), size=n))
     model_pass = ms(g.replay)
     engine.length = 0
     return dict(verify_graph_ms=verify, model_pass_ms=model_pass, tree_accept_commit_ms=verify - model_pass)
@@ -117,7 +118,8 @@ def main() -> int:
         s_tps = statistics.mean(r.num_new_tokens / r.wall_time_s for r in s)
         skip = search.best
         c_r = acc.costs.draft(len(skip.attn), len(skip.mlp)) if skip else None
-        ceiling = expected_speedup(planner.rates(), c_r, acc.costs.verify, acc.drafter.chunks())[0] if skip else None
+        ceiling = expected_speedup(planner.rates(), c_r, acc.costs.verify_chain(), acc.drafter.chunks())[0] \
+            if skip else None
         steps = [x for r in s for x in r.accept_lengths]
         times = {k: sum(r.stats["times"][k] for r in s) for k in s[0].stats["times"]}
         total = sum(r.wall_time_s for r in s)
@@ -130,7 +132,7 @@ def main() -> int:
                    if cyc else None, syncs_per_cycle=statistics.mean(c["syncs"] for c in prof.cycles)
                    if prof.cycles else None, captures_in_timed_runs=sum(c["captures"] for c in prof.cycles),
                    draft_len=statistics.mean(c["C"] for c in cyc) if cyc else None,
-                   M=sum(steps) / len(steps), c_r=c_r, v=acc.costs.verify, ceiling=ceiling,
+                   M=sum(steps) / len(steps), c_r=c_r, v=acc.costs.to_dict()["verify"], ceiling=ceiling,
                    speedup=s_tps / v_tps, vanilla_tps=v_tps, swift_tps=s_tps,
                    share_of_ceiling=(s_tps / v_tps) / ceiling if ceiling else None,
                    identical=sum(x.tokens == y.tokens for x, y in zip(s, v)) / len(s),

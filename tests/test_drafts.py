@@ -3,6 +3,8 @@ draft vocabulary, and the device-side cycle's graph keys (warm-up covers every g
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -51,16 +53,66 @@ def test_pld_early_exit_and_hybrid_equal_vanilla_tiny(seed):
     early = swift_generate(eng, prompt, 100, cfg=SwiftConfig(guard=False), skip=LayerSkip.of(range(3, 6), range(3, 6)))
     cfg = SwiftConfig(guard=False, context_drafts=True, context_window=16, skip_ratio=0.25, seed=seed)
     hybrid = swift_generate(eng, prompt, 100, cfg=cfg, search=LayerSearch(6, cfg))
-    for res in (pld, early, hybrid):
+    ucfg = dataclasses.replace(cfg, context_tree="union")
+    union = swift_generate(eng, prompt, 100, cfg=ucfg, search=LayerSearch(6, ucfg))
+    for res in (pld, early, hybrid, union):
         assert res.tokens == want
     assert pld.stats["accepted_from"]["context"] > 0 and pld.stats["accepted_from"]["draft"] == 0
     assert early.stats["accepted_from"]["draft"] > 0 and early.stats["accepted_from"]["context"] == 0
-    assert sum(hybrid.stats["accepted_from"].values()) == sum(a - 1 for a in hybrid.accept_lengths)
+    for res in (hybrid, union):
+        assert sum(res.stats["accepted_from"].values()) == sum(a - 1 for a in res.accept_lengths)
+    # select: one chain per cycle, from either source, never a branch; union: branches
+    assert hybrid.stats["cycles"]["union"] == 0
+    assert hybrid.stats["cycles"]["context"] > 0
+    assert union.stats["cycles"]["union"] > 0
+
+
+def test_hybrid_chooses_the_source_predicted_faster():
+    """select: the context continuation while its observed acceptance makes it faster than the layer-skip draft's
+    prediction, the draft once it is not; union: both in one tree; without a source: a plain step."""
+    from model.swift.decoding import choose_source
+    from model.swift.planner import ContextRate, CostModel, DraftPlanner
+
+    costs = CostModel(fixed=0.05, attn=0.01, mlp=0.01, verify=((16, 1.05), (32, 1.5)), n_layers=12, measured=True)
+    planner = DraftPlanner(costs, (1, 2, 4, 8), alpha=0.9)
+    skip = LayerSkip.of(attn=range(1, 6), mlp=range(1, 6))
+    cfg = SwiftConfig(context_drafts=True)
+    rate = ContextRate()
+    for _ in range(20):
+        rate.observe(5)
+    assert choose_source(cfg, True, [1, 2, 3, 4, 5, 6], planner, skip, 8, rate, costs) == "context"
+    for _ in range(60):
+        rate.observe(0)
+    assert choose_source(cfg, True, [1, 2, 3, 4, 5, 6], planner, skip, 8, rate, costs) == "draft"
+    assert choose_source(cfg, True, [], planner, skip, 8, rate, costs) == "draft"
+    assert choose_source(cfg, False, [7], planner, skip, 8, rate, costs) == "context"
+    assert choose_source(cfg, False, [], planner, skip, 8, rate, costs) is None
+    union = SwiftConfig(context_drafts=True, context_tree="union")
+    assert choose_source(union, True, [7], planner, skip, 8, rate, costs) == "union"
+
+
+def test_verification_runs_on_the_smallest_tree_that_holds_the_cycle():
+    """A short chain is verified on a 16-node tree, a long one on 32 nodes; the planner prices each length at the
+    cost of its tree size."""
+    from model.swift.acceleration import tree_sizes
+    from model.swift.planner import CostModel, expected_speedup
+
+    assert tree_sizes(32) == (16, 32) and tree_sizes(16) == (16,) and tree_sizes(8) == (8,)
+    assert tree_sizes(100) == (16, 32, 64, 128)
+    eng, _ = tiny_engine(seed=0, num_hidden_layers=4)
+    acc = accelerator(eng, SwiftConfig(max_draft_len=25, max_tree_nodes=32))
+    vf = acc.verifier
+    assert vf.size_for(1 + 15) == 16 and vf.size_for(1 + 16) == 32 and vf.size_for(1 + 4 + 10) == 16
+    costs = CostModel(fixed=0.1, attn=0.0, mlp=0.0, verify=((16, 1.0), (32, 2.0)), n_layers=4)
+    v = costs.verify_chain()
+    assert v(15) == 1.0 and v(16) == 2.0 and costs.verify_chain(extra=10)(8) == 2.0
+    # certain acceptance: 15 tokens on the small tree beat 16 on the large one
+    assert expected_speedup(1.0, 0.1, v, (15, 16))[1] == 15
 
 
 def test_hybrid_tree_sampling_matches_exact_distribution():
-    """The chi-square test of tests/test_swift.py with a context branch in every tree (prompt lookup on an 8-token
-    vocabulary always finds one), and its wrong-rule control."""
+    """The chi-square test of tests/test_swift.py with a context branch in every tree (the union tree; prompt lookup
+    on an 8-token vocabulary always finds one), and its wrong-rule control."""
     from model import sampling as rules
     from tests.test_swift import _exact_joint
 
@@ -68,7 +120,7 @@ def test_hybrid_tree_sampling_matches_exact_distribution():
     prompt = _prompt(12, VOCAB, seed=8)
     exact = _exact_joint(eng, prompt)
     cfg = SwiftConfig(guard=False, tree_rule=((0.95, 1), (0.0, 3)), max_draft_len=3, context_drafts=True,
-                      context_len=2)
+                      context_len=2, context_tree="union")
 
     def samples(n):
         counts = np.zeros(VOCAB * VOCAB)

@@ -29,7 +29,7 @@ from model.llama import NO_SKIP, LayerSkip, Pass
 from model.sampling import SamplingConfig, logits_to_probs, sample_from_probs
 from model.swift.config import SwiftConfig
 from model.swift.planner import DRAFT_LENGTHS
-from model.tree import DeviceTree, padded_size
+from model.tree import BUCKETS, DeviceTree, padded_size
 
 
 
@@ -163,8 +163,8 @@ class Verifier:
     def __init__(self, engine: Engine, cfg: SwiftConfig, drafter: Drafter):
         self.engine, self.cfg, self.drafter = engine, cfg, drafter
         dev = engine.device
-        self.size = padded_size(cfg.max_tree_nodes)
-        self.tree = DeviceTree(cfg.tree_rule, cfg.max_tree_nodes, self.size, dev)
+        self.sizes = tree_sizes(cfg.max_tree_nodes)
+        self.trees = {n: DeviceTree(cfg.tree_rule, min(cfg.max_tree_nodes, n), n, dev) for n in self.sizes}
         self.chain = torch.zeros(1, dtype=torch.long, device=dev)  # C: chain tokens drafted this cycle
         self.B = max(1, cfg.context_len)
         self.context = torch.zeros(1 + self.B, dtype=torch.long, device=dev)  # [length, tokens...]
@@ -174,30 +174,42 @@ class Verifier:
         #          committed tokens (D + B + 1)]
         self.report = torch.zeros(4 + D + self.B + 1, dtype=torch.long, device=dev)
 
-    def verify(self, chain_len: int, sampling: SamplingConfig, context: list[int] = ()) -> torch.Tensor:
-        """Verify the drafted chain of `chain_len` tokens, its alternatives and the `context` branch; returns the
-        report (on the device; read it with the cycle's one sync)."""
+    def size_for(self, nodes: int) -> int:
+        """The tree size a cycle of `nodes` nodes (root, chain, context branch) is verified at: the smallest that
+        holds them; the alternatives fill what is left of it."""
+        return next((n for n in self.sizes if nodes <= n), self.sizes[-1])
+
+    def verify(self, chain_len: int, sampling: SamplingConfig, context: list[int] = (),
+               size: int | None = None) -> torch.Tensor:
+        """Verify the drafted chain of `chain_len` tokens, its alternatives and the `context` branch, on the tree size
+        that holds them (or `size`); returns the report (on the device; read it with the cycle's one sync)."""
         e = self.engine
         self.chain.fill_(chain_len)
         ctx = list(context)[:self.B]
         self._host[0] = len(ctx)
         self._host[1:1 + len(ctx)] = torch.tensor(ctx, dtype=torch.long)
         self.context.copy_(self._host, non_blocking=True)
+        n = size or self.size_for(1 + chain_len + len(ctx))
         if not sampling.greedy:
-            e.buffer(("verify-noise", id(self)), (self.size, e.args.vocab_size)).exponential_(1)
+            e.buffer(("verify-noise", id(self), n), (n, e.args.vocab_size)).exponential_(1)
             e.buffer(("verify-u", id(self)), (self.drafter.table.shape[0], self.drafter.table.shape[1] + 1)).uniform_()
             e.buffer(("verify-ub", id(self)), (self.B,)).uniform_()
-        kv = e.kv_len(self.size + 1)
-        e.run(("verify", id(self), sampling, kv), lambda: self._cycle(sampling, kv))  # graphs read these buffers
+        kv = e.kv_len(n + 1)
+        e.run(("verify", id(self), n, sampling, kv), lambda: self._cycle(n, sampling, kv))  # graphs read these buffers
         return self.report
 
-    def _cycle(self, sampling: SamplingConfig, kv):
-        e, dr, n, B = self.engine, self.drafter, self.size, self.B
+    def chain_for(self, size: int) -> int:
+        """The longest chain a tree of `size` nodes holds (what its verification is measured with)."""
+        return min(self.cfg.max_draft_len, size - 1)
+
+    def _cycle(self, n: int, sampling: SamplingConfig, kv):
+        e, dr, B = self.engine, self.drafter, self.B
         table, R, C = dr.table, e.cursor, self.chain
         D, K = table.shape
         dev = e.device
-        t = self.tree.build(table, dr.top1, C, self.context[1:], self.context[:1], e.seq.index_select(0, R))
+        t = self.trees[n].build(table, dr.top1, C, self.context[1:], self.context[:1], e.seq.index_select(0, R))
         slot = R + e.arange[:n]
+        chain_rows = torch.arange(D, device=dev).clamp_max(n - 1)  # node d is chain node d (d <= C < n)
         x = e.forward(Pass(t.tokens, e.ext(R + t.prefix, R + t.run_lo, slot, R + t.depth), kv))
         logits = e.logits(x)  # [n, V]
         bt = t.tokens.index_select(0, t.bnode.clamp_max(n - 1))  # branch tokens
@@ -205,12 +217,12 @@ class Verifier:
         more_b = torch.arange(B, device=dev) + 1 < t.blen  # a branch node has a child in the tree
         if sampling.greedy:
             pred = logits.argmax(dim=-1)
-            parent_pred = pred[:D].view(D, 1)
+            parent_pred = pred.index_select(0, chain_rows).view(D, 1)
             first = _first(t.valid & (t.ctok == parent_pred))
             b_ok = nxt_b == pred.index_select(0, t.bnode.clamp_max(n - 1))
             samples = pred
         else:
-            first, b_ok, samples = self._sampling(logits, sampling, t, nxt_b, more_b)
+            first, b_ok, samples = self._sampling(logits, sampling, t, nxt_b, more_b, n, chain_rows)
         d = torch.arange(D, device=dev)
         a = ((first == 0) & (d < C)).long().cumprod(0).sum().view(1)  # chain tokens accepted
         row = a.clamp_max(D - 1)
@@ -238,16 +250,16 @@ class Verifier:
         e.cursor.add_(n_new)
         self.report.copy_(torch.cat([n_new, a, has_leaf.long(), nb, out]))
 
-    def _sampling(self, logits, sampling, t, nxt_b, more_b):
+    def _sampling(self, logits, sampling, t, nxt_b, more_b, n, chain_rows):
         """Recursive rejection sampling (model/sampling.py): per depth row, the first accepted candidate (-1: none);
         per branch node, whether its child is accepted; per node, the token it emits when it is the last accepted
         node: a sample of its residual distribution (its candidates removed; a node without candidates has the
         plain distribution)."""
-        e, n, B = self.engine, self.size, self.B
+        e, B = self.engine, self.B
         D = t.cand.shape[0]
         probs = logits_to_probs(logits, sampling)  # [n, V]; row d < D is chain node d
         V = probs.shape[1]
-        p_c = torch.where(t.valid, probs[:D].gather(1, t.ctok), 0.0)  # candidates' target probabilities, in order
+        p_c = torch.where(t.valid, probs.index_select(0, chain_rows).gather(1, t.ctok), 0.0)  # candidates' target probabilities, in order
         mass = p_c.cumsum(1) - p_c  # rejected mass before each candidate
         u = e.buffer(("verify-u", id(self)), tuple(t.cand.shape))
         first = _first(t.valid & (u < rules.accept_probability(p_c, mass)))
@@ -260,8 +272,15 @@ class Verifier:
         hidden_b = torch.where(more_b & (t.bnode < n), bn * V + nxt_b, n * V)  # branch nodes' children
         residual = torch.cat([probs.flatten(), probs.new_zeros(1)])
         residual = residual.index_fill_(0, torch.cat([hidden, hidden_b]), 0.0)
-        noise = e.buffer(("verify-noise", id(self)), (n, V))
+        noise = e.buffer(("verify-noise", id(self), n), (n, V))
         return first, b_ok, sample_from_probs(residual[:-1].view(n, V), noise)
+
+
+def tree_sizes(max_nodes: int) -> tuple[int, ...]:
+    """The tree sizes verification has graphs for: every bucket from 16 (one row block of the products) up to the
+    one holding `max_nodes`, so a short chain is not verified at the cost of a large tree."""
+    top = padded_size(max_nodes)
+    return tuple(b for b in BUCKETS if 16 <= b <= top) or (top,)
 
 
 def _first(ok: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,11 @@ class SwiftConfig:
     draft_vocab: int = 0  # > 0: the draft's LM head keeps only this many token ids (verification keeps all)
     # hybrid drafts: each cycle's tree also holds the best continuation found in the context (prompt + output so far)
     context_drafts: bool = False
+    # "select": each cycle verifies one chain, the context continuation or the layer-skip draft, whichever is
+    # predicted faster (every node then reduces like plain decoding: bit-identical in bf16); "union": the layer-skip
+    # chain with the continuation as a branch off it, acceptance over both (a branch node deeper than one token
+    # reduces its branch ancestors in another order than plain decoding: not bit-identical in bf16)
+    context_tree: str = "select"
     context_len: int = 10  # most tokens of a context continuation
     ngram_max: int = 3  # longest suffix matched against the context (prompt lookup), down to ngram_min
     ngram_min: int = 1
@@ -74,6 +79,8 @@ class SwiftConfig:
         need(1 <= self.context_len <= 32, f"context draft length must be in [1, 32], got {self.context_len}.")
         need(1 <= self.ngram_min <= self.ngram_max <= 8,
              f"n-gram sizes must satisfy 1 <= min <= max <= 8, got {self.ngram_min}..{self.ngram_max}.")
+        need(self.context_tree in ("select", "union"),
+             f"context tree must be 'select' or 'union', got '{self.context_tree}'.")
         need(self.draft_vocab >= 0, f"draft vocabulary size must be >= 0 (0 = full), got {self.draft_vocab}.")
         need(self.ratio_objective in ("speed", "matchness"),
              f"ratio objective must be 'speed' or 'matchness', got '{self.ratio_objective}'.")

@@ -6,10 +6,12 @@ One stream, as in the paper's algorithm box:
         optimize: score candidate skip sets on the last gamma tokens (one batched pass), update the search
         draft:    k tokens with the current skip set (one graph replay; k planned for speed, or until confidence drops)
         verify:   build the tree, run the full model over it, accept the longest valid path + bonus, commit
-                  (one graph replay, one host sync)
+                  (one graph replay on the smallest tree size that holds the cycle, one host sync)
 
 The device-side cycle lives in `acceleration.py`, the search in `layer_search.py`, the draft-length and ratio model
-in `planner.py`. A speed guard falls back to plain decoding when a stream's cycles are slower than its plain steps.
+in `planner.py`. With context drafts (hybrid), each cycle's chain is the context continuation or the layer-skip draft,
+whichever `choose_source` predicts faster (or both in one tree, context_tree="union"). A speed guard per source
+stops using a source whose cycles are slower than the stream's plain steps; with none left, decoding is plain.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from model.sampling import SamplingConfig
 from model.swift.acceleration import Drafter, Verifier
 from model.swift.config import SwiftConfig
 from model.swift.layer_search import LayerSearch, score_candidates
-from model.swift.planner import CostModel, DraftPlanner
+from model.swift.planner import ContextRate, CostModel, DraftPlanner
 from model.context_draft import ContextIndex
 
 
@@ -107,8 +109,9 @@ class Accelerator:
         at = cfg.context_window + 1
         self._at(at)
         self.drafter.warm_up()
-        self._at(at)
-        self.verifier.verify(1, sampling)
+        for n in self.verifier.sizes:
+            self._at(at)
+            self.verifier.verify(1, sampling, size=n)
         self._at(at)
         score_candidates(e, [LayerSkip()] * cfg.num_candidates, cfg.context_window)
         self.costs = self.measure(at, sampling)
@@ -120,7 +123,8 @@ class Accelerator:
 
     def measure(self, at: int, sampling: SamplingConfig, reps: int = 5) -> CostModel:
         """Pass costs from graph replays timed with CUDA events: a full step, a draft step with nothing / every
-        skippable attention / every skippable MLP skipped, a verification; relative to the full step."""
+        skippable attention / every skippable MLP skipped, a verification of each tree size; relative to the full
+        step."""
         e, dr, L = self.engine, self.drafter, self.engine.args.n_layers
 
         def ms(fn) -> float:
@@ -135,11 +139,12 @@ class Accelerator:
             dr.set_skip(skip)
             steps[name] = ms(lambda: dr.draft(k)) / k
         dr.set_skip(LayerSkip())
-        verify = ms(lambda: self.verifier.verify(k, sampling))
+        vf = self.verifier
+        verify = tuple((n, ms(lambda: vf.verify(vf.chain_for(n), sampling, size=n)) / full) for n in vf.sizes)
         attn = max(0.0, steps["none"] - steps["attn"]) / (L - 2) / full
         mlp = max(0.0, steps["none"] - steps["mlp"]) / (L - 2) / full
         fixed = max(0.0, steps["none"] / full - (attn + mlp) * (L - 2))
-        return CostModel(fixed=fixed, attn=attn, mlp=mlp, verify=verify / full, n_layers=L, measured=True)
+        return CostModel(fixed=fixed, attn=attn, mlp=mlp, verify=verify, n_layers=L, measured=True)
 
 
 def accelerator(engine: Engine, cfg: SwiftConfig) -> Accelerator:
@@ -219,15 +224,29 @@ def plain_steps(engine: Engine, s: _Stream, n: int, sampling: SamplingConfig) ->
         n -= c
 
 
+def choose_source(cfg: SwiftConfig, layers: bool, context: list[int], planner: DraftPlanner, skip: LayerSkip | None,
+                  limit: int, ctx_rate: ContextRate, costs: CostModel) -> str | None:
+    """This cycle's chain: "draft" (the layer-skip draft), "context" (the context continuation), "union" (the draft
+    chain with the continuation as a branch, context_tree="union"), or None (a plain step)."""
+    if not layers:
+        return "context" if context else None
+    if not context:
+        return "draft"
+    if cfg.context_tree == "union":
+        return "union"
+    draft_value = planner.best(limit, len(skip.attn), len(skip.mlp))[0]
+    return "context" if ctx_rate.value(len(context), costs) >= draft_value else "draft"
+
+
 def draft_chain(acc: Accelerator, cfg: SwiftConfig, planner: DraftPlanner, skip: LayerSkip, limit: int,
-                calibrate=None) -> list[float] | int:
+                calibrate=None, extra: int = 0) -> list[float] | int:
     """Draft the cycle's chain; returns its length (draft_stop="speed": the planned length, no host sync) or the
     top-1 probabilities of its tokens (confidence rules: read once per `draft_chunk` tokens, stop after the first
-    below the threshold)."""
+    below the threshold). `extra`: tree nodes verified beside the chain (a context branch)."""
     dr = acc.drafter
     dr.set_skip(skip)
     if cfg.draft_stop == "speed":
-        k = planner.length(limit, len(skip.attn), len(skip.mlp))
+        k = planner.length(limit, len(skip.attn), len(skip.mlp), extra)
         dr.draft(k)
         return k
     top1: list[float] = []
@@ -263,7 +282,8 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     calibrate = calibrator if cfg.draft_stop == "calibrated" else None
     dev, gamma = engine.device, cfg.context_window
     s = _Stream(cfg, frozenset(eos_ids), max_new_tokens)
-    guard, drafted, skip_log, captures0 = SpeedGuard(cfg), 0, [], engine.graph_captures
+    guards = {"draft": SpeedGuard(cfg), "context": SpeedGuard(cfg)}  # one per source of chains
+    drafted, skip_log, captures0 = 0, [], engine.graph_captures
     sync(dev)
     t0 = time.perf_counter()
     acc.drafter.vocab.observe(prompt_ids)                                  # the draft head learns the prompt's ids
@@ -275,11 +295,14 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         t, n0 = time.perf_counter(), len(s.new)
         plain_steps(engine, s, cfg.guard_probe_tokens, sampling)
         s.times["plain"] += (dt := time.perf_counter() - t)
-        guard.plain_tps = (len(s.new) - n0) / max(dt, 1e-9)
+        for g in guards.values():
+            g.plain_tps = (len(s.new) - n0) / max(dt, 1e-9)
     ctx = ContextIndex(cfg.ngram_max, cfg.ngram_min) if cfg.context_drafts else None
     if ctx is not None:
         ctx.extend(prompt_ids)
+    ctx_rate = ContextRate()
     sources = {"draft": 0, "context": 0}
+    cycles = {"draft": 0, "context": 0, "union": 0}
     while not s.done:
         t = time.perf_counter()
         if search is not None and search.active and engine.length - 1 > gamma:  # optimize: score candidates
@@ -287,15 +310,18 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             search.observe(cands, score_candidates(engine, cands, gamma))
             s.times["optimize"] += time.perf_counter() - t
         current = search.best if search is not None else skip
-        layers = current is not None and len(current) > 0
+        layers = current is not None and len(current) > 0 and not guards["draft"].check(len(s.new))
         context = []
         if ctx is not None:  # a continuation of the root from the context (prompt lookup)
             ctx.extend(s.new[len(ctx.tokens) - len(prompt_ids):])
-            context = ctx.propose(cfg.context_len)
-        if (not layers and not context) or guard.check(len(s.new)):  # nothing to draft with, or the guard
+            if not guards["context"].check(len(s.new)):
+                context = ctx.propose(cfg.context_len)
+        limit = max(1, min(cfg.max_draft_len, max_new_tokens - len(s.new)))
+        source = choose_source(cfg, layers, context[:limit], planner, current, limit, ctx_rate, acc.costs)
+        if source is None:  # nothing to draft with, or every source's guard tripped
             t = time.perf_counter()
-            plain_steps(engine, s, 1 if (ctx is not None or (search is not None and search.active)) else 8,
-                        sampling)
+            more = (ctx is not None and guards["context"].tripped_at is None) or (search is not None and search.active)
+            plain_steps(engine, s, 1 if more else 8, sampling)
             s.times["plain"] += time.perf_counter() - t
             continue
         if layers and (not skip_log or skip_log[-1][1] != current.to_dict()):
@@ -304,16 +330,18 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         t = time.perf_counter()
         if profile:
             profile.begin(t)
-        limit = max(1, min(cfg.max_draft_len, max_new_tokens - len(s.new)))
-        if layers:
-            chain = draft_chain(acc, cfg, planner, current, limit, calibrate)  # draft with the skip set
-        else:  # prompt lookup alone: the continuation is the chain (its nodes then reduce like plain decoding)
-            chain = acc.drafter.propose(context[:limit])
-            context = []
+        if source == "context":  # the continuation is the chain: its nodes reduce like plain decoding
+            chain, context = acc.drafter.propose(context[:limit]), []
+        else:
+            if source == "draft":
+                context = []
+            extra = min(len(context), acc.verifier.B)
+            chain = draft_chain(acc, cfg, planner, current, limit, calibrate, extra)  # draft with the skip set
         t1 = time.perf_counter()
         if profile:
             profile.drafted(t1)
         C = chain if isinstance(chain, int) else len(chain)
+        context = context[:max(0, acc.verifier.sizes[-1] - 1 - C)]  # a union tree holds the chain first
         report = acc.verifier.verify(C, sampling, context)
         if profile:
             profile.verified()
@@ -322,27 +350,36 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         engine.length += n_new
         n_new = s.append(report[4:4 + n_new], one_step=True)  # may stop short at EOS or the budget
         accepted = n_new - 1  # as the metrics count it: the step's last token is its bonus
-        sources["draft" if layers else "context"] += min(a, accepted) + min(leaf, max(0, accepted - a))
+        cycles[source] += 1
+        sources["context" if source == "context" else "draft"] += min(a, accepted) + min(leaf, max(0, accepted - a))
         sources["context"] += min(nb, max(0, accepted - a))
-        if layers:
+        if source == "context":
+            ctx_rate.observe(a)
+        else:
             planner.observe(C, a)
-        if calibrate and layers:
-            calibrator.update(chain, a)
+            if calibrate:
+                calibrator.update(chain, a)
         t2 = time.perf_counter()
         s.times["draft"] += t1 - t
         s.times["verify"] += t2 - t1
         drafted += C + len(context)
-        if engine.graph_captures == captures and (search is None or not search.active):
-            guard.observe(n_new, t2 - t)
+        if engine.graph_captures == captures and (source == "context" or search is None or not search.active):
+            guards["context" if source == "context" else "draft"].observe(n_new, t2 - t)
         if profile:
-            profile.end(time.perf_counter(), C=C, committed=n_new, accepted=a, context=len(context),
+            profile.end(time.perf_counter(), C=C, committed=n_new, accepted=a, context=len(context), source=source,
                         captures=engine.graph_captures - captures, searching=search is not None and search.active,
                         syncs=1 if isinstance(chain, int) else 1 + -(-len(chain) // cfg.draft_chunk))
     acc.drafter.vocab.observe(s.new)
     sync(dev)
     wall = time.perf_counter() - t0
-    stats = {"method": "swift", "times": s.times, "skip_changes": skip_log, "guard_plain_tps": guard.plain_tps,
-             "guard_swift_tps": guard.swift_tps(), "fallback_at": guard.tripped_at, "num_layers": engine.args.n_layers,
+    has_draft = search is not None or (skip is not None and len(skip) > 0)
+    used = [guards[k] for k, on in (("draft", has_draft), ("context", ctx is not None)) if on] or [guards["draft"]]
+    tripped = [g.tripped_at for g in used]
+    stats = {"method": "swift", "times": s.times, "skip_changes": skip_log,
+             "guard_plain_tps": guards["draft"].plain_tps, "guard_swift_tps": used[0].swift_tps(),
+             "fallback_at": None if None in tripped else max(tripped),  # plain decoding from here on
+             "guard_tripped_at": {k: g.tripped_at for k, g in guards.items()}, "cycles": cycles,
+             "num_layers": engine.args.n_layers,
              "search": search.summary() if search is not None else None, "cache_hit": search is None,
              "final_skip": (search.best if search is not None else skip).to_dict()
              if (search.best if search is not None else skip) is not None else None,

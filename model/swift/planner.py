@@ -4,10 +4,12 @@ A cycle that drafts k tokens costs k draft steps plus one verification, and comm
 tokens, where a_j is the chance that chain token j is accepted given that the tokens before it were. Relative to
 plain decoding (one token per full step):
 
-    speedup(k) = (1 + sum_{i=1..k} prod_{j=1..i} a_j) / (k * c + v),   c = draft step / full step, v = verify / full
+    speedup(k) = (1 + sum_{i=1..k} prod_{j=1..i} a_j) / (k * c + v(k)),   c = draft step / full step, v = verify / full
 
 `CostModel` holds c as a function of the skip set (a fixed part plus one cost per kept attention and per kept MLP
-sub-layer, measured from the draft graphs at warm-up on the GPU, an even split elsewhere) and v. `DraftPlanner`
+sub-layer, measured from the draft graphs at warm-up on the GPU, an even split elsewhere) and v per tree size: a
+verification runs on the smallest tree size that holds the root and the chain (16 nodes fit one row block of the
+products, 32 nodes need two), so a short chain is verified more cheaply than a long one. `DraftPlanner`
 learns a_j per depth from the cycles of the stream (decayed counts, prior `alpha`), picks the k that maximises the
 expression each cycle (draft_stop="speed"), and scores a skip ratio for the layer search: with matchness m as a
 constant acceptance, the best speedup over k at that ratio's draft cost (ratio_objective="speed").
@@ -20,15 +22,16 @@ from dataclasses import dataclass
 DRAFT_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32)  # draft steps per cycle that have a graph
 
 
-def expected_speedup(rates, c: float, v: float, lengths) -> tuple[float, int]:
-    """(best speedup, its k) over the draft lengths `lengths`; `rates` is a per-depth list or one float."""
+def expected_speedup(rates, c: float, v, lengths) -> tuple[float, int]:
+    """(best speedup, its k) over the draft lengths `lengths`; `rates` is a per-depth list or one float, `v` the
+    verification cost, one float or a function of k."""
     best, best_k, tokens, p, k_done = 0.0, 0, 1.0, 1.0, 0
     for k in sorted(lengths):
         for j in range(k_done, k):
             p *= rates if isinstance(rates, float) else rates[min(j, len(rates) - 1)]
             tokens += p
         k_done = k
-        s = tokens / (k * c + v)
+        s = tokens / (k * c + (v(k) if callable(v) else v))
         if s > best:
             best, best_k = s, k
     return best, best_k
@@ -37,21 +40,29 @@ def expected_speedup(rates, c: float, v: float, lengths) -> tuple[float, int]:
 @dataclass
 class CostModel:
     """Costs relative to one full decoding step: draft step = fixed + attn * kept attention + mlp * kept MLP
-    sub-layers (of the skippable layers 1..L-2); verification = verify."""
+    sub-layers (of the skippable layers 1..L-2); verification: `verify` = ((tree size, cost), ...), by size."""
 
     fixed: float
     attn: float
     mlp: float
-    verify: float
+    verify: tuple
     n_layers: int
     measured: bool = False
+
+    def verify_of(self, nodes: int) -> float:
+        """The cost of verifying a tree of `nodes` nodes: that of the smallest measured size holding them."""
+        return next((c for size, c in self.verify if nodes <= size), self.verify[-1][1])
+
+    def verify_chain(self, extra: int = 0):
+        """v(k): the cost of verifying a chain of k tokens (plus `extra` nodes) and the root."""
+        return lambda k: self.verify_of(k + 1 + extra)
 
     @classmethod
     def default(cls, n_layers: int) -> "CostModel":
         """Where nothing was measured: the head and the first and last layers are 10% of a step, the rest is split
-        evenly over the sub-layers; a verification costs 1.25 steps."""
+        evenly over the sub-layers; a verification costs 1.25 steps whatever its size."""
         per = 0.9 / max(1, 2 * (n_layers - 2))
-        return cls(fixed=0.1, attn=per, mlp=per, verify=1.25, n_layers=n_layers)
+        return cls(fixed=0.1, attn=per, mlp=per, verify=((1 << 30, 1.25),), n_layers=n_layers)
 
     def draft(self, n_attn_skipped: int, n_mlp_skipped: int) -> float:
         keep = self.n_layers - 2
@@ -62,7 +73,9 @@ class CostModel:
         return self.draft(n_skipped // 2, n_skipped - n_skipped // 2)
 
     def to_dict(self) -> dict:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        out = {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        out["verify"] = {str(size): round(c, 4) for size, c in self.verify}
+        return out
 
 
 class DraftPlanner:
@@ -78,11 +91,16 @@ class DraftPlanner:
     def rates(self) -> list[float]:
         return [a / n for a, n in zip(self.acc, self.n)]
 
-    def length(self, limit: int, n_attn_skipped: int, n_mlp_skipped: int) -> int:
-        """The draft length (one of `lengths`, at most `limit`) with the highest expected speed."""
+    def best(self, limit: int, n_attn_skipped: int, n_mlp_skipped: int, extra: int = 0) -> tuple[float, int]:
+        """(expected speedup, draft length) of the fastest length (one of `lengths`, at most `limit`); `extra`: tree
+        nodes verified beside the chain (a context branch)."""
         allowed = [k for k in self.lengths if k <= limit] or [self.lengths[0]]
         c = self.costs.draft(n_attn_skipped, n_mlp_skipped)
-        return expected_speedup(self.rates(), c, self.costs.verify, allowed)[1]
+        return expected_speedup(self.rates(), c, self.costs.verify_chain(extra), allowed)
+
+    def length(self, limit: int, n_attn_skipped: int, n_mlp_skipped: int, extra: int = 0) -> int:
+        """The draft length (one of `lengths`, at most `limit`) with the highest expected speed."""
+        return self.best(limit, n_attn_skipped, n_mlp_skipped, extra)[1]
 
     def observe(self, drafted: int, accepted: int) -> None:
         """A cycle drafted `drafted` chain tokens and accepted the first `accepted`: depths < accepted succeeded,
@@ -93,4 +111,24 @@ class DraftPlanner:
 
     def value(self, matchness: float, n_skipped: int) -> float:
         """Predicted speedup of a skip set of `n_skipped` sub-layers whose matchness is `matchness`."""
-        return expected_speedup(float(matchness), self.costs.draft_of(n_skipped), self.costs.verify, self.lengths)[0]
+        return expected_speedup(float(matchness), self.costs.draft_of(n_skipped), self.costs.verify_chain(),
+                                self.lengths)[0]
+
+
+class ContextRate:
+    """Context tokens accepted per cycle that verifies a context continuation (decayed mean around a prior), and
+    the speed such a cycle is predicted to have: (1 + accepted) / verification cost. Hybrid SWIFT compares it with
+    the layer-skip draft's `DraftPlanner.best` to choose each cycle's chain (context_tree="select")."""
+
+    def __init__(self, prior: float = 1.0, weight: float = 2.0, decay: float = 0.95):
+        self.acc, self.n, self.decay = prior * weight, weight, decay
+
+    def mean(self) -> float:
+        return self.acc / self.n
+
+    def value(self, n_tokens: int, costs: CostModel) -> float:
+        return (1.0 + min(self.mean(), n_tokens)) / costs.verify_of(n_tokens + 1)
+
+    def observe(self, accepted: int) -> None:
+        self.acc = self.acc * self.decay + accepted
+        self.n = self.n * self.decay + 1
