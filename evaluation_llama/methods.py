@@ -446,6 +446,18 @@ class Swift(Method):
                 self.search.reset()
             self.calibrator = self._new_calibrator()
             self.planner = self._new_planner()
+        self._settle()
+
+    def _settle(self):
+        """Before the timer starts: once the skip set is final (a fixed set, or a search that has
+        stopped), give its draft graphs of their own (`Accelerator.settle`)."""
+        from model.swift.decoding import accelerator
+
+        skip = self.fixed_skip
+        if skip is None and self.search is not None and not self.search.active:
+            skip = self.search.best
+        if skip is not None:
+            accelerator(self.engine, self.config.swift).settle(skip)
 
     def generate(self, prompt_ids, max_new_tokens):
         self._was_active = self.search is not None and self.search.active
@@ -536,7 +548,9 @@ class _FixedDrafter(Method):
     def warm_up_graphs(self):
         from model.swift.decoding import accelerator
 
-        accelerator(self.engine, self.swift).warm_up(self.run.sampling)
+        acc = accelerator(self.engine, self.swift)
+        acc.warm_up(self.run.sampling)
+        acc.settle(self.skip())  # the skip set is fixed: its own draft graphs (none for an empty set)
 
     def generate(self, prompt_ids, max_new_tokens):
         from model.swift.decoding import swift_generate

@@ -134,6 +134,9 @@ class Engine:
             return fn(lambda k: None) if track else fn()
         return self.graph(key, fn, track).replay()
 
+    def has_graph(self, key) -> bool:
+        return key in self._graphs
+
     def graph(self, key, fn: Callable, track: bool = False) -> graphs.Graph:
         entry = self._graphs.get(key)
         if entry is None:

@@ -10,6 +10,10 @@ besides the model pass (tree building, acceptance, KV commit: the verify graph a
 and reports the analytic ceiling that the measured step costs and the observed acceptance allow
 (`model/swift/planner.py`) next to the speedup reached.
 
+On the GPU it ends with a kernel table (`kernel_table`): per plain step and per draft step (on the shared graph with
+the skipped kernels switched off, and on the final skip set's own graphs), the GPU time against the busy time of the
+kernels they ran, by kernel.
+
 Writes profile_swift.json (every cycle) and profile_swift.md (the summary table) to --out.
 
 Example: python3 scripts/profile_swift.py --model-path models/smollm2-135m/hf --tasks gsm8k,humaneval --out outputs/profile
@@ -63,6 +67,63 @@ def tree_overhead_ms(engine: Engine, acc, reps: int = 10) -> dict:
     return dict(verify_graph_ms=verify, model_pass_ms=model_pass, tree_accept_commit_ms=verify - model_pass)
 
 
+def kernel_table(engine: Engine, acc, skip, steps: int = 8, reps: int = 3) -> list[dict]:
+    """Where a step's GPU time goes: for a plain step, a draft step on the shared graph with `skip`'s kernels switched
+    off, and a draft step on `skip`'s own graphs (`Accelerator.settle`), the GPU time per step of the replays (CUDA
+    events) next to the kernels they ran (torch.profiler: count and busy time per step, by kernel name). The
+    difference between the two is what the graph spends between and around its kernels."""
+    from model import graphs
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    at = acc.cfg.context_window + 1
+    dr = acc.drafter
+
+    def put_back():
+        acc._at(at)
+
+    def measure(name, fn):
+        ms = graphs.gpu_ms(fn, reps, before=put_back) / steps
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                put_back()
+                fn()
+            torch.cuda.synchronize()
+        by_name: dict = {}
+        for ev in prof.events():
+            if getattr(ev, "device_type", None) == DeviceType.CUDA:
+                n, us = by_name.get(ev.name, (0, 0.0))
+                by_name[ev.name] = (n + 1, us + ev.time_range.elapsed_us())
+        per = reps * steps
+        kernels = sorted(((k, n / per, us / per) for k, (n, us) in by_name.items()), key=lambda r: -r[2])
+        busy = sum(us for _, _, us in kernels)
+        return dict(step=name, gpu_us_per_step=ms * 1e3, kernels_per_step=sum(n for _, n, _ in kernels),
+                    kernel_busy_us_per_step=busy, between_kernels_us_per_step=ms * 1e3 - busy,
+                    kernels=[dict(name=k[:80], per_step=round(n, 2), us_per_step=round(us, 2)) for k, n, us in kernels])
+
+    rows = [measure("plain step", lambda: engine.decode(steps, SamplingConfig()))]
+    if skip is not None and len(skip):
+        dr.set_skip(skip)
+        own = set(dr.settled)
+        dr.settled.discard(skip)  # the shared graph with the skipped kernels off
+        rows.append(measure(f"draft step, shared graph ({len(skip)} sub-layers off)", lambda: dr.draft(steps)))
+        dr.settled = own
+        acc.settle(skip)
+        rows.append(measure(f"draft step, own graph ({len(skip)} sub-layers skipped)", lambda: dr.draft(steps)))
+    engine.length = 0
+    return rows
+
+
+def kernel_lines(rows: list[dict]) -> list[str]:
+    out = ["| step | GPU µs / step | kernels / step | kernel busy µs | between kernels µs |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['step']} | {r['gpu_us_per_step']:.1f} | {r['kernels_per_step']:.1f} | "
+                   f"{r['kernel_busy_us_per_step']:.1f} | {r['between_kernels_us_per_step']:.1f} |")
+    for r in rows:
+        out += ["", f"{r['step']}: kernels by busy time", "", "| kernel | per step | µs per step |", "|---|---:|---:|"]
+        out += [f"| `{k['name']}` | {k['per_step']:.2f} | {k['us_per_step']:.2f} |" for k in r["kernels"][:25]]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-path", default="models/smollm2-135m/hf", help="model folder, .gguf or hub id")
@@ -108,6 +169,8 @@ def main() -> int:
         for i, p in enumerate(ps):
             torch.manual_seed(i)
             v.append(vanilla_generate(engine, p, a.max_new_tokens, eos_ids=eos))
+            if not search.active and search.best is not None:
+                acc.settle(search.best)  # as the runner does before an answer: the final set's own graphs
             torch.manual_seed(i)
             s.append(swift_generate(engine, p, a.max_new_tokens, eos_ids=eos, cfg=cfg, search=search,
                                     planner=planner, profile=prof))
@@ -140,7 +203,14 @@ def main() -> int:
         summary.append(row)
         every += [dict(c, task=task) for c in prof.cycles]
         print(json.dumps({k: (round(x, 4) if isinstance(x, float) else x) for k, x in row.items()}), flush=True)
-    (out / "profile_swift.json").write_text(json.dumps(dict(env=env, summary=summary, cycles=every), indent=1))
+    kernels = []
+    if engine.cuda_graphs:
+        try:
+            kernels = kernel_table(engine, acc, search.best)
+        except Exception as exc:  # noqa: BLE001 - the cycle table above stands without it
+            print(f"kernel table failed: {type(exc).__name__}: {exc}", flush=True)
+    (out / "profile_swift.json").write_text(json.dumps(dict(env=env, summary=summary, cycles=every, kernels=kernels),
+                                                       indent=1))
     f = lambda x, spec=".3f": "" if x is None else format(x, spec)  # noqa: E731
     lines = [f"Model `{a.model_path}` on {env['gpu']}, torch {env['torch']}, kernels {env['backends']['kernels']}, "
              f"{a.num_samples} instances per task, {a.max_new_tokens} new tokens; draft graph with switchable "
@@ -149,15 +219,19 @@ def main() -> int:
              f"{f(static.get('model_pass_ms'))} ms and tree + acceptance + commit "
              f"{f(static.get('tree_accept_commit_ms'))} ms. Command: `{env['command']}`", "",
              "| task | cycles | wall ms / cycle | GPU ms / cycle | wall / GPU | draft GPU ms | verify GPU ms | host "
-             "launch ms | syncs / cycle | captures in timed runs | draft length | M | c(r) | v | ceiling | speedup | "
+             "launch ms | syncs / cycle | captures in timed runs | draft length | M | c(r) | v (tree size: cost) | ceiling | speedup | "
              "share of ceiling | identical |", "|---" * 18 + "|"]
     for r in summary:
         lines.append(f"| {r['task']} | {r['cycles']} | {f(r['wall_ms'])} | {f(r['gpu_ms'])} | "
                      f"{f(r['wall_over_gpu'], '.2f')} | {f(r['gpu_draft_ms'])} | {f(r['gpu_verify_ms'])} | "
                      f"{f(r['host_launch_ms'])} | {f(r['syncs_per_cycle'], '.2f')} | {r['captures_in_timed_runs']} | "
-                     f"{f(r['draft_len'], '.1f')} | {r['M']:.2f} | {f(r['c_r'])} | {f(r['v'])} | "
+                     f"{f(r['draft_len'], '.1f')} | {r['M']:.2f} | {f(r['c_r'])} | "
+                     f"{', '.join(f'{n}: {c:.2f}' for n, c in r['v'].items())} | "
                      f"{f(r['ceiling'], '.2f')} | {r['speedup']:.2f}x | {f(r['share_of_ceiling'], '.0%')} | "
                      f"{r['identical']:.0%} |")
+    if kernels:
+        lines += ["", f"Kernels of one step (skip set of the last task; `kernel_table`, {len(kernels)} kinds of step):",
+                  ""] + kernel_lines(kernels)
     (out / "profile_swift.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -161,9 +161,10 @@ class _FakeGraph:
     """Stands in for a CUDA graph on the CPU: replay runs the captured function."""
 
     def __init__(self, fn, track):
-        self.fn, self.track, self.regions = fn, track, {}
+        self.fn, self.track, self.regions, self.replays = fn, track, {}, 0
 
     def replay(self):
+        self.replays += 1
         return self.fn(lambda key: None) if self.track else self.fn()
 
     def enable(self, key, on):
@@ -187,6 +188,36 @@ def test_warm_up_captures_every_graph_a_stream_replays(monkeypatch):
     res = swift_generate(eng, _prompt(40), 120, cfg=cfg, search=search)
     assert len(res.stats["skip_changes"]) > 1  # the skip set changed during the stream
     assert eng.graph_captures == before and res.stats["graph_captures"] == 0
+
+
+def test_a_settled_skip_set_drafts_on_graphs_of_its_own(monkeypatch):
+    """Once the skip set is final, `Accelerator.settle` (untimed, between answers) captures one draft graph per chunk
+    length for it; a stream then replays those, captures nothing, and still equals vanilla decoding."""
+    monkeypatch.setattr(graphs, "capture", lambda fn, pool=None, track=False: _FakeGraph(fn, track))
+    eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6)
+    eng.cuda_graphs = True
+    skip = LayerSkip.of(attn=[2, 3], mlp=[3])
+    cfg = SwiftConfig(guard=False, context_window=16)
+    acc = accelerator(eng, cfg)
+    acc.drafter.tracked = True
+    monkeypatch.setattr(acc, "measure", lambda at, sampling: acc.costs)
+    eng.warm_up_decode()
+    acc.warm_up(SamplingConfig())
+    before = eng.graph_captures
+    assert acc.settle(skip) and eng.graph_captures == before + len(acc.drafter.chunks())
+    assert not acc.settle(skip) and eng.graph_captures == before + len(acc.drafter.chunks())  # once per set
+    assert eng.length == 0
+    own = [key for key in eng._graphs if key[0] == "draft" and key[-1] == skip]
+    assert len(own) == len(acc.drafter.chunks())
+    prompt = _prompt(40)
+    want = vanilla_generate(eng, prompt, 80).tokens
+    captures = eng.graph_captures
+    res = swift_generate(eng, prompt, 80, cfg=cfg, skip=skip)
+    assert res.tokens == want
+    assert eng.graph_captures == captures and res.stats["graph_captures"] == 0
+    assert sum(eng._graphs[key].replays for key in own) > 0
+    tracked = [g for key, g in eng._graphs.items() if key[0] == "draft" and len(key) == 4]
+    assert tracked and all(g.replays == 1 for g in tracked)  # the shared graph only ran at warm-up
 
 
 @pytest.mark.real_model

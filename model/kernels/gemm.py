@@ -18,7 +18,9 @@ order -- the `Config` -- is chosen from the weight shape (N, K) alone, never fro
 * `split`: K is cut into `split` fixed ranges (from K and BLOCK_K only); each range's partial sum goes to a float32
   workspace, and the last program of a tile to arrive (an atomic counter) adds the partials in range order
   0, 1, .., split-1 and applies the epilogue. More programs for a long K, the same bits for every M;
-* the RMSNorm's sum of squares is computed per row, in the same BLOCK_K slices, by every program that needs it.
+* the RMSNorm costs no pass of its own: norm(x) @ w.T = rstd * ((x * norm_w) @ w.T) with rstd one scalar per row,
+  so the sum of squares accumulates in the product's K loop, in the same BLOCK_K slices, and rstd scales the sums
+  before the epilogue (with K ranges, every program first sums the whole row's squares).
 
 The SiLU gating is an epilogue of the gate/up product, not a prologue of the down product: a prologue is recomputed
 by every program of the down product at every K step, in the loop that should only stream weights, and it made that
@@ -100,6 +102,12 @@ def config(n: int, k: int) -> Config:
     return _tuned_file().get((n, k)) or TUNED.get((n, k)) or heuristic(n, k)
 
 
+def one_pass_norm() -> bool:
+    """The RMSNorm prologue summed in the product's own K loop (default); SWIFT_GEMM_NORM=two-pass restores a separate
+    pass over x before the weights (for before/after measurements)."""
+    return os.environ.get("SWIFT_GEMM_NORM", "one-pass") != "two-pass"
+
+
 _locks: dict[torch.device, torch.Tensor] = {}
 
 
@@ -136,6 +144,16 @@ if triton is not None:
             xn = (x.to(tl.float32) * rstd[:, None]).to(nw.dtype)
             x = (xn.to(tl.float32) * nw.to(tl.float32)[None, :]).to(nw.dtype)
         return x
+
+    @triton.jit
+    def _x_tile_scaled(X, NW, rows, rk, ss, M, K, stride_xm):
+        """The input tile times the norm weight [16, BLOCK_K], rounded to the input dtype, and the rows' sum of
+        squares `ss` carried on by this slice (one-pass RMSNorm: rstd is applied to the products' sums)."""
+        x = tl.load(X + rows[:, None] * stride_xm + rk[None, :], mask=(rows < M)[:, None] & (rk < K)[None, :],
+                    other=0.0)
+        nw = tl.load(NW + rk, mask=rk < K, other=0.0)
+        xf = x.to(tl.float32)
+        return (xf * nw.to(tl.float32)[None, :]).to(nw.dtype), ss + tl.sum(xf * xf, axis=1)
 
     @triton.jit
     def _w_tile(W, rn, rk, N, K, stride_wn, EVEN: tl.constexpr):
@@ -205,7 +223,7 @@ if triton is not None:
     def _gemm_kernel(X, NW, W, B, R, KEEP, Y, WS, LOCK, M, N, K, eps, stride_xm, stride_wn, stride_rm, stride_ym,
                      M_PAD, NORM: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr, RESID: tl.constexpr,
                      GATED: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     ONE_PASS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """One 16-row block x BLOCK_N output columns x one K range. N is the output width (half of w's rows when
         GLU: the gate rows [0, N) and the up rows [N, 2N) are multiplied side by side)."""
         pid_m = tl.program_id(0)  # the row blocks of one weight tile are neighbours: its later reads hit L2
@@ -213,18 +231,30 @@ if triton is not None:
         pid_s = tl.program_id(2)
         rows = pid_m * 16 + tl.arange(0, 16)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        # ONE_PASS (NORM and SPLIT == 1): the RMSNorm in one pass. rstd is one scalar per row, so
+        # norm(x) @ w.T = rstd * ((x * nw) @ w.T): the sum of squares accumulates in the product's own K loop and
+        # rstd scales the sums at the end. With K ranges, each range needs the whole row's rstd first (`_row_rstd`,
+        # a pass over x before the weights); so does float16, whose x * nw could overflow where norm(x) * nw does not
         rstd = tl.full([16], 1.0, tl.float32)
-        if NORM:
+        if NORM and not ONE_PASS:
             rstd = _row_rstd(X, rows, M, K, stride_xm, eps, BLOCK_K)
+        ss = tl.zeros([16], tl.float32)
         acc = tl.zeros([16, BLOCK_N], tl.float32)
         up = acc
         per = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT) * BLOCK_K  # K range pid_s: whole BLOCK_K slices
         for k0 in range(pid_s * per, tl.minimum(K, (pid_s + 1) * per), BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
-            x = _x_tile(X, NW, rows, rk, rstd, M, K, stride_xm, NORM)
+            if ONE_PASS:
+                x, ss = _x_tile_scaled(X, NW, rows, rk, ss, M, K, stride_xm)
+            else:
+                x = _x_tile(X, NW, rows, rk, rstd, M, K, stride_xm, NORM)
             acc = _dot(x, _w_tile(W, rn, rk, N, K, stride_wn, EVEN), acc, IEEE)
             if GLU:
                 up = _dot(x, _w_tile(W + N * stride_wn, rn, rk, N, K, stride_wn, EVEN), up, IEEE)
+        if ONE_PASS:
+            rstd = 1.0 / tl.sqrt(ss / K + eps)
+            acc = acc * rstd[:, None]
+            up = up * rstd[:, None]
         last = True
         if SPLIT > 1:
             _put_partial(acc, WS, pid_s, 0, rows, rn, M_PAD, N, 1 + GLU)
@@ -274,6 +304,8 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
                            w.stride(0), stride_rm, stride_ym, m_pad,
                            NORM=norm is not None, GLU=glu, HAS_BIAS=bias is not None, RESID=residual is not None,
                            GATED=keep is not None, IEEE=w.dtype == torch.float32, EVEN=even, SPLIT=cfg.split,
+                           ONE_PASS=(norm is not None and cfg.split == 1 and x.dtype != torch.float16
+                                     and one_pass_norm()),
                            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
                            num_stages=1 if w.dtype == torch.float32 else cfg.num_stages)  # fp32 tiles: no room
     return None if residual is not None else y

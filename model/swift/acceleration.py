@@ -15,7 +15,9 @@ the rest of the cycle as one replay; its `report` holds what the host needs, rea
 The skip set is data, not a new graph: with the Triton kernels the draft graph is captured once with every
 sub-layer and `Drafter.set_skip` switches the kernels of skipped sub-layers off in place (model/graphs.py); where
 that is not possible (the PyTorch path, or a runtime without the graph API) one graph per skip set is captured and
-counted in `engine.graph_captures`.
+counted in `engine.graph_captures`. A switched-off kernel still holds its place in the graph's schedule (about a
+microsecond each on an H200), so once the search has stopped, `Drafter.settle` captures graphs of the final skip set
+alone, between answers (untimed), and drafting replays those.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Drafter:
         self.vocab = DraftVocabulary(engine, cfg.draft_vocab)
         self.skip: LayerSkip = NO_SKIP
         self.tracked = engine.cuda_graphs and engine.ops.inplace and graphs.tracking_works()
+        self.settled: set = set()  # skip sets with graphs of their own (`settle`)
 
     def chunks(self) -> tuple[int, ...]:
         return tuple(k for k in DRAFT_LENGTHS if k <= self.cfg.max_draft_len)
@@ -74,7 +77,8 @@ class Drafter:
             logits = e.logits(x, self.vocab.weight)  # [1, V'] float32
             vals, ids = logits.topk(K, dim=-1)
             self.table.index_copy_(0, d0 + d, self.vocab.ids(ids))
-            self.top1.index_copy_(0, d0 + d, torch.exp(vals[:, 0] - torch.logsumexp(logits, dim=-1)))
+            # top-1 probability = 1 / sum(exp(logits - max)): three kernels (logsumexp launches about nine)
+            self.top1.index_copy_(0, d0 + d, torch.exp(logits - vals[:, :1]).sum(dim=-1).reciprocal())
             tok = self.vocab.ids(ids[:, 0])
 
     def draft(self, k: int, offset: int = 0) -> None:
@@ -83,6 +87,8 @@ class Drafter:
         e, kv = self.engine, self.engine.kv_len(self.cfg.max_draft_len + 1)
         if not e.cuda_graphs:
             self._steps(k, self.skip)
+        elif self.skip in self.settled and e.has_graph(self._own_key(k, kv, self.skip)):
+            e.graph(self._own_key(k, kv, self.skip), None).replay()
         elif self.tracked:
             try:
                 g = e.graph(("draft", id(self), k, kv), lambda mark: self._steps(k, NO_SKIP, mark), track=True)
@@ -99,7 +105,22 @@ class Drafter:
                 g.skip = self.skip
             g.replay()
         else:
-            e.run(("draft", id(self), k, kv, self.skip), lambda: self._steps(k, self.skip))
+            e.run(self._own_key(k, kv, self.skip), lambda: self._steps(k, self.skip))
+
+    def _own_key(self, k: int, kv, skip: LayerSkip) -> tuple:
+        return ("draft", id(self), k, kv, skip)
+
+    def settle(self, skip: LayerSkip) -> bool:
+        """Capture a draft graph of every chunk length for `skip` alone (call it untimed, on scratch positions);
+        `draft` replays those while `skip` is the skip set. Returns whether anything was captured."""
+        e = self.engine
+        if not self.tracked or not len(skip) or skip in self.settled:
+            return False
+        kv = e.kv_len(self.cfg.max_draft_len + 1)
+        for k in self.chunks():
+            e.graph(self._own_key(k, kv, skip), lambda k=k: self._steps(k, skip))
+        self.settled.add(skip)
+        return True
 
     def warm_up(self) -> None:
         """Capture the draft graph of every chunk length now (with tracking, these serve every skip set)."""

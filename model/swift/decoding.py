@@ -98,6 +98,7 @@ class Accelerator:
         self.drafter = Drafter(engine, cfg)
         self.verifier = Verifier(engine, cfg, self.drafter)
         self.costs = CostModel.default(engine.args.n_layers)
+        self.full_ms = None  # GPU ms of a plain step, measured at warm-up
 
     @torch.inference_mode()
     def warm_up(self, sampling: SamplingConfig) -> None:
@@ -117,6 +118,25 @@ class Accelerator:
         self.costs = self.measure(at, sampling)
         e.length = 0
 
+    @torch.inference_mode()
+    def settle(self, skip: LayerSkip) -> bool:
+        """Once the search has stopped: graphs of the draft with `skip` alone (`Drafter.settle`) and the measured
+        cost of its step, which the planner then uses. Call it untimed (between answers); leaves the stream empty.
+        Returns whether anything was captured."""
+        e, dr = self.engine, self.drafter
+        if not e.cuda_graphs:
+            return False
+        at = self.cfg.context_window + 1
+        self._at(at)
+        done = dr.settle(skip)
+        if done and self.costs.measured:
+            dr.set_skip(skip)
+            k = max(dr.chunks())
+            step = gpu_ms(lambda: dr.draft(k), 5, before=lambda: self._at(at)) / k
+            self.costs.settled[len(skip.attn), len(skip.mlp)] = step / self.full_ms
+        e.length = 0
+        return done
+
     def _at(self, slot: int) -> None:
         self.engine.cursor.fill_(slot)
         self.engine.length = slot + 1
@@ -131,7 +151,7 @@ class Accelerator:
             return gpu_ms(fn, reps, before=lambda: self._at(at))
 
         k = max(dr.chunks())
-        full = ms(lambda: e.decode(8, sampling)) / 8
+        full = self.full_ms = ms(lambda: e.decode(8, sampling)) / 8
         middle = range(1, L - 1)
         steps = {}
         for name, skip in (("none", LayerSkip()), ("attn", LayerSkip.of(attn=middle)),

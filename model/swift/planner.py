@@ -17,7 +17,7 @@ constant acceptance, the best speedup over k at that ratio's draft cost (ratio_o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DRAFT_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32)  # draft steps per cycle that have a graph
 
@@ -48,6 +48,8 @@ class CostModel:
     verify: tuple
     n_layers: int
     measured: bool = False
+    # measured draft step cost of a settled skip set (graphs of its own), by (attention, MLP) sub-layers skipped
+    settled: dict = field(default_factory=dict)
 
     def verify_of(self, nodes: int) -> float:
         """The cost of verifying a tree of `nodes` nodes: that of the smallest measured size holding them."""
@@ -65,6 +67,8 @@ class CostModel:
         return cls(fixed=0.1, attn=per, mlp=per, verify=((1 << 30, 1.25),), n_layers=n_layers)
 
     def draft(self, n_attn_skipped: int, n_mlp_skipped: int) -> float:
+        if (n_attn_skipped, n_mlp_skipped) in self.settled:
+            return self.settled[n_attn_skipped, n_mlp_skipped]
         keep = self.n_layers - 2
         return max(0.05, self.fixed + self.attn * (keep - n_attn_skipped) + self.mlp * (keep - n_mlp_skipped))
 
@@ -75,6 +79,7 @@ class CostModel:
     def to_dict(self) -> dict:
         out = {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
         out["verify"] = {str(size): round(c, 4) for size, c in self.verify}
+        out["settled"] = {f"{a},{m}": round(c, 4) for (a, m), c in self.settled.items()}
         return out
 
 
