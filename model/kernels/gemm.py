@@ -103,9 +103,10 @@ def config(n: int, k: int) -> Config:
 
 
 def one_pass_norm() -> bool:
-    """The RMSNorm prologue summed in the product's own K loop (default); SWIFT_GEMM_NORM=two-pass restores a separate
-    pass over x before the weights (for before/after measurements)."""
-    return os.environ.get("SWIFT_GEMM_NORM", "one-pass") != "two-pass"
+    """SWIFT_GEMM_NORM=one-pass sums the RMSNorm's squares in the product's own K loop instead of a pass over x
+    before the weights (default: two-pass). Measured slower on an H200 (docs/RESULTS.md): the loop that should only
+    stream weights then also converts and reduces x, and its loads are no longer pipelined as well."""
+    return os.environ.get("SWIFT_GEMM_NORM", "two-pass") == "one-pass"
 
 
 _locks: dict[torch.device, torch.Tensor] = {}
