@@ -257,3 +257,18 @@ def test_one_pass_norm_equals_the_separate_pass_to_rounding(glu, monkeypatch):
     one = gemm(x, w, norm=nw, eps=1e-6, glu=glu, cfg=cfg)
     _close(one, two, torch.float32)
     assert torch.equal(gemm(x[4:5], w, norm=nw, eps=1e-6, glu=glu, cfg=cfg)[0], one[4])
+
+
+def test_attention_reads_expanded_extents_as_their_values():
+    """The layer search scores its candidates with one window start for every row, passed as an expanded (stride 0)
+    view; the kernels must see that value in every row, as with a materialised copy."""
+    n_kv, g, D, S, T = 2, 3, 32, 384, 6
+    k, v = _cache(n_kv, S, D, torch.float32, seed=4)
+    q = torch.randn(n_kv, T * g, D, generator=torch.Generator().manual_seed(5))
+    start = torch.tensor([150])
+    slot = 200 + torch.arange(T)
+    ext = Extents(start.expand(T), torch.full((T,), 200), slot, 140 + torch.arange(T))
+    dense = Extents(start.repeat(T), ext.run_lo, slot, ext.pos)
+    got = attention(q, k, v, ext)
+    assert torch.equal(got, attention(q, k, v, dense))
+    _close(got, _sdpa(q, k, v, dense, g), torch.float32)
