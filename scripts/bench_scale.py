@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """SWIFT at the paper's scale, on synthetic weights: LLaMA-2-7B- and 13B-shaped models with planted layer redundancy.
 
-No 7B-70B checkpoint is needed to measure how SWIFT's costs scale: a random-weight model of the real shape reads the
-same bytes per step. A share `--ratio` of the sub-layers of layers 1..L-2 (the paper's r = 0.45) is made a near
-no-op by scaling its output projection by eps; the LM head is scaled so that the logits are confident (drafting is
-not cut short by the confidence of a near-uniform distribution). eps is chosen per shape from a grid so that the
-planted set's matchness on the model's own greedy text lands near each `--levels` target (acceptance about 100%, 95%,
-90%). For each shape x level, in one run: our vanilla decoding and SWIFT with its on-the-fly search (carried over
-`--prompts` random prompts), reporting the speedup, the draft cost relative to a full step, verification cost
-against tree size, the search's share of SWIFT's time, whether the search found the planted set, and the analytic
-ceiling from the measured costs and acceptance (`model/swift/planner.py`).
+No 7B-70B checkpoint is needed to measure how SWIFT's costs scale: a model of the real shape reads the same bytes per
+step. `model/planted.py` writes its weights so that a share `--ratio` of the sub-layers of layers 1..L-2 (the paper's
+r = 0.45) are near no-ops, every other sub-layer matters for some tokens, the model's greedy text is a fixed walk
+decided with a wide margin, and `--flips` tokens are redirected by the planted sub-layers (there a draft without
+them disagrees with the full model: acceptance about 100%, 97% and 90% for 0, 1 and 3 flips).
+
+For each shape x level, in one run:
+1. search: SWIFT with its on-the-fly search at r = `--ratio` over `--search-prompts` texts (carried across them, as the
+   runner carries it over a task's instances) until it stops; its time share, steps, the set it found, that set's
+   overlap with the planted set and the matchness of both;
+2. timed: our vanilla decoding and SWIFT with the found set (its own draft graphs, `Accelerator.settle`) on
+   `--prompts` other texts: the speedup, M and acceptance, the draft step's cost relative to a full step, the
+   verification cost by tree size, and the analytic ceiling that these costs and the acceptance allow
+   (`model/swift/planner.py`) with the share of it reached.
 
 These runs measure the system's cost structure, not a model's quality: the weights are synthetic.
 
@@ -22,6 +27,7 @@ import argparse
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,7 +40,7 @@ from model.engine import Engine  # noqa: E402
 from model.generate import cache_capacity, vanilla_generate  # noqa: E402
 from model.graphs import gpu_ms  # noqa: E402
 from model.llama import LayerSkip  # noqa: E402
-from model.loading import build_model  # noqa: E402
+from model.planted import build_planted  # noqa: E402
 from model.sampling import SamplingConfig  # noqa: E402
 from model.swift.config import SwiftConfig  # noqa: E402
 from model.swift.decoding import Accelerator, accelerator, swift_generate  # noqa: E402
@@ -42,44 +48,21 @@ from model.swift.layer_search import LayerSearch, score_candidates  # noqa: E402
 from model.swift.planner import DraftPlanner, expected_speedup  # noqa: E402
 
 SHAPES = {"llama-2-7b": LLAMA2_7B_SHAPE, "llama-2-13b": LLAMA2_13B_SHAPE}
-EPS_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8)
 
 
-def planted_set(n_layers: int, ratio: float, seed: int) -> LayerSkip:
-    """round(ratio * 2(L-2)) sub-layers of layers 1..L-2, drawn at random."""
-    g = torch.Generator().manual_seed(seed)
-    dims = 2 * (n_layers - 2)
-    pick = torch.randperm(dims, generator=g)[:round(ratio * dims)].tolist()
-    h = n_layers - 2
-    return LayerSkip.of(attn=[1 + i for i in pick if i < h], mlp=[1 + i - h for i in pick if i >= h])
+def overlap(found: LayerSkip, planted: LayerSkip) -> int:
+    """Sub-layers in both sets (attention and MLP counted apart)."""
+    return len(found.attn & planted.attn) + len(found.mlp & planted.mlp)
 
 
-class Planted:
-    """A random-weight model whose planted sub-layers' output projections are scaled by eps (kept originals)."""
-
-    def __init__(self, args: ModelArgs, skip: LayerSkip, head_scale: float, seed: int = 0):
-        torch.manual_seed(seed)
-        self.model = build_model(args, None, device="cuda", dtype=torch.bfloat16)
-        self.model.output.weight.mul_(head_scale)
-        self.skip = skip
-        self.orig = {("attn", i): self.model.layers[i].attention.wo.weight.clone() for i in skip.attn}
-        self.orig.update({("mlp", i): self.model.layers[i].feed_forward.w2.weight.clone() for i in skip.mlp})
-
-    def set_eps(self, eps: float) -> None:
-        for (kind, i), w in self.orig.items():
-            layer = self.model.layers[i]
-            (layer.attention.wo if kind == "attn" else layer.feed_forward.w2).weight.copy_(w * eps)
-
-
-def matchness(engine: Engine, skip: LayerSkip, prompt: list[int], n: int = 64, gamma: int = 32) -> float:
-    """The planted set's matchness on the model's own greedy continuation of `prompt`."""
-    text = prompt + vanilla_generate(engine, prompt, n).tokens
+def matchness(engine: Engine, skip: LayerSkip, text: list[int], gamma: int = 32) -> float:
+    """`skip`'s matchness on the last `gamma` tokens of `text` (the model's own greedy text)."""
     engine.start(text[:-1])
     return score_candidates(engine, [skip], gamma)[0]
 
 
 def verify_costs(engine: Engine, sizes=(8, 16, 32, 64)) -> dict:
-    """ms of one verification pass per tree size (a chain of size - 1 tokens)."""
+    """GPU ms of one verification per tree size (a chain of size - 1 tokens)."""
     out = {}
     for size in sizes:
         cfg = SwiftConfig(max_tree_nodes=size, max_draft_len=min(25, size - 2), guard=False)
@@ -92,104 +75,119 @@ def verify_costs(engine: Engine, sizes=(8, 16, 32, 64)) -> dict:
     return out
 
 
+def run_level(engine, args, a, task, env) -> dict:
+    """Search, then time vanilla and SWIFT with the found set, for one planted model (module docstring)."""
+    cfg = SwiftConfig(skip_ratio=a.ratio, guard=False, max_score=a.max_score)
+    acc = accelerator(engine, cfg)
+    acc.warm_up(SamplingConfig())
+    planner = DraftPlanner(acc.costs, acc.drafter.chunks())
+    search = LayerSearch(args.n_layers, cfg, value=planner.value)
+    starts = task.start_tokens()
+    texts = [task.text(starts[(7 * i) % len(starts)], a.prompt_len + a.max_new_tokens)
+             for i in range(a.search_prompts + a.prompts)]
+    t0, search_runs = time.perf_counter(), []
+    for text in texts[:a.search_prompts]:  # the search, carried across texts until it stops
+        search_runs.append(swift_generate(engine, text[:a.prompt_len], a.max_new_tokens, cfg=cfg, search=search,
+                                          planner=planner))
+        if not search.active:
+            break
+    search_s = time.perf_counter() - t0
+    found = search.best or LayerSkip()
+    acc.settle(found)
+    v_runs, s_runs, captures = [], [], 0
+    for text in texts[a.search_prompts:]:
+        v_runs.append(vanilla_generate(engine, text[:a.prompt_len], a.max_new_tokens))
+        before = engine.graph_captures
+        s_runs.append(swift_generate(engine, text[:a.prompt_len], a.max_new_tokens, cfg=cfg, skip=found,
+                                     planner=planner))
+        captures += engine.graph_captures - before
+    v_tps = sum(r.num_new_tokens / r.wall_time_s for r in v_runs) / len(v_runs)
+    s_tps = sum(r.num_new_tokens / r.wall_time_s for r in s_runs) / len(s_runs)
+    steps = [x for r in s_runs for x in r.accept_lengths]
+    alpha = (sum(steps) - len(steps)) / max(1, sum(r.num_drafted for r in s_runs))
+    costs = acc.costs
+    c = costs.draft(len(found.attn), len(found.mlp))
+    ceiling = expected_speedup(alpha, c, costs.verify_chain(), acc.drafter.chunks())
+    probe = texts[-1][:a.prompt_len + 64]
+    return dict(env, n_flips=len(task.flipped), expected_acceptance=task.expected_acceptance(),
+                n_planted=len(task.planted), search_steps=search.state.n_iter, search_stop=search.state.stop_reason,
+                search_s=search_s, search_share=search_s / (search_s + sum(r.wall_time_s for r in s_runs)),
+                search_tokens=sum(r.num_new_tokens for r in search_runs),
+                found_planted=found == task.planted, planted_overlap=overlap(found, task.planted),
+                found_matchness=matchness(engine, found, probe), planted_matchness=matchness(engine, task.planted,
+                                                                                              probe),
+                vanilla_tps=v_tps, swift_tps=s_tps, speedup=s_tps / v_tps,
+                identical=sum(x.tokens == y.tokens for x, y in zip(s_runs, v_runs)) / len(v_runs),
+                M=sum(steps) / len(steps), alpha=alpha, draft_cost=c, costs=costs.to_dict(),
+                ceiling=ceiling[0], ceiling_draft_len=ceiling[1], share_of_ceiling=(s_tps / v_tps) / ceiling[0],
+                captures_in_timed_runs=captures)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="llama-2-7b,llama-2-13b", help=f"comma-separated, from {', '.join(SHAPES)}")
-    ap.add_argument("--ratio", type=float, default=0.45, help="share of sub-layers planted as near no-ops")
-    ap.add_argument("--levels", default="1.0,0.95,0.9", help="target matchness (acceptance) levels")
-    ap.add_argument("--head-scale", type=float, default=16.0, help="LM-head scale (confident logits)")
-    ap.add_argument("--prompts", type=int, default=4, help="random prompts per level (the search is carried)")
-    ap.add_argument("--prompt-len", type=int, default=64, help="tokens per prompt")
+    ap.add_argument("--ratio", type=float, default=0.45, help="share of sub-layers planted as near no-ops (and r)")
+    ap.add_argument("--flips", default="0,1,3", help="redirected tokens per level (acceptance ~100%%, 97%%, 90%%)")
+    ap.add_argument("--max-score", type=float, default=1.0,
+                    help="the search stops once a set's matchness reaches this (paper: 0.95; 1.0 lets it look for "
+                         "the planted set itself)")
+    ap.add_argument("--search-prompts", type=int, default=12, help="most texts the search may use")
+    ap.add_argument("--prompts", type=int, default=4, help="timed texts per level")
+    ap.add_argument("--prompt-len", type=int, default=128, help="tokens per prompt")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="tokens per answer")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the planted model")
     ap.add_argument("--out", default="outputs/bench_scale", help="output folder (bench_scale.jsonl / .md)")
     a = ap.parse_args()
-    assert torch.cuda.is_available(), "this benchmark needs a GPU"
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a GPU")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",
                python=platform.python_version(), command=" ".join(["scripts/bench_scale.py", *sys.argv[1:]]),
-               weights="synthetic (random, planted redundancy)")
+               weights="synthetic (planted redundancy, model/planted.py)")
     print(json.dumps(env), flush=True)
-    raw = open(out / "bench_scale.jsonl", "w")
     rows = []
-    for shape in a.shapes.split(","):
-        args = ModelArgs.from_hf_config(SHAPES[shape])
-        skip = planted_set(args.n_layers, a.ratio, seed=1)
-        planted = Planted(args, skip, a.head_scale)
-        g = torch.Generator().manual_seed(2)
-        prompts = [torch.randint(0, args.vocab_size, (a.prompt_len,), generator=g).tolist() for _ in range(a.prompts)]
-        engine = Engine(planted.model, cache_capacity(a.prompt_len + 64, a.max_new_tokens), Backends("triton"))
-        engine.warm_up_decode()
-        grid = []
-        for eps in EPS_GRID:  # matchness of the planted set against eps
-            planted.set_eps(eps)
-            grid.append((eps, matchness(engine, skip, prompts[0])))
-            print(f"{shape} eps {eps}: planted-set matchness {grid[-1][1]:.3f}", flush=True)
-        vcost = verify_costs(engine)
-        for level in (float(x) for x in a.levels.split(",")):
-            eps, m = min(grid, key=lambda em: (abs(em[1] - level), em[0]))
-            planted.set_eps(eps)
-            cfg = SwiftConfig(skip_ratio=a.ratio, guard=False)
-            acc = accelerator(engine, cfg)
-            acc.warm_up(SamplingConfig())
-            search = LayerSearch(args.n_layers, cfg)
-            planner = DraftPlanner(acc.costs, acc.drafter.chunks())
-            search.value = planner.value
-            v_runs, s_runs = [], []
-            for p in prompts:
-                v_runs.append(vanilla_generate(engine, p, a.max_new_tokens))
-                captures = engine.graph_captures
-                s_runs.append(swift_generate(engine, p, a.max_new_tokens, cfg=cfg, search=search, planner=planner))
-                s_runs[-1].stats["captures"] = engine.graph_captures - captures
-            v_tps = sum(r.num_new_tokens / r.wall_time_s for r in v_runs) / len(v_runs)
-            s_tps = sum(r.num_new_tokens / r.wall_time_s for r in s_runs) / len(s_runs)
-            steps = [x for r in s_runs for x in r.accept_lengths]
-            drafted = sum(r.num_drafted for r in s_runs)
-            alpha = (sum(steps) - len(steps)) / max(1, drafted)
-            wall = sum(r.wall_time_s for r in s_runs)
-            found = search.best or LayerSkip()
-            overlap = len((found.attn & skip.attn) | (found.mlp & skip.mlp)) if found else 0
-            costs = acc.costs
-            c = costs.draft(len(skip.attn), len(skip.mlp))
-            ceiling = expected_speedup(planner.rates(), c, costs.verify_chain(), acc.drafter.chunks())[0]
-            ceiling_m = expected_speedup(float(m), c, costs.verify_chain(), acc.drafter.chunks())[0]
-            row = dict(env, shape=shape, level=level, eps=eps, planted_matchness=m, n_planted=len(skip),
-                       vanilla_tps=v_tps, swift_tps=s_tps, speedup=s_tps / v_tps,
-                       identical=sum(x.tokens == y.tokens for x, y in zip(s_runs, v_runs)) / len(v_runs),
-                       mean_accept=sum(steps) / len(steps), alpha=alpha, draft_cost=c, costs=costs.to_dict(),
-                       verify_ms_by_tree_size=vcost, optimize_share=sum(r.stats["times"]["optimize"]
-                                                                         for r in s_runs) / wall,
-                       search=search.summary(), found_planted=found == skip, planted_overlap=overlap / len(skip),
-                       ceiling_observed_rates=ceiling, ceiling_planted_matchness=ceiling_m,
-                       share_of_ceiling=(s_tps / v_tps) / ceiling if ceiling else None,
-                       captures_in_timed_runs=sum(r.stats["captures"] for r in s_runs))
-            rows.append(row)
-            raw.write(json.dumps(row) + "\n")
-            raw.flush()
-            print(f"{shape} level {level} (eps {eps}, matchness {m:.3f}): vanilla {v_tps:.1f} tok/s, SWIFT "
-                  f"{s_tps:.1f} tok/s = {s_tps / v_tps:.2f}x; M {row['mean_accept']:.2f}, alpha {alpha:.3f}; draft "
-                  f"cost {c:.3f}; ceiling {ceiling:.2f}x; search found planted: {row['found_planted']} "
-                  f"({overlap}/{len(skip)})", flush=True)
-        del engine, planted
-        torch.cuda.empty_cache()
-    raw.close()
-    lines = [f"Synthetic weights (random, planted redundancy: {a.ratio:.0%} of the sub-layers of layers 1..L-2 scaled "
-             f"by eps); they measure the system's cost structure, not a model's quality. GPU {env['gpu']}, torch "
-             f"{env['torch']}, bf16, batch 1, greedy, {a.prompts} random prompts of {a.prompt_len} tokens, "
-             f"{a.max_new_tokens} new tokens, SWIFT at r = {a.ratio} with its on-the-fly search carried over the "
-             f"prompts. Command: `{env['command']}`", "",
-             "| shape | target | eps | planted matchness | vanilla tok/s | SWIFT tok/s | speedup | M | alpha | draft "
-             "cost c(r) | ceiling | share of ceiling | search found the planted set | optimize share |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    with open(out / "bench_scale.jsonl", "w") as raw:
+        for shape in a.shapes.split(","):
+            args = ModelArgs.from_hf_config(SHAPES[shape])
+            vcost = None
+            for flips in (int(x) for x in a.flips.split(",")):
+                model, task = build_planted(args, a.ratio, flips, seed=a.seed, device="cuda", dtype=torch.bfloat16)
+                engine = Engine(model, cache_capacity(a.prompt_len + 64, a.max_new_tokens), Backends("triton"))
+                engine.warm_up_decode()
+                vcost = vcost or verify_costs(engine)
+                row = dict(run_level(engine, args, a, task, env), shape=shape, verify_ms_by_tree_size=vcost)
+                rows.append(row)
+                raw.write(json.dumps(row) + "\n")
+                raw.flush()
+                print(f"{shape}, {flips} flips (acceptance ~{row['expected_acceptance']:.3f}): vanilla "
+                      f"{row['vanilla_tps']:.1f} tok/s, SWIFT {row['swift_tps']:.1f} = {row['speedup']:.2f}x, M "
+                      f"{row['M']:.2f}, alpha {row['alpha']:.3f}, c {row['draft_cost']:.3f}, ceiling "
+                      f"{row['ceiling']:.2f}x ({row['share_of_ceiling']:.0%}); search: {row['search_steps']} steps, "
+                      f"{row['planted_overlap']}/{row['n_planted']} planted, matchness {row['found_matchness']:.3f} "
+                      f"(planted {row['planted_matchness']:.3f})", flush=True)
+                del engine, model
+                torch.cuda.empty_cache()
+    lines = [f"Synthetic weights (`model/planted.py`: {a.ratio:.0%} of the sub-layers of layers 1..L-2 planted as near "
+             f"no-ops, the rest each needed for two tokens of the text); they measure the system's cost structure, "
+             f"not a model's quality. GPU {env['gpu']}, torch {env['torch']}, bf16, batch 1, greedy, prompts of "
+             f"{a.prompt_len} tokens, {a.max_new_tokens} new tokens, SWIFT at r = {a.ratio}: the search over at most "
+             f"{a.search_prompts} texts, then {a.prompts} timed texts with the found set. Command: "
+             f"`{env['command']}`", "",
+             "| shape | flips | acceptance (design / measured) | vanilla tok/s | SWIFT tok/s | speedup | M | draft cost "
+             "c(r) | ceiling | share of ceiling | search: steps, share of time | found / planted | matchness found "
+             "(planted) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['shape']} | {r['level']:.2f} | {r['eps']} | {r['planted_matchness']:.3f} | "
-                     f"{r['vanilla_tps']:.1f} | {r['swift_tps']:.1f} | {r['speedup']:.2f}x | {r['mean_accept']:.2f} | "
-                     f"{r['alpha']:.3f} | {r['draft_cost']:.3f} | {r['ceiling_observed_rates']:.2f}x | "
-                     f"{r['share_of_ceiling']:.0%} | {'yes' if r['found_planted'] else 'no'} "
-                     f"({r['planted_overlap']:.0%} overlap) | {r['optimize_share']:.1%} |")
+        found = "the planted set" if r["found_planted"] else f"{r['planted_overlap']}/{r['n_planted']}"
+        lines.append(f"| {r['shape']} | {r['n_flips']} | {r['expected_acceptance']:.3f} / {r['alpha']:.3f} | "
+                     f"{r['vanilla_tps']:.1f} | {r['swift_tps']:.1f} | {r['speedup']:.2f}x | {r['M']:.2f} | "
+                     f"{r['draft_cost']:.3f} | {r['ceiling']:.2f}x | {r['share_of_ceiling']:.0%} | "
+                     f"{r['search_steps']}, {r['search_share']:.1%} | "
+                     f"{found} | "
+                     f"{r['found_matchness']:.3f} ({r['planted_matchness']:.3f}) |")
     if rows:
-        lines += ["", "Verification cost (ms) by tree size: " + "; ".join(
-            f"{r['shape']}: {r['verify_ms_by_tree_size']}" for r in rows[::len(a.levels.split(','))])]
+        lines += ["", "Verification cost (GPU ms) by tree size: " + "; ".join(
+            f"{r['shape']}: {r['verify_ms_by_tree_size']}" for r in rows if r["n_flips"] == rows[0]["n_flips"])]
     (out / "bench_scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
