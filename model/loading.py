@@ -151,7 +151,9 @@ def build_model(args: ModelArgs, state_dict: dict | None, device="cpu", dtype=to
             if name.endswith("norm.weight"):
                 continue
             torch.nn.init.normal_(p, std=0.02)
-        return model.to(dtype).requires_grad_(False).eval()
+        model = model.to(dtype).requires_grad_(False).eval()
+        model.inv_freq = rope_inv_freq(args).to(device)  # rotary frequencies stay float32, as for a checkpoint
+        return model
     model = _allocate(args, dtype, lambda name: device)
     params = dict(model.named_parameters())
     expected = {name: (Target(name),) for name in params}

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from model.config import ModelArgs
-from model.llama import LayerSkip, Transformer
+from model.llama import LayerSkip, Transformer, rope_inv_freq
 
 CONST = 1000.0  # the residual's constant coordinate
 LOGIT_MARGIN = 20.0  # logits per unit of vote: the right token leads the wrong one by 10
@@ -103,6 +103,8 @@ def build_planted(args: ModelArgs, ratio: float = 0.45, n_flips: int = 0, alphab
                          f"width, 1 + 2T <= dim, {2 * pairs} code dims <= head_dim / 2)")
     if L < 3:
         raise ValueError("needs at least 3 layers")
+    if args.tie_embeddings:
+        raise ValueError("needs an untied LM head (the head reads the vote counters, the embedding writes the code)")
     g = torch.Generator().manual_seed(seed)
     planted = planted_set(L, ratio, seed)
     skippable = [(k, i) for i in range(1, L - 1) for k in ("attn", "mlp")]
@@ -122,6 +124,8 @@ def build_planted(args: ModelArgs, ratio: float = 0.45, n_flips: int = 0, alphab
     # the planted set is wrong whatever it keeps, so its voter could be skipped unseen
     ring = [t for t in PlantedTask(tuple(ids), successor, planted, flipped, {}).start_tokens() if t not in flipped]
     C = len(ring)
+    if C == 0 and important:
+        raise ValueError(f"{n_flips} redirected tokens leave no token of the alphabet of {T} to vote for")
     order = torch.randperm(len(important), generator=g).tolist()
     votes = {}
     for n, k in enumerate(order):
@@ -133,6 +137,8 @@ def build_planted(args: ModelArgs, ratio: float = 0.45, n_flips: int = 0, alphab
     # sub-layers each vote for nxt(nxt(t)): all of them outvote nxt(t) by 0.5, one fewer does not. A draft must keep
     # every carrier to follow the redirection, i.e. skip as many voters instead, which costs more than it gains: the
     # planted set stays the search's optimum
+    if flipped and not plant:
+        raise ValueError("redirected tokens need planted sub-layers to carry them: raise `ratio` or set n_flips=0")
     carry, need = {s: [] for s in plant}, min(len(plant), CARRIERS)
     for t in flipped:
         for j in torch.randperm(len(plant), generator=g)[:need].tolist():
@@ -141,6 +147,7 @@ def build_planted(args: ModelArgs, ratio: float = 0.45, n_flips: int = 0, alphab
     device = torch.device(device)
     with device:  # built in place (a 13B shape is 26 GB in bf16): noise drawn on the device, then the design
         model = Transformer(args).to(dtype).requires_grad_(False).eval()
+    model.inv_freq = rope_inv_freq(args).to(device)  # rotary frequencies stay float32, as for a checkpoint
     _fill_noise(model, noise, torch.Generator(device=device).manual_seed(seed), T)
     code = 1 + torch.tensor([ids.index(t) for t in ids])  # residual coordinate of each token's one-hot code
     vote = {t: 1 + T + ids.index(t) for t in ids}  # residual coordinate of each token's vote counter

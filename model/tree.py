@@ -136,6 +136,7 @@ class DeviceTree:
         before = extras.cumsum(0) - extras
         first_b = ctx.index_select(0, at.clamp_max(B - 1))  # the branch's first token
         alt = (r[None, :] >= 1) & (r[None, :] <= extras[:, None])
+        alt &= table != table[:, :1]  # siblings must differ (a proposed chain row keeps older alternatives)
         alt &= ~((d[:, None] == at) & (blen > 0) & (table == first_b))  # a sibling equal to the branch goes
         chain = (r[None, :] == 0) & drafted[:, None]
         node = torch.where(r[None, :] == 0, d[:, None] + 1, 1 + C + before[:, None] + r[None, :] - 1)

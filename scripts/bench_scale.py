@@ -106,7 +106,7 @@ def run_level(engine, args, a, task, env) -> dict:
     steps = [x for r in s_runs for x in r.accept_lengths]
     alpha = (sum(steps) - len(steps)) / max(1, sum(r.num_drafted for r in s_runs))
     costs = acc.costs
-    c = costs.draft(len(found.attn), len(found.mlp))
+    c = costs.draft_for(found)
     ceiling = expected_speedup(alpha, c, costs.verify_chain(), acc.drafter.chunks())
     probe = texts[-1][:a.prompt_len + 64]
     return dict(env, n_flips=len(task.flipped), expected_acceptance=task.expected_acceptance(),

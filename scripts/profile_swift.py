@@ -180,7 +180,7 @@ def main() -> int:
         v_tps = statistics.mean(r.num_new_tokens / r.wall_time_s for r in v)
         s_tps = statistics.mean(r.num_new_tokens / r.wall_time_s for r in s)
         skip = search.best
-        c_r = acc.costs.draft(len(skip.attn), len(skip.mlp)) if skip else None
+        c_r = acc.costs.draft_for(skip) if skip else None
         ceiling = expected_speedup(planner.rates(), c_r, acc.costs.verify_chain(), acc.drafter.chunks())[0] \
             if skip else None
         steps = [x for r in s for x in r.accept_lengths]

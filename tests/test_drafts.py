@@ -220,6 +220,43 @@ def test_a_settled_skip_set_drafts_on_graphs_of_its_own(monkeypatch):
     assert tracked and all(g.replays == 1 for g in tracked)  # the shared graph only ran at warm-up
 
 
+def test_settling_after_chunked_drafting_stays_inside_the_table(monkeypatch):
+    """A capture runs its function once first (model.graphs.capture): settling right after a stream that drafted in
+    chunks (draft_stop="confidence" leaves the depth offset past 0) must not draft past the table's last row."""
+    def capture(fn, pool=None, track=False):
+        fn(lambda key: None) if track else fn()
+        return _FakeGraph(fn, track)
+
+    monkeypatch.setattr(graphs, "capture", capture)
+    eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6)
+    eng.cuda_graphs = True
+    cfg = SwiftConfig(guard=False, context_window=16, draft_stop="confidence", draft_chunk=4, max_draft_len=8)
+    acc = accelerator(eng, cfg)
+    acc.drafter.tracked = True
+    monkeypatch.setattr(acc, "measure", lambda at, sampling: acc.costs)
+    eng.warm_up_decode()
+    acc.warm_up(SamplingConfig())
+    skip = LayerSkip.of(attn=[2], mlp=[3])
+    swift_generate(eng, _prompt(40), 60, cfg=cfg, skip=LayerSkip.of(attn=[4]))
+    acc.drafter.offset.fill_(4)  # where a chunked draft leaves it
+    assert acc.settle(skip)
+
+
+def test_a_settled_cost_belongs_to_its_skip_set():
+    """The measured step cost of a settled set prices that set only; another set with as many skipped attention and
+    MLP sub-layers keeps the linear model's price."""
+    from model.swift.planner import CostModel, DraftPlanner
+
+    costs = CostModel(fixed=0.1, attn=0.02, mlp=0.02, verify=((16, 1.1),), n_layers=10, measured=True)
+    a, b = LayerSkip.of(attn=[1, 2], mlp=[3]), LayerSkip.of(attn=[4, 5], mlp=[6])
+    linear = costs.draft(2, 1)
+    costs.settled[a] = 0.3
+    assert costs.draft_for(a) == 0.3 and costs.draft_for(b) == linear
+    planner = DraftPlanner(costs, (1, 2, 4, 8), alpha=0.9)
+    assert planner.best(8, a)[0] > planner.best(8, b)[0]
+    assert costs.to_dict()["settled"] == [{"attn": [1, 2], "mlp": [3], "cost": 0.3}]
+
+
 @pytest.mark.real_model
 def test_pld_early_exit_and_hybrid_equal_vanilla_real_smollm2(smollm2_path, shared_data_dir):
     """2 CNN/DM + 2 HumanEval prompts (their last 400 tokens: CPU time), 96 new tokens, on the real SmolLM2."""

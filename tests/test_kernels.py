@@ -221,6 +221,11 @@ def test_device_tree_follows_the_host_tree_rule():
     assert int(t.at) == 2 and int(t.blen) == 2
     assert t.tokens[t.bnode[:2]].tolist() == [77, 78] and t.depth[t.bnode[:2]].tolist() == [3, 4]
     assert t.prefix[t.bnode[:2]].tolist() == [3, 3] and t.run_lo[t.bnode[0]] == t.bnode[0]
+    # an alternative equal to its chain sibling (a proposed chain keeps older alternatives) is not a candidate
+    table[1, 2] = table[1, 0]
+    t = dt.build(table, torch.zeros(D), torch.tensor([3]), torch.zeros(4, dtype=torch.long), torch.tensor([0]),
+                 torch.tensor([3]))
+    assert t.valid[1, 0] and not t.valid[1, 2] and t.valid[1, 1] and t.valid[1, 3]
 
 
 def test_tuned_block_shapes_come_from_the_file_then_the_table(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from model.config import ModelArgs
 from model.engine import Engine
 from model.errors import UserError
 from model.generate import vanilla_generate
-from model.loading import convert_hf_state_dict, load_model, load_tokenizer
+from model.loading import build_model, convert_hf_state_dict, load_model, load_tokenizer
 from tests.helpers import full_logits, hf_config, hf_model, ours_from_hf, teacher_forced_logits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -365,3 +365,14 @@ def test_measure_loading_peak_is_about_one_shard():
     assert r["peak_extra_bytes"] <= 2 * r["max_shard_bytes"]
     assert r["peak_extra_bytes"] <= 0.35 * r["checkpoint_bytes"]
     assert r["load_s"] > 0
+
+
+def test_random_weight_models_keep_float32_rotary_frequencies():
+    """A random-weight model in bf16 (benchmarks, the self-test) rotates with float32 frequencies, as a loaded
+    checkpoint does: bf16 frequencies would turn high-frequency dims by whole radians at a few hundred positions."""
+    from model.config import SMOLLM2_135M_SHAPE
+    from model.llama import rope_inv_freq
+    args = ModelArgs.from_hf_config(dict(SMOLLM2_135M_SHAPE, num_hidden_layers=2))
+    model = build_model(args, None, dtype=torch.bfloat16)
+    assert model.inv_freq.dtype == torch.float32 and torch.equal(model.inv_freq, rope_inv_freq(args))
+    assert model.output.weight.dtype == torch.bfloat16

@@ -97,5 +97,12 @@ def test_bench_scale_measures_a_level_on_the_cpu():
 
 
 def test_shapes_that_cannot_hold_the_design_are_refused():
+    import dataclasses
     with pytest.raises(ValueError, match="alphabet"):
         build_planted(_args(), alphabet=100)
+    with pytest.raises(ValueError, match="untied"):
+        build_planted(dataclasses.replace(_args(), tie_embeddings=True), alphabet=16)
+    with pytest.raises(ValueError, match="planted sub-layers"):
+        build_planted(_args(), ratio=0.0, n_flips=1, alphabet=16)
+    with pytest.raises(ValueError, match="no token"):
+        build_planted(_args(), n_flips=12, alphabet=16)

@@ -40,6 +40,12 @@ class Extents:
     pos: torch.Tensor  # rotary position, for the sliding window's lower bound
     window: int = 0  # 0 = no sliding window; else a token at position p sees positions > p - window
 
+    def __post_init__(self):
+        # the kernels (attention, RoPE + cache write) index these as dense arrays: an expanded view (stride 0, as the
+        # layer search passes its window start) is materialised; a dense tensor is kept as it is
+        for name in ("prefix", "run_lo", "slot", "pos"):
+            setattr(self, name, getattr(self, name).contiguous())
+
 
 if triton is not None:
     @triton.jit
@@ -158,8 +164,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ext
     scale = 1.0 / math.sqrt(D)
     common = (n_chunks, int(ext.window), scale, k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
               v_cache.stride(1))
-    # the kernels index the extents as dense [T] arrays: an expanded view (stride 0) must be materialised
-    prefix, run_lo, slot, pos = (t.contiguous() for t in (ext.prefix, ext.run_lo, ext.slot, ext.pos))
+    prefix, run_lo, slot, pos = ext.prefix, ext.run_lo, ext.slot, ext.pos
     with torch.cuda.device(dev) if q.is_cuda else contextlib.nullcontext():
         _split_kernel[(n_kv, triton.cdiv(R, BLOCK_M), n_chunks)](
             q, k_cache, v_cache, prefix, pos, op, mp, lp, R, g, *common,

@@ -18,9 +18,9 @@ order -- the `Config` -- is chosen from the weight shape (N, K) alone, never fro
 * `split`: K is cut into `split` fixed ranges (from K and BLOCK_K only); each range's partial sum goes to a float32
   workspace, and the last program of a tile to arrive (an atomic counter) adds the partials in range order
   0, 1, .., split-1 and applies the epilogue. More programs for a long K, the same bits for every M;
-* the RMSNorm costs no pass of its own: norm(x) @ w.T = rstd * ((x * norm_w) @ w.T) with rstd one scalar per row,
-  so the sum of squares accumulates in the product's K loop, in the same BLOCK_K slices, and rstd scales the sums
-  before the epilogue (with K ranges, every program first sums the whole row's squares).
+* the RMSNorm's sum of squares is a short pass over the row before the weight loop, in the same BLOCK_K slices
+  (`SWIFT_GEMM_NORM=one-pass` instead accumulates it in the K loop and scales the sums by rstd, as
+  norm(x) @ w.T = rstd * ((x * norm_w) @ w.T); measured slower, see `one_pass_norm`).
 
 The SiLU gating is an epilogue of the gate/up product, not a prologue of the down product: a prologue is recomputed
 by every program of the down product at every K step, in the loop that should only stream weights, and it made that

@@ -22,6 +22,8 @@ alone, between answers (untimed), and drafting replays those.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from model import graphs
@@ -35,11 +37,14 @@ from model.tree import BUCKETS, DeviceTree, padded_size
 
 
 
+_SERIAL = itertools.count()  # graph and buffer keys: unique per object for the process (an id() can be reused)
+
+
 class Drafter:
     """The draft model: the full model with a skip set, and optionally a reduced-vocabulary head."""
 
     def __init__(self, engine: Engine, cfg: SwiftConfig):
-        self.engine, self.cfg = engine, cfg
+        self.engine, self.cfg, self.key = engine, cfg, next(_SERIAL)
         dev, K = engine.device, cfg.top_k
         self.table = torch.zeros(cfg.max_draft_len, K, dtype=torch.long, device=dev)
         self.top1 = torch.zeros(cfg.max_draft_len, dtype=torch.float32, device=dev)
@@ -91,7 +96,7 @@ class Drafter:
             e.graph(self._own_key(k, kv, self.skip), None).replay()
         elif self.tracked:
             try:
-                g = e.graph(("draft", id(self), k, kv), lambda mark: self._steps(k, NO_SKIP, mark), track=True)
+                g = e.graph(("draft", self.key, k, kv), lambda mark: self._steps(k, NO_SKIP, mark), track=True)
             except RuntimeError as err:  # the graph API refused: one graph per skip set from now on
                 import warnings
                 warnings.warn(f"draft graphs cannot switch kernels off ({err}); capturing one per skip set",
@@ -108,7 +113,7 @@ class Drafter:
             e.run(self._own_key(k, kv, self.skip), lambda: self._steps(k, self.skip))
 
     def _own_key(self, k: int, kv, skip: LayerSkip) -> tuple:
-        return ("draft", id(self), k, kv, skip)
+        return ("draft", self.key, k, kv, skip)
 
     def settle(self, skip: LayerSkip) -> bool:
         """Capture a draft graph of every chunk length for `skip` alone (call it untimed, on scratch positions);
@@ -117,6 +122,7 @@ class Drafter:
         if not self.tracked or not len(skip) or skip in self.settled:
             return False
         kv = e.kv_len(self.cfg.max_draft_len + 1)
+        self.offset.zero_()  # a capture runs the steps once first: from depth row 0 they stay inside the table
         for k in self.chunks():
             e.graph(self._own_key(k, kv, skip), lambda k=k: self._steps(k, skip))
         self.settled.add(skip)
@@ -182,7 +188,7 @@ class Verifier:
     each node's candidates (model/sampling.py), so the output has the full model's distribution either way."""
 
     def __init__(self, engine: Engine, cfg: SwiftConfig, drafter: Drafter):
-        self.engine, self.cfg, self.drafter = engine, cfg, drafter
+        self.engine, self.cfg, self.drafter, self.key = engine, cfg, drafter, next(_SERIAL)
         dev = engine.device
         self.sizes = tree_sizes(cfg.max_tree_nodes)
         self.trees = {n: DeviceTree(cfg.tree_rule, min(cfg.max_tree_nodes, n), n, dev) for n in self.sizes}
@@ -212,11 +218,11 @@ class Verifier:
         self.context.copy_(self._host, non_blocking=True)
         n = size or self.size_for(1 + chain_len + len(ctx))
         if not sampling.greedy:
-            e.buffer(("verify-noise", id(self), n), (n, e.args.vocab_size)).exponential_(1)
-            e.buffer(("verify-u", id(self)), (self.drafter.table.shape[0], self.drafter.table.shape[1] + 1)).uniform_()
-            e.buffer(("verify-ub", id(self)), (self.B,)).uniform_()
+            e.buffer(("verify-noise", self.key, n), (n, e.args.vocab_size)).exponential_(1)
+            e.buffer(("verify-u", self.key), (self.drafter.table.shape[0], self.drafter.table.shape[1] + 1)).uniform_()
+            e.buffer(("verify-ub", self.key), (self.B,)).uniform_()
         kv = e.kv_len(n + 1)
-        e.run(("verify", id(self), n, sampling, kv), lambda: self._cycle(n, sampling, kv))  # graphs read these buffers
+        e.run(("verify", self.key, n, sampling, kv), lambda: self._cycle(n, sampling, kv))  # graphs read these buffers
         return self.report
 
     def chain_for(self, size: int) -> int:
@@ -282,18 +288,18 @@ class Verifier:
         V = probs.shape[1]
         p_c = torch.where(t.valid, probs.index_select(0, chain_rows).gather(1, t.ctok), 0.0)  # candidates' target probabilities, in order
         mass = p_c.cumsum(1) - p_c  # rejected mass before each candidate
-        u = e.buffer(("verify-u", id(self)), tuple(t.cand.shape))
+        u = e.buffer(("verify-u", self.key), tuple(t.cand.shape))
         first = _first(t.valid & (u < rules.accept_probability(p_c, mass)))
         bn = t.bnode.clamp_max(n - 1)
         p_b = probs.index_select(0, bn).gather(1, nxt_b.view(B, 1)).view(B)
-        ub = e.buffer(("verify-ub", id(self)), (B,))
+        ub = e.buffer(("verify-ub", self.key), (B,))
         b_ok = ub < rules.accept_probability(p_b, torch.zeros_like(p_b))
         rows = torch.arange(D, device=probs.device)[:, None]
         hidden = torch.where(t.valid, rows * V + t.ctok, n * V).flatten()  # chain nodes' candidates
         hidden_b = torch.where(more_b & (t.bnode < n), bn * V + nxt_b, n * V)  # branch nodes' children
         residual = torch.cat([probs.flatten(), probs.new_zeros(1)])
         residual = residual.index_fill_(0, torch.cat([hidden, hidden_b]), 0.0)
-        noise = e.buffer(("verify-noise", id(self), n), (n, V))
+        noise = e.buffer(("verify-noise", self.key, n), (n, V))
         return first, b_ok, sample_from_probs(residual[:-1].view(n, V), noise)
 
 

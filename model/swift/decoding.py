@@ -116,6 +116,7 @@ class Accelerator:
         self._at(at)
         score_candidates(e, [LayerSkip()] * cfg.num_candidates, cfg.context_window)
         self.costs = self.measure(at, sampling)
+        self.drafter.settled.clear()  # new costs: a settled set is measured again (its graphs are kept)
         e.length = 0
 
     @torch.inference_mode()
@@ -133,7 +134,7 @@ class Accelerator:
             dr.set_skip(skip)
             k = max(dr.chunks())
             step = gpu_ms(lambda: dr.draft(k), 5, before=lambda: self._at(at)) / k
-            self.costs.settled[len(skip.attn), len(skip.mlp)] = step / self.full_ms
+            self.costs.settled[skip] = step / self.full_ms
         e.length = 0
         return done
 
@@ -254,7 +255,7 @@ def choose_source(cfg: SwiftConfig, layers: bool, context: list[int], planner: D
         return "draft"
     if cfg.context_tree == "union":
         return "union"
-    draft_value = planner.best(limit, len(skip.attn), len(skip.mlp))[0]
+    draft_value = planner.best(limit, skip)[0]
     return "context" if ctx_rate.value(len(context), costs) >= draft_value else "draft"
 
 
@@ -266,7 +267,7 @@ def draft_chain(acc: Accelerator, cfg: SwiftConfig, planner: DraftPlanner, skip:
     dr = acc.drafter
     dr.set_skip(skip)
     if cfg.draft_stop == "speed":
-        k = planner.length(limit, len(skip.attn), len(skip.mlp), extra)
+        k = planner.length(limit, skip, extra)
         dr.draft(k)
         return k
     top1: list[float] = []

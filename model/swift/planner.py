@@ -48,7 +48,7 @@ class CostModel:
     verify: tuple
     n_layers: int
     measured: bool = False
-    # measured draft step cost of a settled skip set (graphs of its own), by (attention, MLP) sub-layers skipped
+    # LayerSkip -> the measured draft step cost of a settled skip set (one on graphs of its own, `Accelerator.settle`)
     settled: dict = field(default_factory=dict)
 
     def verify_of(self, nodes: int) -> float:
@@ -67,10 +67,13 @@ class CostModel:
         return cls(fixed=0.1, attn=per, mlp=per, verify=((1 << 30, 1.25),), n_layers=n_layers)
 
     def draft(self, n_attn_skipped: int, n_mlp_skipped: int) -> float:
-        if (n_attn_skipped, n_mlp_skipped) in self.settled:
-            return self.settled[n_attn_skipped, n_mlp_skipped]
         keep = self.n_layers - 2
         return max(0.05, self.fixed + self.attn * (keep - n_attn_skipped) + self.mlp * (keep - n_mlp_skipped))
+
+    def draft_for(self, skip) -> float:
+        """The draft cost of the skip set `skip`: measured if it is settled, else from its sub-layer counts."""
+        c = self.settled.get(skip)
+        return c if c is not None else self.draft(len(skip.attn), len(skip.mlp))
 
     def draft_of(self, n_skipped: int) -> float:
         """The draft cost of a skip set of `n_skipped` sub-layers, half attention and half MLP."""
@@ -79,7 +82,7 @@ class CostModel:
     def to_dict(self) -> dict:
         out = {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
         out["verify"] = {str(size): round(c, 4) for size, c in self.verify}
-        out["settled"] = {f"{a},{m}": round(c, 4) for (a, m), c in self.settled.items()}
+        out["settled"] = [dict(skip.to_dict(), cost=round(c, 4)) for skip, c in self.settled.items()]
         return out
 
 
@@ -96,16 +99,15 @@ class DraftPlanner:
     def rates(self) -> list[float]:
         return [a / n for a, n in zip(self.acc, self.n)]
 
-    def best(self, limit: int, n_attn_skipped: int, n_mlp_skipped: int, extra: int = 0) -> tuple[float, int]:
-        """(expected speedup, draft length) of the fastest length (one of `lengths`, at most `limit`); `extra`: tree
-        nodes verified beside the chain (a context branch)."""
+    def best(self, limit: int, skip, extra: int = 0) -> tuple[float, int]:
+        """(expected speedup, draft length) of the fastest length (one of `lengths`, at most `limit`) for the skip set
+        `skip`; `extra`: tree nodes verified beside the chain (a context branch)."""
         allowed = [k for k in self.lengths if k <= limit] or [self.lengths[0]]
-        c = self.costs.draft(n_attn_skipped, n_mlp_skipped)
-        return expected_speedup(self.rates(), c, self.costs.verify_chain(extra), allowed)
+        return expected_speedup(self.rates(), self.costs.draft_for(skip), self.costs.verify_chain(extra), allowed)
 
-    def length(self, limit: int, n_attn_skipped: int, n_mlp_skipped: int, extra: int = 0) -> int:
+    def length(self, limit: int, skip, extra: int = 0) -> int:
         """The draft length (one of `lengths`, at most `limit`) with the highest expected speed."""
-        return self.best(limit, n_attn_skipped, n_mlp_skipped, extra)[1]
+        return self.best(limit, skip, extra)[1]
 
     def observe(self, drafted: int, accepted: int) -> None:
         """A cycle drafted `drafted` chain tokens and accepted the first `accepted`: depths < accepted succeeded,
