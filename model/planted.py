@@ -9,8 +9,8 @@ no skip set reproduces it, and nothing in it is redundant. This module writes we
   the edges of a ring over the text's cycle), and a token is predicted wrongly without all its votes. Skipping such
   sub-layers costs their tokens, so the layer search sees a graded landscape whose top is the planted set alone;
 * the planted sub-layers (a share `ratio` of layers 1..L-2, the paper's r) change nothing, except that some of them
-  (`CARRIERS` per token) redirect `n_flips` alphabet tokens: there the full model and a draft without the planted set disagree, which sets
-  the draft's acceptance (about 1 - n_flips / (T - n_flips) on the model's own text).
+  (`CARRIERS` per token) redirect `n_flips` alphabet tokens: there the full model and a draft without the planted
+  set disagree, which sets the draft's acceptance (about 1 - n_flips / (T - n_flips) on the model's own text).
 
 All other weights are small noise (the bytes a step reads are those of a real checkpoint of that shape). The residual
 stream carries a large constant in coordinate 0 (so RMSNorm divides by an almost fixed value and a sub-layer's output
@@ -149,15 +149,15 @@ def build_planted(args: ModelArgs, ratio: float = 0.45, n_flips: int = 0, alphab
         model = Transformer(args).to(dtype).requires_grad_(False).eval()
     model.inv_freq = rope_inv_freq(args).to(device)  # rotary frequencies stay float32, as for a checkpoint
     _fill_noise(model, noise, torch.Generator(device=device).manual_seed(seed), T)
-    code = 1 + torch.tensor([ids.index(t) for t in ids])  # residual coordinate of each token's one-hot code
-    vote = {t: 1 + T + ids.index(t) for t in ids}  # residual coordinate of each token's vote counter
+    index = {t: j for j, t in enumerate(ids)}  # residual coordinates: 1 + j the code of token j, 1 + T + j its counter
+    vote = {t: 1 + T + j for t, j in index.items()}
     rms = CONST / d ** 0.5  # RMSNorm's divisor: the constant coordinate dominates
     with torch.no_grad():
         emb = model.tok_embeddings.weight
-        for i, t in enumerate(ids):
+        for j, t in enumerate(ids):
             emb[t].zero_()
             emb[t, 0] = CONST
-            emb[t, code[i]] = 1.0
+            emb[t, 1 + j] = 1.0
             if t in flipped:
                 emb[t, vote[nxt[t]]] = need - 0.5
             else:
@@ -173,9 +173,9 @@ def build_planted(args: ModelArgs, ratio: float = 0.45, n_flips: int = 0, alphab
                                        *((s, [(t, nxt[nxt[t]]) for t in v]) for s, v in carry.items() if v)]:
             block = model.layers[layer]
             if kind == "mlp":
-                _mlp_votes(block.feed_forward, args, targets, ids, code, vote, rms)
+                _mlp_votes(block.feed_forward, args, targets, index, vote, rms)
             else:
-                _attn_votes(block.attention, args, targets, ids, code, vote, rms, codes, code_dims)
+                _attn_votes(block.attention, args, targets, index, vote, rms, codes, code_dims)
     return model, PlantedTask(tuple(ids), successor, planted, flipped,
                               {s: tuple(v) for s, v in votes.items()})
 
@@ -195,7 +195,7 @@ def _fill_noise(model: Transformer, noise: float, g: torch.Generator, T: int) ->
                 p[:1 + 2 * T] = 0.0
 
 
-def _mlp_votes(ff, args: ModelArgs, targets, ids, code, vote, rms) -> None:
+def _mlp_votes(ff, args: ModelArgs, targets, index, vote, rms) -> None:
     """Unit j = alphabet index of t: gate = the constant coordinate (SiLU ~ identity there), up = t's code, down = one
     vote for the target's counter."""
     inter = args.intermediate_size
@@ -203,29 +203,29 @@ def _mlp_votes(ff, args: ModelArgs, targets, ids, code, vote, rms) -> None:
     z = 10.0
     act = z * torch.sigmoid(torch.tensor(z)).item()  # SiLU(z)
     for t, target in targets:
-        j = ids.index(t)
+        j = index[t]
         w13[j].zero_()
         w13[j, 0] = z / (CONST / rms)  # x_0 = CONST / rms
         w13[inter + j].zero_()
-        w13[inter + j, code[j]] = rms  # x_code = 1 / rms
+        w13[inter + j, 1 + j] = rms  # x_code = 1 / rms
         w2[:, j] = 0.0
         w2[vote[target], j] = 1.0 / act
 
 
-def _attn_votes(attn, args: ModelArgs, targets, ids, code, vote, rms, codes, code_dims) -> None:
+def _attn_votes(attn, args: ModelArgs, targets, index, vote, rms, codes, code_dims) -> None:
     """Head 0 (and its key/value head): query and key = the token's Hadamard code in the slowest rotary dims, so a
     query attends to the positions of the same token; value = the token's one-hot code; output = one vote."""
     hd, nq, nkv = args.head_dim, args.n_heads, args.n_kv_heads
     wqkv, wo = attn.wqkv.weight, attn.wo.weight
     q_rows, k_rows, v_rows = range(0, hd), range(nq * hd, nq * hd + hd), range((nq + nkv) * hd, (nq + nkv) * hd + hd)
     lam = ATTN_SHARPNESS * rms
+    T = len(index)
     for rows in (q_rows, k_rows, v_rows):
         wqkv[list(rows)] = 0.0
     wo[:, :hd] = 0.0
-    for j, t in enumerate(ids):  # every token's code (the head must tell all tokens apart)
-        for c, dim in enumerate(code_dims):
-            wqkv[q_rows[dim], code[j]] = lam * codes[j, c]
-            wqkv[k_rows[dim], code[j]] = lam * codes[j, c]
-        wqkv[v_rows[j], code[j]] = rms
+    dims = torch.tensor(code_dims)
+    for rows in (q_rows, k_rows):  # every token's code (the head must tell all tokens apart)
+        wqkv[rows.start + dims, 1:1 + T] = (lam * codes.T).to(wqkv)
+    wqkv[v_rows.start:v_rows.start + T, 1:1 + T] = rms * torch.eye(T, dtype=wqkv.dtype, device=wqkv.device)
     for t, target in targets:
-        wo[vote[target], ids.index(t)] = 1.0
+        wo[vote[target], index[t]] = 1.0

@@ -174,9 +174,9 @@ def main() -> int:
              f"{a.prompt_len} tokens, {a.max_new_tokens} new tokens, SWIFT at r = {a.ratio}: the search over at most "
              f"{a.search_prompts} texts, then {a.prompts} timed texts with the found set. Command: "
              f"`{env['command']}`", "",
-             "| shape | flips | acceptance (design / measured) | vanilla tok/s | SWIFT tok/s | speedup | M | draft cost "
-             "c(r) | ceiling | share of ceiling | search: steps, share of time | found / planted | matchness found "
-             "(planted) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| shape | flips | acceptance (design / measured) | vanilla tok/s | SWIFT tok/s | speedup | M | draft "
+             "cost c(r) | ceiling | share of ceiling | search: steps, share of time | found / planted | matchness "
+             "found (planted) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         found = "the planted set" if r["found_planted"] else f"{r['planted_overlap']}/{r['n_planted']}"
         lines.append(f"| {r['shape']} | {r['n_flips']} | {r['expected_acceptance']:.3f} / {r['alpha']:.3f} | "

@@ -114,7 +114,8 @@ def kernel_table(engine: Engine, acc, skip, steps: int = 8, reps: int = 3) -> li
 
 
 def kernel_lines(rows: list[dict]) -> list[str]:
-    out = ["| step | GPU µs / step | kernels / step | kernel busy µs | between kernels µs |", "|---|---:|---:|---:|---:|"]
+    out = ["| step | GPU µs / step | kernels / step | kernel busy µs | between kernels µs |",
+           "|---|---:|---:|---:|---:|"]
     for r in rows:
         out.append(f"| {r['step']} | {r['gpu_us_per_step']:.1f} | {r['kernels_per_step']:.1f} | "
                    f"{r['kernel_busy_us_per_step']:.1f} | {r['between_kernels_us_per_step']:.1f} |")
@@ -219,7 +220,8 @@ def main() -> int:
              f"{f(static.get('model_pass_ms'))} ms and tree + acceptance + commit "
              f"{f(static.get('tree_accept_commit_ms'))} ms. Command: `{env['command']}`", "",
              "| task | cycles | wall ms / cycle | GPU ms / cycle | wall / GPU | draft GPU ms | verify GPU ms | host "
-             "launch ms | syncs / cycle | captures in timed runs | draft length | M | c(r) | v (tree size: cost) | ceiling | speedup | "
+             "launch ms | syncs / cycle | captures in timed runs | draft length | M | c(r) | v (tree size: cost) | "
+             "ceiling | speedup | "
              "share of ceiling | identical |", "|---" * 18 + "|"]
     for r in summary:
         lines.append(f"| {r['task']} | {r['cycles']} | {f(r['wall_ms'])} | {f(r['gpu_ms'])} | "

@@ -164,12 +164,11 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ext
     scale = 1.0 / math.sqrt(D)
     common = (n_chunks, int(ext.window), scale, k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
               v_cache.stride(1))
-    prefix, run_lo, slot, pos = ext.prefix, ext.run_lo, ext.slot, ext.pos
     with torch.cuda.device(dev) if q.is_cuda else contextlib.nullcontext():
         _split_kernel[(n_kv, triton.cdiv(R, BLOCK_M), n_chunks)](
-            q, k_cache, v_cache, prefix, pos, op, mp, lp, R, g, *common,
+            q, k_cache, v_cache, ext.prefix, ext.pos, op, mp, lp, R, g, *common,
             HEAD_DIM=D, CHUNK=CHUNK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IEEE=q.dtype == torch.float32, num_warps=4)
-        _combine_kernel[(n_kv, R)](q, k_cache, v_cache, prefix, run_lo, slot, pos, op, mp, lp, o,
+        _combine_kernel[(n_kv, R)](q, k_cache, v_cache, ext.prefix, ext.run_lo, ext.slot, ext.pos, op, mp, lp, o,
                                    R, g, *common, o.stride(0), HEAD_DIM=D, CHUNK=CHUNK, num_warps=1)
     return o
 

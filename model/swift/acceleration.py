@@ -35,8 +35,6 @@ from model.swift.config import SwiftConfig
 from model.swift.planner import DRAFT_LENGTHS
 from model.tree import BUCKETS, DeviceTree, padded_size
 
-
-
 _SERIAL = itertools.count()  # graph and buffer keys: unique per object for the process (an id() can be reused)
 
 
@@ -286,7 +284,8 @@ class Verifier:
         D = t.cand.shape[0]
         probs = logits_to_probs(logits, sampling)  # [n, V]; row d < D is chain node d
         V = probs.shape[1]
-        p_c = torch.where(t.valid, probs.index_select(0, chain_rows).gather(1, t.ctok), 0.0)  # candidates' target probabilities, in order
+        # the candidates' target probabilities, in order
+        p_c = torch.where(t.valid, probs.index_select(0, chain_rows).gather(1, t.ctok), 0.0)
         mass = p_c.cumsum(1) - p_c  # rejected mass before each candidate
         u = e.buffer(("verify-u", self.key), tuple(t.cand.shape))
         first = _first(t.valid & (u < rules.accept_probability(p_c, mass)))
