@@ -293,6 +293,10 @@ class Swift(Method):
             f"predicted tokens/s grows (matchness as acceptance, measured draft cost), 'matchness' "
             f"raises it while the matchness stays >= --max-score (default {d['ratio_objective']})",
             choices=("speed", "matchness"))
+        add("search_proposals", f"how the layer search draws its local candidates: 'paper' swaps 1-2 "
+            f"random sub-layers of the best set; 'guided' draws the swaps from a regression of the "
+            f"observed matchness on the sub-layers, so the ones that cost matchness leave the set "
+            f"first (default {d['search_proposals']})", choices=("paper", "guided"))
         add("max_draft_len", f"most tokens drafted per cycle, in [1, 32] "
             f"(default {d['max_draft_len']})", type=INT)
         add("max_tree_nodes", f"most nodes of the verified token tree, in [--max-draft-len + 2, "
@@ -327,7 +331,7 @@ class Swift(Method):
 
     @classmethod
     def build_config(cls, args):
-        fields = [*SWIFT_FLAGS, "draft_stop", "ratio_objective", "context_tree"]
+        fields = [*SWIFT_FLAGS, "draft_stop", "ratio_objective", "context_tree", "search_proposals"]
         values = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
         given = {f: "--" + f.replace("_", "-") for f in values}
         values.update(guard=not args.no_guard, seed=args.seed,

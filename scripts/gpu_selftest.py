@@ -19,6 +19,7 @@ Example: python3 scripts/gpu_selftest.py --out outputs/selftest --tune
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -169,6 +170,32 @@ def gemm_tuning(shape: str, args: ModelArgs) -> None:
         print(f"TUNED {row['line']}", flush=True)
 
 
+def row_block_timing(shape: str, args: ModelArgs, rows=(16, 32, 64)) -> None:
+    """GPU time of each product at 16/32/64 rows with one and with two row blocks per program (`gemm.row_blocks`),
+    weights cycled beyond the L2 cache, and the two results compared bit for bit (they must be equal)."""
+    for name, N, K, flags in products(args):
+        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
+        copies = [w] + [w.clone() for _ in range(max(0, min(32, (256 << 20) // (w.numel() * 2)) - 1))]
+        row = dict(shape=shape, product=name, N=N, K=K, MB=w.numel() * 2 / 1e6, default_rb={})
+        same = True
+        for M in rows:
+            calls = {}
+            for rb in (1, 2):
+                call, x, r, nw, b = make_call(N, K, flags, M, w)
+                calls[rb] = functools.partial(G.gemm, bias=b, norm=nw, eps=1e-6, glu=bool(flags.get("glu")),
+                                              out_dtype=torch.float32 if flags.get("f32") else None, rb=rb)
+                row[f"us_M{M}_rb{rb}"] = round(graph_time(
+                    [lambda v=v, rb=rb: calls[rb](x, v, residual=None if r is None else r.clone()) for v in copies])
+                    * 1e3, 2)
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            same &= torch.equal(calls[1](x, w), calls[2](x, w)) if not flags.get("resid") else True
+            row["default_rb"][M] = G.row_blocks(M, N, K)
+        RESULTS.setdefault("row_blocks", []).append(row)
+        print(f"rows {shape} {name} {N}x{K}: " + ", ".join(
+            f"M={M} {row[f'us_M{M}_rb1']} -> {row[f'us_M{M}_rb2']} us" for M in rows), flush=True)
+        check(f"{shape} {name} one and two row blocks bit-identical", same)
+
+
 def attention_checks(shape: str, args: ModelArgs) -> None:
     n_kv, g, D = args.n_kv_heads, args.n_heads // args.n_kv_heads, args.head_dim
     S, R = 1280, 777
@@ -275,7 +302,7 @@ def main() -> int:
     print(json.dumps(RESULTS["env"]), flush=True)
     for shape in a.shapes.split(","):
         args = ModelArgs.from_hf_config(SHAPES[shape])
-        for part in (([gemm_tuning] if a.tune else []) + [gemm_checks, attention_checks]
+        for part in (([gemm_tuning] if a.tune else []) + [gemm_checks, row_block_timing, attention_checks]
                      + ([] if a.skip_engine else [lambda s, ar: engine_checks(s, ar, a.new_tokens, a.compare_torch)])):
             try:
                 part(shape, args)

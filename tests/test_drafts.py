@@ -281,3 +281,23 @@ def test_pld_early_exit_and_hybrid_equal_vanilla_real_smollm2(smollm2_path, shar
         assert pld.tokens == want and early.tokens == want and hybrid.tokens == want
         context += pld.stats["accepted_from"]["context"]
     assert context > 0  # prompt lookup found continuations that were accepted
+
+
+def test_planner_extends_the_chain_when_every_tested_token_is_accepted():
+    """Depths never tested take the rate of the depths before them: a draft whose tokens are all accepted is planned
+    longer and longer until its chain reaches the length the costs make fastest; a draft that fails at depth 3 is
+    kept short."""
+    from model.swift.planner import CostModel, DraftPlanner, expected_speedup
+
+    costs = CostModel(fixed=0.1, attn=0.01, mlp=0.01, verify=((16, 1.05), (32, 1.4)), n_layers=32, measured=True)
+    skip = LayerSkip.of(attn=range(1, 15), mlp=range(1, 15))
+    lengths = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25)
+    good, bad = DraftPlanner(costs, lengths), DraftPlanner(costs, lengths)
+    first = good.length(25, skip)
+    for _ in range(40):
+        good.observe(k := good.length(25, skip), k)  # everything accepted
+        bad.observe(k := bad.length(25, skip), min(k, 2))  # the third token always fails
+    best = expected_speedup(1.0, costs.draft_for(skip), costs.verify_chain(), lengths)[1]
+    assert good.length(25, skip) == best == 25 and first < 8
+    assert bad.length(25, skip) <= 3
+    assert good.rates()[20] > 0.95  # untested depths follow the tested ones

@@ -12,9 +12,12 @@ gets different rounding in the two passes, and bf16 greedy outputs of SWIFT and 
 near-tie. Here every row is computed by the same instructions in the same order, and everything that shapes that
 order -- the `Config` -- is chosen from the weight shape (N, K) alone, never from M:
 
-* a program multiplies one block of 16 rows by its own `tl.dot` of shape [16, BLOCK_K] x [BLOCK_K, BLOCK_N]: the
-  tensor-core instruction and its accumulation order along K never change. The row blocks of one weight tile are
-  neighbours in the launch order, so the tile is read from memory once and from L2 by the other blocks;
+* every block of 16 rows is multiplied by its own `tl.dot` of shape [16, BLOCK_K] x [BLOCK_K, BLOCK_N]: the
+  tensor-core instruction and its accumulation order along K never change. Above 16 rows, a program takes two row
+  blocks (`row_blocks`, for weights large enough to be bound by their reads) and loads each weight tile once for
+  both: a 17..32-row verification then reads the weights once, as a decode step does (two programs each reading the
+  tile measured 36% slower at the LLaMA-2-7B shape than one 16-row block). The programs of one weight tile are
+  neighbours in the launch order, so beyond 32 rows the tile's later reads hit L2 when they can;
 * `split`: K is cut into `split` fixed ranges (from K and BLOCK_K only); each range's partial sum goes to a float32
   workspace, and the last program of a tile to arrive (an atomic counter) adds the partials in range order
   0, 1, .., split-1 and applies the epilogue. More programs for a long K, the same bits for every M;
@@ -221,27 +224,54 @@ if triton is not None:
             tl.store(Y + rows[:, None] * stride_ym + rn[None, :], acc.to(Y.dtype.element_ty), mask=m)
 
     @triton.jit
+    def _finish(acc, up, WS, pid_s, rows, rn, M_PAD, N, GLU: tl.constexpr, SPLIT: tl.constexpr):
+        """A row block's partial sums of K range `pid_s` into the workspace (split products)."""
+        if SPLIT > 1:
+            _put_partial(acc, WS, pid_s, 0, rows, rn, M_PAD, N, 1 + GLU)
+            if GLU:
+                _put_partial(up, WS, pid_s, 1, rows, rn, M_PAD, N, 1 + GLU)
+
+    @triton.jit
+    def _store(acc, up, Y, B, R, KEEP, WS, rows, rn, M, N, M_PAD, stride_ym, stride_rm, HAS_BIAS: tl.constexpr,
+               GLU: tl.constexpr, RESID: tl.constexpr, GATED: tl.constexpr, SPLIT: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+        """A row block's result: its K ranges summed in order (split products), then the epilogue."""
+        if SPLIT > 1:
+            acc = _sum_partials(WS, 0, rows, rn, M_PAD, N, 1 + GLU, BLOCK_N, SPLIT)
+            if GLU:
+                up = _sum_partials(WS, 1, rows, rn, M_PAD, N, 1 + GLU, BLOCK_N, SPLIT)
+        _epilogue(acc, up, Y, B, R, KEEP, rows, rn, M, N, stride_ym, stride_rm, HAS_BIAS, GLU, RESID, GATED)
+
+    @triton.jit
     def _gemm_kernel(X, NW, W, B, R, KEEP, Y, WS, LOCK, M, N, K, eps, stride_xm, stride_wn, stride_rm, stride_ym,
                      M_PAD, NORM: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr, RESID: tl.constexpr,
                      GATED: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr,
-                     ONE_PASS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """One 16-row block x BLOCK_N output columns x one K range. N is the output width (half of w's rows when
-        GLU: the gate rows [0, N) and the up rows [N, 2N) are multiplied side by side)."""
-        pid_m = tl.program_id(0)  # the row blocks of one weight tile are neighbours: its later reads hit L2
+                     ONE_PASS: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """RB (1 or 2) blocks of 16 rows x BLOCK_N output columns x one K range. Each weight tile is loaded once and
+        multiplied into every row block by that block's own [16, BLOCK_K] x [BLOCK_K, BLOCK_N] `tl.dot`, so a row's
+        arithmetic is the same whatever RB is. N is the output width (half of w's rows when GLU: the gate rows
+        [0, N) and the up rows [N, 2N) are multiplied side by side)."""
+        pid_m = tl.program_id(0)  # the programs of one weight tile are neighbours: its later reads hit L2
         pid_n = tl.program_id(1)
         pid_s = tl.program_id(2)
-        rows = pid_m * 16 + tl.arange(0, 16)
+        rows = pid_m * (16 * RB) + tl.arange(0, 16)
+        rows2 = rows + 16  # the second row block (RB == 2)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        # ONE_PASS (NORM and SPLIT == 1): the RMSNorm in one pass. rstd is one scalar per row, so
+        # ONE_PASS (NORM, SPLIT == 1 and RB == 1): the RMSNorm in one pass. rstd is one scalar per row, so
         # norm(x) @ w.T = rstd * ((x * nw) @ w.T): the sum of squares accumulates in the product's own K loop and
         # rstd scales the sums at the end. With K ranges, each range needs the whole row's rstd first (`_row_rstd`,
         # a pass over x before the weights); so does float16, whose x * nw could overflow where norm(x) * nw does not
         rstd = tl.full([16], 1.0, tl.float32)
+        rstd2 = rstd
         if NORM and not ONE_PASS:
             rstd = _row_rstd(X, rows, M, K, stride_xm, eps, BLOCK_K)
+            if RB == 2:
+                rstd2 = _row_rstd(X, rows2, M, K, stride_xm, eps, BLOCK_K)
         ss = tl.zeros([16], tl.float32)
         acc = tl.zeros([16, BLOCK_N], tl.float32)
         up = acc
+        acc2 = acc
+        up2 = acc
         per = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT) * BLOCK_K  # K range pid_s: whole BLOCK_K slices
         for k0 in range(pid_s * per, tl.minimum(K, (pid_s + 1) * per), BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
@@ -249,36 +279,51 @@ if triton is not None:
                 x, ss = _x_tile_scaled(X, NW, rows, rk, ss, M, K, stride_xm)
             else:
                 x = _x_tile(X, NW, rows, rk, rstd, M, K, stride_xm, NORM)
-            acc = _dot(x, _w_tile(W, rn, rk, N, K, stride_wn, EVEN), acc, IEEE)
+            wt = _w_tile(W, rn, rk, N, K, stride_wn, EVEN)
+            acc = _dot(x, wt, acc, IEEE)
+            if RB == 2:
+                x2 = _x_tile(X, NW, rows2, rk, rstd2, M, K, stride_xm, NORM)
+                acc2 = _dot(x2, wt, acc2, IEEE)
             if GLU:
-                up = _dot(x, _w_tile(W + N * stride_wn, rn, rk, N, K, stride_wn, EVEN), up, IEEE)
+                wu = _w_tile(W + N * stride_wn, rn, rk, N, K, stride_wn, EVEN)
+                up = _dot(x, wu, up, IEEE)
+                if RB == 2:
+                    up2 = _dot(x2, wu, up2, IEEE)
         if ONE_PASS:
             rstd = 1.0 / tl.sqrt(ss / K + eps)
             acc = acc * rstd[:, None]
             up = up * rstd[:, None]
         last = True
         if SPLIT > 1:
-            _put_partial(acc, WS, pid_s, 0, rows, rn, M_PAD, N, 1 + GLU)
-            if GLU:
-                _put_partial(up, WS, pid_s, 1, rows, rn, M_PAD, N, 1 + GLU)
+            _finish(acc, up, WS, pid_s, rows, rn, M_PAD, N, GLU, SPLIT)
+            if RB == 2:
+                _finish(acc2, up2, WS, pid_s, rows2, rn, M_PAD, N, GLU, SPLIT)
             last = _arrive(LOCK, pid_n * tl.num_programs(0) + pid_m, SPLIT)
         if last:
-            if SPLIT > 1:
-                acc = _sum_partials(WS, 0, rows, rn, M_PAD, N, 1 + GLU, BLOCK_N, SPLIT)
-                if GLU:
-                    up = _sum_partials(WS, 1, rows, rn, M_PAD, N, 1 + GLU, BLOCK_N, SPLIT)
-            _epilogue(acc, up, Y, B, R, KEEP, rows, rn, M, N, stride_ym, stride_rm, HAS_BIAS, GLU, RESID, GATED)
+            _store(acc, up, Y, B, R, KEEP, WS, rows, rn, M, N, M_PAD, stride_ym, stride_rm, HAS_BIAS, GLU, RESID,
+                   GATED, SPLIT, BLOCK_N)
+            if RB == 2:
+                _store(acc2, up2, Y, B, R, KEEP, WS, rows2, rn, M, N, M_PAD, stride_ym, stride_rm, HAS_BIAS, GLU,
+                       RESID, GATED, SPLIT, BLOCK_N)
+
+
+def row_blocks(m: int, n: int, k: int) -> int:
+    """Row blocks per program: two when there are more than 16 rows and the weight is large enough (>= 4M
+    elements) that reading it once instead of once per row block pays more than the halved number of programs
+    costs. Any choice gives the same bits (each row block has its own dot); it only changes the speed."""
+    return 2 if m > ROWS and n * k >= 1 << 22 else 1
 
 
 def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, norm: torch.Tensor | None = None,
          eps: float = 1e-6, glu: bool = False, residual: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-         out_dtype: torch.dtype | None = None, cfg: Config | None = None) -> torch.Tensor | None:
+         out_dtype: torch.dtype | None = None, cfg: Config | None = None, rb: int | None = None) -> torch.Tensor | None:
     """epilogue(prologue(x) @ w.T + bias), for x [M, K], w [N, K] (K contiguous).
 
     `norm`: RMSNorm weight [K] applied to x first (eps). `glu`: w holds [w_gate; w_up] (2H rows) and the result is
     SiLU(x @ w_gate.T) * (x @ w_up.T), [M, H]. With `residual` [M, N] the result is added to it in place (rows with
     `keep` [M] == 0 keep their value) and nothing is returned; else a new [M, N] tensor of `out_dtype` (default x's
-    dtype) is returned. `cfg` overrides the weight shape's block shape (tuning only: it must not vary with M)."""
+    dtype) is returned. `cfg` overrides the weight shape's block shape (tuning only: it must not vary with M); `rb`
+    the row blocks per program (`row_blocks`; tests and tuning)."""
     M, K = x.shape
     assert x.stride(-1) == 1 and w.stride(1) == 1, "rows must be contiguous"
     assert w.shape[1] == K, (x.shape, w.shape)
@@ -292,8 +337,11 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         assert residual.shape == (M, N) and residual.stride(-1) == 1
         y, stride_ym, r, stride_rm = residual, 0, residual, residual.stride(0)
     even = N % cfg.block_n == 0 and K % cfg.block_k == 0
-    grid = (triton.cdiv(M, ROWS), triton.cdiv(N, cfg.block_n), cfg.split)
-    m_pad = grid[0] * ROWS
+    one_pass = norm is not None and cfg.split == 1 and x.dtype != torch.float16 and one_pass_norm()
+    rb = 1 if one_pass else (rb or row_blocks(M, N, K))
+    assert rb in (1, 2), rb
+    grid = (triton.cdiv(M, ROWS * rb), triton.cdiv(N, cfg.block_n), cfg.split)
+    m_pad = grid[0] * ROWS * rb
     ws = lock = w
     if cfg.split > 1:
         lock = _lock_buffer(x.device)
@@ -305,8 +353,6 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
                            w.stride(0), stride_rm, stride_ym, m_pad,
                            NORM=norm is not None, GLU=glu, HAS_BIAS=bias is not None, RESID=residual is not None,
                            GATED=keep is not None, IEEE=w.dtype == torch.float32, EVEN=even, SPLIT=cfg.split,
-                           ONE_PASS=(norm is not None and cfg.split == 1 and x.dtype != torch.float16
-                                     and one_pass_norm()),
-                           BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+                           ONE_PASS=one_pass, RB=rb, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
                            num_stages=1 if w.dtype == torch.float32 else cfg.num_stages)  # fp32 tiles: no room
     return None if residual is not None else y

@@ -21,6 +21,11 @@ class SwiftConfig:
     max_score: float = 0.95  # stop once matchness reaches this
     num_candidates: int = 4  # skip sets scored per optimization step, in one batched forward
     bayes_history: int = 128  # most recent observations the Gaussian process is fitted on
+    # "paper": random candidates (uniform, and 1-2 random swaps of the best) plus the Bayesian proposal; "guided": the
+    # swaps are drawn from a regression of the observed scores on the sub-layers (LayerSearch.effects) and repeated
+    # sets are drawn again
+    search_proposals: str = "guided"
+    guide_history: int = 512  # most recent observations at the current ratio the regression is fitted on
     # automatic skip ratio
     ratio_init: float = 0.45
     ratio_min: float = 0.1
@@ -82,6 +87,9 @@ class SwiftConfig:
         need(self.context_tree in ("select", "union"),
              f"context tree must be 'select' or 'union', got '{self.context_tree}'.")
         need(self.draft_vocab >= 0, f"draft vocabulary size must be >= 0 (0 = full), got {self.draft_vocab}.")
+        need(self.search_proposals in ("paper", "guided"),
+             f"search proposals must be 'paper' or 'guided', got '{self.search_proposals}'.")
+        need(self.guide_history >= 8, f"guide history must be >= 8, got {self.guide_history}.")
         need(self.ratio_objective in ("speed", "matchness"),
              f"ratio objective must be 'speed' or 'matchness', got '{self.ratio_objective}'.")
         need(1 <= self.max_draft_len <= 32, f"max draft length must be in [1, 32], got {self.max_draft_len}.")

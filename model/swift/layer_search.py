@@ -21,6 +21,8 @@ import torch
 from model.llama import LayerSkip, Pass
 from model.swift.config import SwiftConfig
 
+GUIDE_DECAY = 0.6  # weight of each next rank in a guided swap's draw
+
 
 @dataclass
 class SearchState:
@@ -121,6 +123,35 @@ class LayerSearch:
         b[self.rng.choice(off, swaps, replace=False)] = 1
         return b
 
+    def effects(self) -> np.ndarray | None:
+        """Each sub-layer's estimated change of matchness when it is skipped: a ridge regression of the scores
+        observed at the current ratio on their bits (every candidate skips the same number, so only the differences
+        between sub-layers are meaningful). None until there are enough observations."""
+        obs = self._obs[-self.cfg.guide_history:]
+        if len(obs) < max(8, self.dims // 4):
+            return None
+        X = np.array([b for b, _ in obs], dtype=np.float64)
+        y = np.array([s for _, s in obs], dtype=np.float64)
+        X -= X.mean(0)
+        y -= y.mean()
+        return np.linalg.solve(X.T @ X + np.eye(self.dims), X.T @ y)
+
+    def _guided(self, bits: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """One or two swaps that the regression favours: take out skipped sub-layers that seem to cost matchness, put
+        in ones that seem not to; drawn by rank (geometric weights), so the best guesses come first but not always."""
+        b = bits.copy()
+        for _ in range(1 + int(self.rng.integers(0, 2))):
+            on, off = np.flatnonzero(b), np.flatnonzero(b == 0)
+            if not len(on) or not len(off):
+                break
+            b[self._by_rank(on[np.argsort(w[on])])] = 0  # the most harmful to skip first
+            b[self._by_rank(off[np.argsort(-w[off])])] = 1  # the least harmful first
+        return b
+
+    def _by_rank(self, ranked: np.ndarray) -> int:
+        p = GUIDE_DECAY ** np.arange(len(ranked))
+        return ranked[self.rng.choice(len(ranked), p=p / p.sum())]
+
     def _bayes(self) -> np.ndarray | None:
         """Fit a GP (bayes_opt) on recent observations; turn its continuous suggestion into the top-k sub-layers."""
         if len(self._obs) < 4:
@@ -147,8 +178,11 @@ class LayerSearch:
     # ---- propose / observe -----------------------------------------------------------------------------------------
     def propose(self, n: int) -> list[LayerSkip]:
         """n candidate skip sets: the current best when it needs scoring, a Bayesian proposal every beta steps, and
-        random ones (half local mutations of the best, half uniform)."""
+        random ones (half local mutations of the best, half uniform). With `search_proposals="guided"` the local
+        mutations are swaps the regression of `effects` favours once it has enough observations, and a set
+        already scored at this ratio is drawn again (a few tries)."""
         st, out = self.state, []
+        w = self.effects() if self.cfg.search_proposals == "guided" else None
         best_bits = self.to_bits(st.best_skip) if st.best_skip is not None else None
         if best_bits is not None and self._pending_best:
             out.append(self._resize(best_bits, self.n_skip()))
@@ -156,9 +190,20 @@ class LayerSearch:
             b = self._bayes()
             if b is not None:
                 out.append(b)
+        seen = {b.tobytes() for b, _ in self._obs} if w is not None else set()
         while len(out) < n:
             use_local = best_bits is not None and len(out) % 2 == 1
-            out.append(self._mutate(self._resize(best_bits, self.n_skip())) if use_local else self._random())
+            for _ in range(8):
+                if not use_local:
+                    b = self._random()
+                elif w is not None:
+                    b = self._guided(self._resize(best_bits, self.n_skip()), w)
+                else:
+                    b = self._mutate(self._resize(best_bits, self.n_skip()))
+                if b.tobytes() not in seen:
+                    break
+            seen.add(b.tobytes())
+            out.append(b)
         return [self.to_skip(b) for b in out[:n]]
 
     def observe(self, skips: list[LayerSkip], scores: list[float]) -> None:
