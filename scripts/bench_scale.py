@@ -48,6 +48,7 @@ from model.swift.layer_search import LayerSearch, score_candidates  # noqa: E402
 from model.swift.planner import DraftPlanner, expected_speedup  # noqa: E402
 
 SHAPES = {"llama-2-7b": LLAMA2_7B_SHAPE, "llama-2-13b": LLAMA2_13B_SHAPE}
+DEFAULTS = dict(ratio=0.45, search_prompts=12, prompts=4, prompt_len=128, max_new_tokens=256)  # of the flags below
 
 
 def overlap(found: LayerSkip, planted: LayerSkip) -> int:
@@ -123,26 +124,71 @@ def run_level(engine, args, a, task, env) -> dict:
                 captures_in_timed_runs=captures)
 
 
+def write_report(rows: list[dict], out: Path) -> None:
+    """bench_scale.md in `out` from result rows (of one run, or merged from several: each row names its command)."""
+    if not rows:
+        return
+    st = rows[0].get("settings", DEFAULTS)
+    cmds = list(dict.fromkeys(r["command"] for r in rows))
+    lines = [f"Synthetic weights (`model/planted.py`: {st['ratio']:.0%} of the sub-layers of layers 1..L-2 planted as "
+             f"near no-ops, the rest each needed for two tokens of the text); they measure the system's cost "
+             f"structure, not a model's quality. GPU {rows[0]['gpu']}, torch {rows[0]['torch']}, bf16, batch 1, "
+             f"greedy, "
+             f"prompts of {st['prompt_len']} tokens, {st['max_new_tokens']} new tokens, SWIFT at r = {st['ratio']}: "
+             f"the search over at most {st['search_prompts']} texts, then {st['prompts']} timed texts with the found "
+             f"set. Commands: " + "; ".join(f"`{c}`" for c in cmds), "",
+             "| shape | flips | acceptance (design / measured) | vanilla tok/s | SWIFT tok/s | speedup | M | draft "
+             "cost c(r) | ceiling | share of ceiling | search: steps, share of time | found / planted | matchness "
+             "found (planted) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        found = "the planted set" if r["found_planted"] else f"{r['planted_overlap']}/{r['n_planted']}"
+        lines.append(f"| {r['shape']} | {r['n_flips']} | {r['expected_acceptance']:.3f} / {r['alpha']:.3f} | "
+                     f"{r['vanilla_tps']:.1f} | {r['swift_tps']:.1f} | {r['speedup']:.2f}x | {r['M']:.2f} | "
+                     f"{r['draft_cost']:.3f} | {r['ceiling']:.2f}x | {r['share_of_ceiling']:.0%} | "
+                     f"{r['search_steps']}, {r['search_share']:.1%} | {found} | "
+                     f"{r['found_matchness']:.3f} ({r['planted_matchness']:.3f}) |")
+    first = {}
+    for r in rows:
+        first.setdefault(r["shape"], r)
+    lines += ["", "Verification cost (GPU ms) by tree size: " + "; ".join(
+        f"{shape}: {r['verify_ms_by_tree_size']}" for shape, r in first.items())]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_scale.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="llama-2-7b,llama-2-13b", help=f"comma-separated, from {', '.join(SHAPES)}")
-    ap.add_argument("--ratio", type=float, default=0.45, help="share of sub-layers planted as near no-ops (and r)")
+    ap.add_argument("--ratio", type=float, default=DEFAULTS["ratio"],
+                    help="share of sub-layers planted as near no-ops (and r)")
     ap.add_argument("--flips", default="0,1,3", help="redirected tokens per level (acceptance ~100%%, 97%%, 90%%)")
     ap.add_argument("--max-score", type=float, default=1.0,
                     help="the search stops once a set's matchness reaches this (paper: 0.95; 1.0 lets it look for "
                          "the planted set itself)")
-    ap.add_argument("--search-prompts", type=int, default=12, help="most texts the search may use")
-    ap.add_argument("--prompts", type=int, default=4, help="timed texts per level")
-    ap.add_argument("--prompt-len", type=int, default=128, help="tokens per prompt")
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="tokens per answer")
+    ap.add_argument("--search-prompts", type=int, default=DEFAULTS["search_prompts"],
+                    help="most texts the search may use")
+    ap.add_argument("--prompts", type=int, default=DEFAULTS["prompts"], help="timed texts per level")
+    ap.add_argument("--prompt-len", type=int, default=DEFAULTS["prompt_len"], help="tokens per prompt")
+    ap.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"], help="tokens per answer")
     ap.add_argument("--seed", type=int, default=0, help="seed of the planted model")
     ap.add_argument("--out", default="outputs/bench_scale", help="output folder (bench_scale.jsonl / .md)")
+    ap.add_argument("--report", nargs="+", metavar="JSONL",
+                    help="no run: merge these bench_scale.jsonl files (in order) into --out's bench_scale.jsonl "
+                         "and .md")
     a = ap.parse_args()
+    out = Path(a.out)
+    if a.report:
+        rows = [json.loads(line) for f in a.report for line in Path(f).read_text().splitlines() if line.strip()]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_scale.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_report(rows, out)
+        return 0
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a GPU")
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",
+    env = dict(settings={k: getattr(a, k) for k in DEFAULTS}, gpu=torch.cuda.get_device_name(),
+               torch=torch.__version__, dtype="bfloat16",
                python=platform.python_version(), command=" ".join(["scripts/bench_scale.py", *sys.argv[1:]]),
                weights="synthetic (planted redundancy, model/planted.py)")
     print(json.dumps(env), flush=True)
@@ -168,28 +214,7 @@ def main() -> int:
                       f"(planted {row['planted_matchness']:.3f})", flush=True)
                 del engine, model
                 torch.cuda.empty_cache()
-    lines = [f"Synthetic weights (`model/planted.py`: {a.ratio:.0%} of the sub-layers of layers 1..L-2 planted as near "
-             f"no-ops, the rest each needed for two tokens of the text); they measure the system's cost structure, "
-             f"not a model's quality. GPU {env['gpu']}, torch {env['torch']}, bf16, batch 1, greedy, prompts of "
-             f"{a.prompt_len} tokens, {a.max_new_tokens} new tokens, SWIFT at r = {a.ratio}: the search over at most "
-             f"{a.search_prompts} texts, then {a.prompts} timed texts with the found set. Command: "
-             f"`{env['command']}`", "",
-             "| shape | flips | acceptance (design / measured) | vanilla tok/s | SWIFT tok/s | speedup | M | draft "
-             "cost c(r) | ceiling | share of ceiling | search: steps, share of time | found / planted | matchness "
-             "found (planted) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        found = "the planted set" if r["found_planted"] else f"{r['planted_overlap']}/{r['n_planted']}"
-        lines.append(f"| {r['shape']} | {r['n_flips']} | {r['expected_acceptance']:.3f} / {r['alpha']:.3f} | "
-                     f"{r['vanilla_tps']:.1f} | {r['swift_tps']:.1f} | {r['speedup']:.2f}x | {r['M']:.2f} | "
-                     f"{r['draft_cost']:.3f} | {r['ceiling']:.2f}x | {r['share_of_ceiling']:.0%} | "
-                     f"{r['search_steps']}, {r['search_share']:.1%} | "
-                     f"{found} | "
-                     f"{r['found_matchness']:.3f} ({r['planted_matchness']:.3f}) |")
-    if rows:
-        lines += ["", "Verification cost (GPU ms) by tree size: " + "; ".join(
-            f"{r['shape']}: {r['verify_ms_by_tree_size']}" for r in rows if r["n_flips"] == rows[0]["n_flips"])]
-    (out / "bench_scale.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(rows, out)
     return 0
 
 

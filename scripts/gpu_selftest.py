@@ -179,16 +179,20 @@ def row_block_timing(shape: str, args: ModelArgs, rows=(16, 32, 64)) -> None:
         row = dict(shape=shape, product=name, N=N, K=K, MB=w.numel() * 2 / 1e6, default_rb={})
         same = True
         for M in rows:
-            calls = {}
+            _, x, r, nw, b = make_call(N, K, flags, M, w)  # one set of inputs for both variants
+            run = {rb: functools.partial(G.gemm, bias=b, norm=nw, eps=1e-6, glu=bool(flags.get("glu")),
+                                         out_dtype=torch.float32 if flags.get("f32") else None, rb=rb)
+                   for rb in (1, 2)}
             for rb in (1, 2):
-                call, x, r, nw, b = make_call(N, K, flags, M, w)
-                calls[rb] = functools.partial(G.gemm, bias=b, norm=nw, eps=1e-6, glu=bool(flags.get("glu")),
-                                              out_dtype=torch.float32 if flags.get("f32") else None, rb=rb)
                 row[f"us_M{M}_rb{rb}"] = round(graph_time(
-                    [lambda v=v, rb=rb: calls[rb](x, v, residual=None if r is None else r.clone()) for v in copies])
+                    [lambda v=v, rb=rb: run[rb](x, v, residual=None if r is None else r.clone()) for v in copies])
                     * 1e3, 2)
-            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-            same &= torch.equal(calls[1](x, w), calls[2](x, w)) if not flags.get("resid") else True
+            outs = {}
+            for rb in (1, 2):
+                rr = None if r is None else r.clone()
+                y = run[rb](x, w, residual=rr)
+                outs[rb] = rr if y is None else y
+            same &= torch.equal(outs[1], outs[2])
             row["default_rb"][M] = G.row_blocks(M, N, K)
         RESULTS.setdefault("row_blocks", []).append(row)
         print(f"rows {shape} {name} {N}x{K}: " + ", ".join(

@@ -106,3 +106,31 @@ def test_shapes_that_cannot_hold_the_design_are_refused():
         build_planted(_args(), ratio=0.0, n_flips=1, alphabet=16)
     with pytest.raises(ValueError, match="no token"):
         build_planted(_args(), n_flips=12, alphabet=16)
+
+
+def test_bench_scale_report_merges_runs(tmp_path, monkeypatch):
+    """`bench_scale.py --report a.jsonl b.jsonl --out DIR` merges runs without a GPU: rows in order, one line per row,
+    each run's command named once, the verification costs per shape from its first row."""
+    import json
+
+    import bench_scale
+
+    def row(shape, flips, command, speedup):
+        return dict(shape=shape, n_flips=flips, command=command, gpu="G", torch="T", expected_acceptance=1.0,
+                    alpha=0.99, vanilla_tps=100.0, swift_tps=100.0 * speedup, speedup=speedup, M=10.0,
+                    draft_cost=0.6, ceiling=1.5, share_of_ceiling=speedup / 1.5, search_steps=50, search_share=0.4,
+                    found_planted=flips == 0, planted_overlap=26, n_planted=27, found_matchness=1.0,
+                    planted_matchness=1.0, verify_ms_by_tree_size={"16": 4.9 if shape == "a" else 9.9})
+
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(row("a", f, "run one", 1.5 - f / 10)) + "\n" for f in (0, 1)))
+    (tmp_path / "b.jsonl").write_text(json.dumps(row("b", 3, "run two", 1.03)) + "\n")
+    out = tmp_path / "merged"
+    monkeypatch.setattr(sys, "argv", ["bench_scale.py", "--report", str(tmp_path / "a.jsonl"),
+                                      str(tmp_path / "b.jsonl"), "--out", str(out)])
+    assert bench_scale.main() == 0
+    md = (out / "bench_scale.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| a ") or line.startswith("| b ")]
+    assert [line.split("|")[6].strip() for line in table] == ["1.50x", "1.40x", "1.03x"]
+    assert "`run one`; `run two`" in md and "the planted set" in table[0] and "26/27" in table[1]
+    assert "a: {'16': 4.9}; b: {'16': 9.9}" in md
+    assert len((out / "bench_scale.jsonl").read_text().splitlines()) == 3

@@ -139,6 +139,7 @@ BAD_SWIFT_FLAGS = [
     (["--max-draft-len", "25", "--max-tree-nodes", "10"], "invalid SWIFT settings"),
     (["--context-window", "64", "--num-candidates", "4"], "invalid SWIFT settings"),
     (["--cache-hit", "--reset-search-per-instance"], "--cache-hit"),
+    (["--search-proposals", "greedy"], "invalid choice"),
 ]
 
 

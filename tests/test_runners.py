@@ -262,7 +262,8 @@ def test_every_flag_has_help_and_both_runners_share_the_common_flags():
                 "--max-tolerance-iter", "--max-score", "--num-candidates",
                 "--draft-stop-threshold", "--max-draft-len", "--max-tree-nodes", "--no-guard",
                 "--guard-margin", "--layer-cache", "--cache-hit", "--reset-search-per-instance",
-                "--draft-chunk", "--draft-vocab", "--ratio-objective", "--context-drafts", "--context-tree"}
+                "--draft-chunk", "--draft-vocab", "--ratio-objective", "--context-drafts", "--context-tree",
+                "--search-proposals"}
     if "draft_stop" in {f.name for f in dataclasses.fields(SwiftConfig)}:
         expected.add("--draft-stop")
     assert swift_only == expected

@@ -15,8 +15,8 @@ order -- the `Config` -- is chosen from the weight shape (N, K) alone, never fro
 * every block of 16 rows is multiplied by its own `tl.dot` of shape [16, BLOCK_K] x [BLOCK_K, BLOCK_N]: the
   tensor-core instruction and its accumulation order along K never change. Above 16 rows, a program takes two row
   blocks (`row_blocks`, for weights large enough to be bound by their reads) and loads each weight tile once for
-  both: a 17..32-row verification then reads the weights once, as a decode step does (two programs each reading the
-  tile measured 36% slower at the LLaMA-2-7B shape than one 16-row block). The programs of one weight tile are
+  both: a 17..32-row verification then reads the weights once, as a decode step does (with one row block per
+  program, the LLaMA-2-7B products took 26-48% longer at 32 rows than at 16). The programs of one weight tile are
   neighbours in the launch order, so beyond 32 rows the tile's later reads hit L2 when they can;
 * `split`: K is cut into `split` fixed ranges (from K and BLOCK_K only); each range's partial sum goes to a float32
   workspace, and the last program of a tile to arrive (an atomic counter) adds the partials in range order
@@ -251,6 +251,7 @@ if triton is not None:
         multiplied into every row block by that block's own [16, BLOCK_K] x [BLOCK_K, BLOCK_N] `tl.dot`, so a row's
         arithmetic is the same whatever RB is. N is the output width (half of w's rows when GLU: the gate rows
         [0, N) and the up rows [N, 2N) are multiplied side by side)."""
+        tl.static_assert(not (ONE_PASS and RB == 2), "the one-pass norm takes one row block per program")
         pid_m = tl.program_id(0)  # the programs of one weight tile are neighbours: its later reads hit L2
         pid_n = tl.program_id(1)
         pid_s = tl.program_id(2)
@@ -308,9 +309,11 @@ if triton is not None:
 
 
 def row_blocks(m: int, n: int, k: int) -> int:
-    """Row blocks per program: two when there are more than 16 rows and the weight is large enough (>= 4M
-    elements) that reading it once instead of once per row block pays more than the halved number of programs
-    costs. Any choice gives the same bits (each row block has its own dot); it only changes the speed."""
+    """Row blocks per program for m rows of an [n, k] weight (n: all its rows, both halves of a gate/up weight): two
+    when there are more than 16 rows and the weight is large enough (>= 4M elements) that reading it once instead of
+    once per row block pays more than the halved number of programs costs (measured on an H200: faster for every
+    LLaMA-2-7B product at 64 rows and for all but q/k/v at 32, whose RMSNorm prologue then runs twice per program;
+    `scripts/gpu_selftest.py`). Any choice gives the same bits (each row block has its own dot); only speed changes."""
     return 2 if m > ROWS and n * k >= 1 << 22 else 1
 
 
@@ -338,7 +341,7 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         y, stride_ym, r, stride_rm = residual, 0, residual, residual.stride(0)
     even = N % cfg.block_n == 0 and K % cfg.block_k == 0
     one_pass = norm is not None and cfg.split == 1 and x.dtype != torch.float16 and one_pass_norm()
-    rb = 1 if one_pass else (rb or row_blocks(M, N, K))
+    rb = 1 if one_pass else (rb or row_blocks(M, w.shape[0], K))
     assert rb in (1, 2), rb
     grid = (triton.cdiv(M, ROWS * rb), triton.cdiv(N, cfg.block_n), cfg.split)
     m_pad = grid[0] * ROWS * rb

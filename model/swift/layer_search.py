@@ -128,7 +128,7 @@ class LayerSearch:
         observed at the current ratio on their bits (every candidate skips the same number, so only the differences
         between sub-layers are meaningful). None until there are enough observations."""
         obs = self._obs[-self.cfg.guide_history:]
-        if len(obs) < max(8, self.dims // 4):
+        if len(obs) < min(self.cfg.guide_history, max(8, self.dims // 4)):
             return None
         X = np.array([b for b, _ in obs], dtype=np.float64)
         y = np.array([s for _, s in obs], dtype=np.float64)
@@ -190,7 +190,7 @@ class LayerSearch:
             b = self._bayes()
             if b is not None:
                 out.append(b)
-        seen = {b.tobytes() for b, _ in self._obs} if w is not None else set()
+        seen = {b.tobytes() for b, _ in self._obs} | {b.tobytes() for b in out} if w is not None else None
         while len(out) < n:
             use_local = best_bits is not None and len(out) % 2 == 1
             for _ in range(8):
@@ -200,9 +200,10 @@ class LayerSearch:
                     b = self._guided(self._resize(best_bits, self.n_skip()), w)
                 else:
                     b = self._mutate(self._resize(best_bits, self.n_skip()))
-                if b.tobytes() not in seen:
+                if seen is None or b.tobytes() not in seen:
                     break
-            seen.add(b.tobytes())
+            if seen is not None:
+                seen.add(b.tobytes())
             out.append(b)
         return [self.to_skip(b) for b in out[:n]]
 
