@@ -137,12 +137,18 @@ def graph_time(fns, reps=20) -> float:
     return graphs.gpu_ms(g.replay, reps) / len(fns)
 
 
+def beyond_l2(w: torch.Tensor) -> list[torch.Tensor]:
+    """`w` and copies of it, about 256 MB in all (at most 32): timing a product over them reads its weight from memory,
+    not from the L2 cache."""
+    return [w] + [w.clone() for _ in range(max(0, min(32, (256 << 20) // (w.numel() * 2)) - 1))]
+
+
 def gemm_tuning(shape: str, args: ModelArgs) -> None:
     """Time every candidate per product and rows in TUNE_ROWS; the best (`tune_score`) goes into G.TUNED for the
     checks that follow, and is printed as the line to put in model/kernels/gemm.py."""
     for name, N, K, flags in products(args):
         w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
-        copies = [w] + [w.clone() for _ in range(max(0, min(32, (256 << 20) // (w.numel() * 2)) - 1))]
+        copies = beyond_l2(w)
         row = dict(shape=shape, product=name, N=N, K=K, MB=w.numel() * 2 / 1e6)
         for M in TUNE_ROWS:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -175,7 +181,7 @@ def row_block_timing(shape: str, args: ModelArgs, rows=(16, 32, 64)) -> None:
     weights cycled beyond the L2 cache, and the two results compared bit for bit (they must be equal)."""
     for name, N, K, flags in products(args):
         w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
-        copies = [w] + [w.clone() for _ in range(max(0, min(32, (256 << 20) // (w.numel() * 2)) - 1))]
+        copies = beyond_l2(w)
         row = dict(shape=shape, product=name, N=N, K=K, MB=w.numel() * 2 / 1e6, default_rb={})
         same = True
         for M in rows:

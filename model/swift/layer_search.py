@@ -72,6 +72,7 @@ class LayerSearch:
         self.rng = np.random.default_rng(self.seed)
         self.state = SearchState(ratio=cfg.ratio_init if cfg.auto_ratio else cfg.skip_ratio)
         self._obs: list[tuple[np.ndarray, float]] = []
+        self._scored: set[bytes] = set()  # the bits of every set in _obs
         self._pending_best = True  # best must be (re-)scored
 
     @property
@@ -190,7 +191,7 @@ class LayerSearch:
             b = self._bayes()
             if b is not None:
                 out.append(b)
-        seen = {b.tobytes() for b, _ in self._obs} | {b.tobytes() for b in out} if w is not None else None
+        batch = {b.tobytes() for b in out}  # guided: neither scored at this ratio nor already in this batch
         while len(out) < n:
             use_local = best_bits is not None and len(out) % 2 == 1
             for _ in range(8):
@@ -200,10 +201,9 @@ class LayerSearch:
                     b = self._guided(self._resize(best_bits, self.n_skip()), w)
                 else:
                     b = self._mutate(self._resize(best_bits, self.n_skip()))
-                if seen is None or b.tobytes() not in seen:
+                if w is None or (b.tobytes() not in self._scored and b.tobytes() not in batch):
                     break
-            if seen is not None:
-                seen.add(b.tobytes())
+            batch.add(b.tobytes())
             out.append(b)
         return [self.to_skip(b) for b in out[:n]]
 
@@ -214,7 +214,9 @@ class LayerSearch:
         self._pending_best = False
         improved = False
         for skip, score in zip(skips, scores):
-            self._obs.append((self.to_bits(skip), score))
+            bits = self.to_bits(skip)
+            self._obs.append((bits, score))
+            self._scored.add(bits.tobytes())
             if score > st.best_score:
                 st.best_skip, st.best_score, improved = skip, float(score), True
         st.n_iter += 1
@@ -240,6 +242,7 @@ class LayerSearch:
         st = self.state
         st.ratio, st.steps_at_ratio, st.n_stale = round(ratio, 4), 0, 0
         self._obs = []  # scores at another ratio are not comparable for the GP
+        self._scored = set()
         if seed_bits is not None:
             st.best_skip = self.to_skip(self._resize(seed_bits, self.n_skip()))
             self._pending_best = True
