@@ -84,18 +84,25 @@ class DeviceTreeTensors:
     """One cycle's tree on the device. Nodes: 0 the root, 1..C the draft chain, then the alternatives depth by depth,
     then the context branch. `cand` [D, K+1] is the node of each candidate of depth row d (the candidates of chain
     node d: column 0 the chain token, 1..K-1 alternatives, K the first context-branch token, only at the branch's
-    row), `valid` marks which are in the tree; `bnode` [B] are the branch's nodes in order, `blen` their number."""
+    row), n for those not in the tree (`valid`); `bnode` [B] are the branch's nodes in order, `blen` their number."""
 
     tokens: torch.Tensor  # [n]
     depth: torch.Tensor  # [n]
     prefix: torch.Tensor  # [n]: each node sees slots [0, R + prefix) ...
     run_lo: torch.Tensor  # [n]: ... and [R + run_lo, its own slot]
     cand: torch.Tensor  # [D, K + 1]
-    valid: torch.Tensor  # [D, K + 1]
     ctok: torch.Tensor  # [D, K + 1] candidate tokens
     bnode: torch.Tensor  # [B]
     blen: torch.Tensor  # [1]
     at: torch.Tensor  # [1] the chain node the branch hangs off
+
+    @property
+    def size(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def valid(self) -> torch.Tensor:  # [D, K + 1]
+        return self.cand < self.size
 
 
 class DeviceTree:
@@ -144,7 +151,6 @@ class DeviceTree:
         bnode = torch.where(b < blen, base + b, n)
         bcol = torch.where(d == at, base, n).view(D, 1)
         cand = torch.cat([torch.where(chain | alt, node, n), torch.where((d == at).view(D, 1) & (blen > 0), bcol, n)], 1)
-        valid = cand < n
         ctok = torch.cat([table, first_b.expand(D, 1)], 1)
         tokens = root_token.expand(n + 1).clone()
         depth = torch.zeros(n + 1, dtype=torch.long, device=dev)
@@ -157,4 +163,4 @@ class DeviceTree:
         prefix.scatter_(0, bnode, (at + 1).expand(B))  # branch nodes see up to the chain node they hang off ...
         run_lo = torch.arange(n + 1, device=dev)
         run_lo.scatter_(0, bnode, base.expand(B))  # ... then the branch before them
-        return DeviceTreeTensors(tokens[:n], depth[:n], prefix[:n], run_lo[:n], cand, valid, ctok, bnode, blen, at)
+        return DeviceTreeTensors(tokens[:n], depth[:n], prefix[:n], run_lo[:n], cand, ctok, bnode, blen, at)

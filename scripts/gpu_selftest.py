@@ -11,7 +11,8 @@ Qwen2.5-0.5B and LLaMA-2-7B shapes (bf16). Exits non-zero on any failed check. I
    SWIFT_GEMM_TUNED=path/tuned.json before the table is in the code);
 4. the engine: decode tokens/s with the Triton kernels vs the PyTorch ops (+ torch.compile); greedy SWIFT with a
    fixed skip set equal to vanilla token for token; the draft graph with skipped sub-layers switched off equal to an
-   eager draft, and its time next to a graph captured for that skip set; the measured draft / verify costs.
+   eager draft, and its time next to a graph captured for that skip set; the measured draft / verify costs;
+   the draft step's tail and the tree's bookkeeping as kernels equal to the PyTorch ops, and the pass costs with each.
 
 Example: python3 scripts/gpu_selftest.py --out outputs/selftest --tune
 """
@@ -287,8 +288,44 @@ def engine_checks(shape: str, args: ModelArgs, n_new: int, compare_torch: bool) 
             row["draft8_ms_tracked_vs_per_set_graph"] = (round(t_tog, 4), round(t_set, 4))
             print(f"{shape} draft of 8 with {len(skip)} sub-layers skipped: switched-off graph {t_tog:.3f} ms, "
                   f"graph captured for the set {t_set:.3f} ms", flush=True)
+        tail_checks(shape, eng, acc, skip, row)
     RESULTS["engine"].append(row)
     print(json.dumps(row), flush=True)
+
+
+def tail_checks(shape: str, eng: Engine, acc, skip: LayerSkip, row: dict) -> None:
+    """The work around the passes as kernels (model/kernels/topk.py, tree.py) against the PyTorch ops: the same
+    draft table, tree, report and committed tokens from the same state (eagerly), then the pass costs relative to a
+    full step with each (CUDA graphs, `Accelerator.measure`)."""
+    dr, vf, sampling = acc.drafter, acc.verifier, SamplingConfig()
+    got = {}
+    eng.cuda_graphs = False
+    for fused in (False, True):
+        dr.fused = vf.fused = fused
+        dr.set_skip(skip)
+        acc._at(300)
+        seq = eng.seq.clone()
+        dr.draft(8)
+        table, top1 = dr.table[:8].clone(), dr.top1[:8].clone()
+        branch = dr.table[:2, 0].tolist() + [dr.table[2, 1].item(), 5, 6]  # shares the chain's start, then parts
+        vf.verify(8, sampling, context=branch)
+        got[fused] = (table, top1, vf.report.clone(), eng.seq.clone(), eng.cursor.clone())
+        eng.seq.copy_(seq)
+    eng.cuda_graphs = True
+    (t0, p0, r0, s0, c0), (t1, p1, r1, s1, c1) = got[False], got[True]
+    check(f"{shape} draft top-k kernel == torch.topk", torch.equal(t0, t1))
+    check(f"{shape} draft top-1 probability kernel ~ PyTorch", torch.allclose(p0, p1, rtol=1e-4),
+          max_rel=float(((p0 - p1).abs() / p0).max()))
+    check(f"{shape} tree / acceptance / commit kernels == PyTorch", torch.equal(r0, r1) and torch.equal(s0, s1)
+          and torch.equal(c0, c1), report=r1[:4].tolist())
+    for fused in (False, True):
+        dr.fused = vf.fused = fused
+        costs = acc.measure(300, sampling)
+        row[f"costs_{'kernel' if fused else 'torch'}_tails"] = costs.to_dict()
+        print(f"{shape} {'kernel' if fused else 'PyTorch'} tails: draft step (nothing skipped) "
+              f"{costs.fixed + (costs.attn + costs.mlp) * (eng.args.n_layers - 2):.3f}, "
+              f"verify {dict((n, round(v, 3)) for n, v in costs.verify)} of a full step", flush=True)
+    eng.length = 0
 
 
 def _time(fn, reps=20) -> float:

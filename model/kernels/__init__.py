@@ -12,8 +12,13 @@ order whatever the number of rows in the call and whatever the other rows hold:
   identically even when the node's own key sits in a scratch slot.
 
 So a verification pass over a token tree and plain decoding give the same bits for the same token at the same
-position; greedy SWIFT is token-identical to vanilla decoding in bf16 as well as in float32. On CPU the kernels run
-in Triton's interpreter (`TRITON_INTERPRET=1`), which is how the tests check them.
+position; greedy SWIFT is token-identical to vanilla decoding in bf16 as well as in float32.
+
+Two more files hold the SWIFT cycle's bookkeeping around the passes, a few kernels instead of about two hundred
+small PyTorch operations per cycle: `tree.py` (the token tree, greedy acceptance and commit) and `topk.py` (the end of
+a draft step: top-k ids, top-1 probability, the draft table's writes).
+
+On CPU the kernels run in Triton's interpreter (`TRITON_INTERPRET=1`), which is how the tests check them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ nothing. Every node at depth d attends to the committed prefix plus its chain an
 
 `Drafter.draft(k)` runs k draft steps as one graph replay: each step's input is the previous step's top-1 token, on
 the device; the top-k ids and the top-1 probability of every step land in `table` / `top1`. `Verifier.verify()` is
-the rest of the cycle as one replay; its `report` holds what the host needs, read with the cycle's one sync.
+the rest of the cycle as one replay; its `report` holds what the host needs, read with the cycle's one sync. Where
+the passes run the Triton kernels, the work around them (a draft step's top-k and table writes; the tree, greedy
+acceptance and commit) is a few kernels of model/kernels/topk.py and tree.py; elsewhere it is the PyTorch code here.
 
 The skip set is data, not a new graph: with the Triton kernels the draft graph is captured once with every
 sub-layer and `Drafter.set_skip` switches the kernels of skipped sub-layers off in place (model/graphs.py); where
@@ -33,7 +35,10 @@ from model.llama import NO_SKIP, LayerSkip, Pass
 from model.sampling import SamplingConfig, logits_to_probs, sample_from_probs
 from model.swift.config import SwiftConfig
 from model.swift.planner import DRAFT_LENGTHS
-from model.tree import BUCKETS, DeviceTree, padded_size
+from model import kernels
+from model.kernels import topk as topk_kernels
+from model.kernels import tree as tree_kernels
+from model.tree import BUCKETS, DeviceTree, DeviceTreeTensors, padded_size
 
 _SERIAL = itertools.count()  # graph and buffer keys: unique per object for the process (an id() can be reused)
 
@@ -50,6 +55,7 @@ class Drafter:
         self.vocab = DraftVocabulary(engine, cfg.draft_vocab)
         self.skip: LayerSkip = NO_SKIP
         self.tracked = engine.cuda_graphs and engine.ops.inplace and graphs.tracking_works()
+        self.fused = fused_tails(engine)  # the step's top-k, probability and table writes in two kernels
         self.settled: set = set()  # skip sets with graphs of their own (`settle`)
 
     def chunks(self) -> tuple[int, ...]:
@@ -72,12 +78,16 @@ class Drafter:
         first = e.seq.index_select(0, R)
         prev = self.table.index_select(0, (d0 - 1).clamp_min(0))[:, 0]
         tok = torch.where(d0 > 0, prev, first)
+        at = R + d0
         for d in range(k):
-            pos = R + d0 + d
+            pos = at + d
             p = Pass(tok, e.ext(pos, pos, pos, pos), e.kv_len(self.cfg.max_draft_len + 1))
             step_mark = None if mark is None else (lambda key, d=d: mark(None if key is None else (d,) + key))
             x = e.forward(p, skip=skip, mark=step_mark)
             logits = e.logits(x, self.vocab.weight)  # [1, V'] float32
+            if self.fused:  # two kernels
+                tok = topk_kernels.draft_topk(logits, K, self.table, self.top1, d0, d, self.vocab.map)
+                continue
             vals, ids = logits.topk(K, dim=-1)
             self.table.index_copy_(0, d0 + d, self.vocab.ids(ids))
             # top-1 probability = 1 / sum(exp(logits - max)): three kernels (logsumexp launches about nine)
@@ -94,7 +104,7 @@ class Drafter:
             e.graph(self._own_key(k, kv, self.skip), None).replay()
         elif self.tracked:
             try:
-                g = e.graph(("draft", self.key, k, kv), lambda mark: self._steps(k, NO_SKIP, mark), track=True)
+                g = e.graph(("draft", self.key, k, kv, self.fused), lambda mark: self._steps(k, NO_SKIP, mark), track=True)
             except RuntimeError as err:  # the graph API refused: one graph per skip set from now on
                 import warnings
                 warnings.warn(f"draft graphs cannot switch kernels off ({err}); capturing one per skip set",
@@ -111,7 +121,7 @@ class Drafter:
             e.run(self._own_key(k, kv, self.skip), lambda: self._steps(k, self.skip))
 
     def _own_key(self, k: int, kv, skip: LayerSkip) -> tuple:
-        return ("draft", self.key, k, kv, skip)
+        return ("draft", self.key, k, kv, skip, self.fused)
 
     def settle(self, skip: LayerSkip) -> bool:
         """Capture a draft graph of every chunk length for `skip` alone (call it untimed, on scratch positions);
@@ -198,6 +208,7 @@ class Verifier:
         # report: [tokens committed, chain tokens accepted, alternative accepted, branch tokens accepted,
         #          committed tokens (D + B + 1)]
         self.report = torch.zeros(4 + D + self.B + 1, dtype=torch.long, device=dev)
+        self.fused = fused_tails(engine)  # the tree's bookkeeping in two kernels (model/kernels/tree.py)
 
     def size_for(self, nodes: int) -> int:
         """The tree size a cycle of `nodes` nodes (root, chain, context branch) is verified at: the smallest that
@@ -220,7 +231,7 @@ class Verifier:
             e.buffer(("verify-u", self.key), (self.drafter.table.shape[0], self.drafter.table.shape[1] + 1)).uniform_()
             e.buffer(("verify-ub", self.key), (self.B,)).uniform_()
         kv = e.kv_len(n + 1)
-        e.run(("verify", self.key, n, sampling, kv), lambda: self._cycle(n, sampling, kv))  # graphs read these buffers
+        e.run(("verify", self.key, n, sampling, kv, self.fused), lambda: self._cycle(n, sampling, kv))  # graphs read these buffers
         return self.report
 
     def chain_for(self, size: int) -> int:
@@ -228,73 +239,63 @@ class Verifier:
         return min(self.cfg.max_draft_len, size - 1)
 
     def _cycle(self, n: int, sampling: SamplingConfig, kv):
-        e, dr, B = self.engine, self.drafter, self.B
+        e, dr = self.engine, self.drafter
         table, R, C = dr.table, e.cursor, self.chain
-        D, K = table.shape
-        dev = e.device
-        t = self.trees[n].build(table, dr.top1, C, self.context[1:], self.context[:1], e.seq.index_select(0, R))
-        slot = R + e.arange[:n]
-        chain_rows = torch.arange(D, device=dev).clamp_max(n - 1)  # node d is chain node d (d <= C < n)
-        x = e.forward(Pass(t.tokens, e.ext(R + t.prefix, R + t.run_lo, slot, R + t.depth), kv))
+        t, ext = self._tree(n)
+        x = e.forward(Pass(t.tokens, ext, kv))
         logits = e.logits(x)  # [n, V]
-        bt = t.tokens.index_select(0, t.bnode.clamp_max(n - 1))  # branch tokens
-        nxt_b = torch.cat([bt[1:], bt.new_zeros(1)])  # each branch node's child token
-        more_b = torch.arange(B, device=dev) + 1 < t.blen  # a branch node has a child in the tree
-        if sampling.greedy:
-            pred = logits.argmax(dim=-1)
-            parent_pred = pred.index_select(0, chain_rows).view(D, 1)
-            first = _first(t.valid & (t.ctok == parent_pred))
-            b_ok = nxt_b == pred.index_select(0, t.bnode.clamp_max(n - 1))
-            samples = pred
+        if sampling.greedy and self.fused:  # acceptance and commit in one kernel
+            moves = tree_kernels.accept_greedy(logits.argmax(dim=-1), t.tokens, table, t.cand, t.ctok, t.bnode,
+                                               t.blen, C, R, e.seq, self.report, n)
         else:
-            first, b_ok, samples = self._sampling(logits, sampling, t, nxt_b, more_b, n, chain_rows)
-        d = torch.arange(D, device=dev)
-        a = ((first == 0) & (d < C)).long().cumprod(0).sum().view(1)  # chain tokens accepted
-        row = a.clamp_max(D - 1)
-        r = first.index_select(0, row)  # where the chain stops: an alternative (1..K-1), the branch (K), none (-1)
-        has_leaf = (r >= 1) & (r < K)
-        has_branch = r == K
-        nb = torch.where(has_branch, 1 + (b_ok & more_b).long().cumprod(0).sum(), 0)  # branch tokens accepted
-        leaf = t.cand.index_select(0, row).gather(1, r.clamp(0, K).view(1, 1)).view(1)
-        last_b = t.bnode.index_select(0, (nb - 1).clamp_min(0))
-        bonus_node = torch.where(has_branch, last_b, torch.where(has_leaf, leaf, a))
-        bonus = samples.index_select(0, bonus_node)
-        side = torch.where(has_leaf, leaf.expand(B), t.bnode)  # the accepted off-chain nodes, in order
-        n_side = torch.where(has_leaf, 1, nb)
-        i = torch.arange(B, device=dev)
-        side_tok = t.tokens.index_select(0, side.clamp_max(n - 1))
-        out = torch.cat([table[:, 0], torch.zeros(B + 1, dtype=torch.long, device=dev)])
-        keep = i < n_side
-        out.index_copy_(0, a + i, torch.where(keep, side_tok, out.index_select(0, a + i)))
-        out.index_copy_(0, a + n_side, bonus)
-        n_new = a + n_side + 1
-        e.seq.index_copy_(0, R + 1 + torch.arange(D + B + 1, device=dev), out)
+            if sampling.greedy:
+                pred = logits.argmax(dim=-1)
+                first, b_ok = greedy_checks(pred, t)
+                samples = pred
+            else:
+                first, b_ok, samples = self._sampling(logits, sampling, t)
+            report, moves = accept_and_commit(samples, first, b_ok, t, table, C, R, e.seq)
+            self.report.copy_(report)
         # K/V of accepted off-chain nodes into place; unused moves copy a scratch slot onto itself
-        scratch = R + n + i
-        e.cache.move(torch.where(keep, R + side, scratch), torch.where(keep, R + a + 1 + i, scratch))
-        e.cursor.add_(n_new)
-        self.report.copy_(torch.cat([n_new, a, has_leaf.long(), nb, out]))
+        e.cache.move(moves[0], moves[1])
+        e.cursor.add_(self.report[:1])
 
-    def _sampling(self, logits, sampling, t, nxt_b, more_b, n, chain_rows):
+    def _tree(self, n: int):
+        """This cycle's tree of size n and the verification pass's extents."""
+        e, dr, R = self.engine, self.drafter, self.engine.cursor
+        tree = self.trees[n]
+        if self.fused:  # one kernel
+            o = tree_kernels.build_tree(dr.table, dr.top1, self.chain, self.context[1:], self.context[:1], e.seq, R,
+                                        tree.thresholds, tree.counts, tree.max_nodes, n)
+            t = DeviceTreeTensors(o["tokens"], o["depth"], o["prefix"], o["run_lo"], o["cand"], o["ctok"],
+                                  o["bnode"], o["meta"][:1], o["meta"][1:])
+            return t, e.ext(*o["ext"])
+        t = tree.build(dr.table, dr.top1, self.chain, self.context[1:], self.context[:1], e.seq.index_select(0, R))
+        return t, e.ext(R + t.prefix, R + t.run_lo, R + e.arange[:n], R + t.depth)
+
+    def _sampling(self, logits, sampling, t):
         """Recursive rejection sampling (model/sampling.py): per depth row, the first accepted candidate (-1: none);
         per branch node, whether its child is accepted; per node, the token it emits when it is the last accepted
         node: a sample of its residual distribution (its candidates removed; a node without candidates has the
         plain distribution)."""
-        e, B = self.engine, self.B
+        e, B, n = self.engine, self.B, t.size
         D = t.cand.shape[0]
+        chain_rows = torch.arange(D, device=logits.device).clamp_max(n - 1)  # node d is chain node d (d <= C < n)
+        nxt_b, more_b = _branch_children(t)
+        valid = t.valid
         probs = logits_to_probs(logits, sampling)  # [n, V]; row d < D is chain node d
         V = probs.shape[1]
         # the candidates' target probabilities, in order
-        p_c = torch.where(t.valid, probs.index_select(0, chain_rows).gather(1, t.ctok), 0.0)
+        p_c = torch.where(valid, probs.index_select(0, chain_rows).gather(1, t.ctok), 0.0)
         mass = p_c.cumsum(1) - p_c  # rejected mass before each candidate
         u = e.buffer(("verify-u", self.key), tuple(t.cand.shape))
-        first = _first(t.valid & (u < rules.accept_probability(p_c, mass)))
+        first = _first(valid & (u < rules.accept_probability(p_c, mass)))
         bn = t.bnode.clamp_max(n - 1)
         p_b = probs.index_select(0, bn).gather(1, nxt_b.view(B, 1)).view(B)
         ub = e.buffer(("verify-ub", self.key), (B,))
         b_ok = ub < rules.accept_probability(p_b, torch.zeros_like(p_b))
         rows = torch.arange(D, device=probs.device)[:, None]
-        hidden = torch.where(t.valid, rows * V + t.ctok, n * V).flatten()  # chain nodes' candidates
+        hidden = torch.where(valid, rows * V + t.ctok, n * V).flatten()  # chain nodes' candidates
         hidden_b = torch.where(more_b & (t.bnode < n), bn * V + nxt_b, n * V)  # branch nodes' children
         residual = torch.cat([probs.flatten(), probs.new_zeros(1)])
         residual = residual.index_fill_(0, torch.cat([hidden, hidden_b]), 0.0)
@@ -302,11 +303,72 @@ class Verifier:
         return first, b_ok, sample_from_probs(residual[:-1].view(n, V), noise)
 
 
+def fused_tails(engine: Engine) -> bool:
+    """Whether the work around the passes (the draft step's top-k, the tree, acceptance and commit) runs as the
+    kernels of model/kernels/topk.py and tree.py: where the passes run the Triton kernels, on one device."""
+    return engine.ops.inplace and kernels.available(engine.device) and not engine.multi_device
+
+
 def tree_sizes(max_nodes: int) -> tuple[int, ...]:
     """The tree sizes verification has graphs for: every bucket from 16 (one row block of the products) up to the
     one holding `max_nodes`, so a short chain is not verified at the cost of a large tree."""
     top = padded_size(max_nodes)
     return tuple(b for b in BUCKETS if 16 <= b <= top) or (top,)
+
+
+def _branch_children(t: DeviceTreeTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each context-branch node's child token (0 for the last) and whether that child is in the tree."""
+    B, n = t.bnode.shape[0], t.size
+    bt = t.tokens.index_select(0, t.bnode.clamp_max(n - 1))  # branch tokens
+    nxt_b = torch.cat([bt[1:], bt.new_zeros(1)])
+    return nxt_b, torch.arange(B, device=bt.device) + 1 < t.blen
+
+
+def greedy_checks(pred: torch.Tensor, t: DeviceTreeTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy acceptance tests from the full model's argmax per node `pred` [n]: per depth row, the first candidate
+    equal to its parent's argmax (-1: none); per branch node, whether its child equals its argmax."""
+    D, n = t.cand.shape[0], t.size
+    chain_rows = torch.arange(D, device=pred.device).clamp_max(n - 1)  # node d is chain node d (d <= C < n)
+    parent_pred = pred.index_select(0, chain_rows).view(D, 1)
+    first = _first(t.valid & (t.ctok == parent_pred))
+    nxt_b, _ = _branch_children(t)
+    return first, nxt_b == pred.index_select(0, t.bnode.clamp_max(n - 1))
+
+
+def accept_and_commit(samples, first, b_ok, t: DeviceTreeTensors, table, C, R, seq) -> tuple[torch.Tensor, ...]:
+    """Acceptance and commit with PyTorch ops (model/kernels/tree.py `accept_greedy` is the same in one kernel).
+    The chain is accepted while each depth row's first accepted candidate is its chain token; where it stops, an
+    alternative leaf or the context branch may be accepted, then the branch's tokens one after the other while their
+    checks `b_ok` hold; the last accepted node's `samples` entry is the bonus token. Writes the committed tokens into
+    `seq` after the cursor `R`; returns the report [tokens committed, chain tokens accepted, alternative accepted,
+    branch tokens accepted, committed tokens (D + B + 1)] and the K/V moves [2, B] (source, destination slots)."""
+    D, K = table.shape
+    B, n, dev = t.bnode.shape[0], t.size, table.device
+    _, more_b = _branch_children(t)
+    d = torch.arange(D, device=dev)
+    a = ((first == 0) & (d < C)).long().cumprod(0).sum().view(1)  # chain tokens accepted
+    row = a.clamp_max(D - 1)
+    r = first.index_select(0, row)  # where the chain stops: an alternative (1..K-1), the branch (K), none (-1)
+    has_leaf = (r >= 1) & (r < K)
+    has_branch = r == K
+    nb = torch.where(has_branch, 1 + (b_ok & more_b).long().cumprod(0).sum(), 0)  # branch tokens accepted
+    leaf = t.cand.index_select(0, row).gather(1, r.clamp(0, K).view(1, 1)).view(1)
+    last_b = t.bnode.index_select(0, (nb - 1).clamp_min(0))
+    bonus_node = torch.where(has_branch, last_b, torch.where(has_leaf, leaf, a))
+    bonus = samples.index_select(0, bonus_node)
+    side = torch.where(has_leaf, leaf.expand(B), t.bnode)  # the accepted off-chain nodes, in order
+    n_side = torch.where(has_leaf, 1, nb)
+    i = torch.arange(B, device=dev)
+    side_tok = t.tokens.index_select(0, side.clamp_max(n - 1))
+    out = torch.cat([table[:, 0], torch.zeros(B + 1, dtype=torch.long, device=dev)])
+    keep = i < n_side
+    out.index_copy_(0, a + i, torch.where(keep, side_tok, out.index_select(0, a + i)))
+    out.index_copy_(0, a + n_side, bonus)
+    n_new = a + n_side + 1
+    seq.index_copy_(0, R + 1 + torch.arange(D + B + 1, device=dev), out)
+    scratch = R + n + i
+    moves = torch.stack([torch.where(keep, R + side, scratch), torch.where(keep, R + a + 1 + i, scratch)])
+    return torch.cat([n_new, a, has_leaf.long(), nb, out]), moves
 
 
 def _first(ok: torch.Tensor) -> torch.Tensor:

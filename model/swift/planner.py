@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DRAFT_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32)  # draft steps per cycle that have a graph
+# draft steps per cycle that have a graph; 15 is the longest chain a 16-node tree holds beside its root
+DRAFT_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 16, 20, 25, 32)
 
 
 def expected_speedup(rates, c: float, v, lengths) -> tuple[float, int]:

@@ -1,0 +1,244 @@
+"""The tree kernels (model/kernels/tree.py) against the PyTorch code they replace, on random trees: the build against
+`DeviceTree.build`, the greedy acceptance and commit against `Verifier`'s PyTorch tail; and greedy SWIFT with the
+kernels against vanilla decoding. On CPU they run in Triton's interpreter."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from model import kernels
+from model.kernels import tree as tree_kernels
+from model.swift.acceleration import accept_and_commit, greedy_checks
+from model.swift.config import DEFAULT_TREE_RULE
+from model.tree import DeviceTree
+
+pytestmark = pytest.mark.skipif(not kernels.interpreting() and not torch.cuda.is_available(),
+                                reason="the kernels run on CPU tensors only in Triton's interpreter")
+
+
+def _case(rng: random.Random, D: int, K: int, B: int, n: int, vocab: int = 6):
+    """A random cycle: a draft table with repeated tokens (siblings that must be dropped), a chain length, a context
+    branch that shares a random number of leading tokens with the chain."""
+    max_nodes = rng.choice([n, max(D + 2, n // 2)]) if n // 2 >= D + 2 else n
+    C = rng.randint(0, min(D, max_nodes - 1))
+    clen = rng.randint(0, min(B, max_nodes - 1 - C))
+    table = torch.tensor([[rng.randrange(vocab) for _ in range(K)] for _ in range(D)], dtype=torch.long)
+    top1 = torch.tensor([rng.random() for _ in range(D)], dtype=torch.float32)
+    ctx = torch.tensor([rng.randrange(vocab) for _ in range(B)], dtype=torch.long)
+    share = rng.randint(0, min(clen, C))
+    ctx[:share] = table[:share, 0]
+    seq = torch.tensor([rng.randrange(vocab) for _ in range(200)], dtype=torch.long)
+    cursor = torch.tensor([rng.randrange(100)], dtype=torch.long)
+    return dict(table=table, top1=top1, C=torch.tensor([C]), ctx=ctx, clen=torch.tensor([clen]), seq=seq,
+                cursor=cursor, max_nodes=max_nodes)
+
+
+SHAPES = [(25, 4, 10, 32), (25, 4, 10, 64), (5, 3, 1, 16), (8, 1, 4, 16), (16, 2, 16, 64), (12, 4, 32, 128)]
+
+
+@pytest.mark.parametrize("D,K,B,n", SHAPES)
+def test_build_kernel_equals_the_pytorch_tree(D, K, B, n):
+    rng = random.Random(D * 1000 + K * 100 + B * 10 + n)
+    for _ in range(12):
+        x = _case(rng, D, K, B, n)
+        tree = DeviceTree(DEFAULT_TREE_RULE, x["max_nodes"], n, "cpu")
+        R = x["cursor"]
+        ref = tree.build(x["table"], x["top1"], x["C"], x["ctx"], x["clen"], x["seq"].index_select(0, R))
+        got = tree_kernels.build_tree(x["table"], x["top1"], x["C"], x["ctx"], x["clen"], x["seq"], R,
+                                      tree.thresholds, tree.counts, x["max_nodes"], n)
+        for name in ("tokens", "depth", "prefix", "run_lo", "cand", "ctok", "bnode"):
+            assert torch.equal(got[name], getattr(ref, name)), (name, x)
+        assert got["meta"].tolist() == [ref.blen.item(), ref.at.item()]
+        assert torch.equal(got["ext"], torch.stack([R + ref.prefix, R + ref.run_lo, R + torch.arange(n),
+                                                    R + ref.depth]))
+
+
+def _reference_accept(pred, t, table, C, R, seq):
+    """The greedy acceptance and commit of `Verifier._cycle` (PyTorch), on copies."""
+    seq = seq.clone()
+    first, b_ok = greedy_checks(pred, t)
+    report, moves = accept_and_commit(pred, first, b_ok, t, table, C, R, seq)
+    return seq, report, moves
+
+
+@pytest.mark.parametrize("D,K,B,n", SHAPES)
+def test_accept_kernel_equals_the_pytorch_acceptance(D, K, B, n):
+    rng = random.Random(7 + D * 1000 + K * 100 + B * 10 + n)
+    for trial in range(16):
+        x = _case(rng, D, K, B, n, vocab=4)
+        tree = DeviceTree(DEFAULT_TREE_RULE, x["max_nodes"], n, "cpu")
+        R = x["cursor"]
+        t = tree.build(x["table"], x["top1"], x["C"], x["ctx"], x["clen"], x["seq"].index_select(0, R))
+        # the full model's argmax per node: mostly the chain / branch continuation, so long paths get accepted
+        pred = torch.tensor([rng.randrange(4) for _ in range(n)], dtype=torch.long)
+        follow = rng.random()
+        for i in range(n):
+            kids = [j for j in range(n) if j != i and t.prefix[j] == t.depth[j] and t.depth[j] == t.depth[i] + 1]
+            if rng.random() < follow and i <= x["C"].item() and i + 1 < n and i < D:
+                pred[i] = t.tokens[i + 1]
+            elif kids and rng.random() < 0.5:
+                pred[i] = t.tokens[rng.choice(kids)]
+        bn = t.bnode.clamp_max(n - 1)
+        for b in range(B - 1):
+            if rng.random() < 0.8:
+                pred[bn[b]] = t.tokens[bn[b + 1]]
+        ref_seq, ref_report, ref_moves = _reference_accept(pred, t, x["table"], x["C"], R, x["seq"])
+        seq = x["seq"].clone()
+        report = torch.zeros_like(ref_report)
+        moves = tree_kernels.accept_greedy(pred, t.tokens, x["table"], t.cand, t.ctok, t.bnode, t.blen, x["C"], R,
+                                           seq, report, n)
+        assert torch.equal(report, ref_report), (trial, report, ref_report)
+        assert torch.equal(seq, ref_seq)
+        assert torch.equal(moves, ref_moves)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_greedy_swift_with_the_tree_kernels_equals_vanilla(seed):
+    """The whole cycle with the draft step's tail, the tree, acceptance and commit in the kernels: the draft chain with
+    alternatives, and the union tree with a context branch, give vanilla's tokens. The passes run the PyTorch ops
+    here (the Triton passes in the interpreter take minutes; their bits are checked in test_kernels.py)."""
+    from helpers import tiny_engine
+    from model.generate import vanilla_generate
+    from model.swift.decoding import accelerator, swift_generate
+    from model.swift.layer_search import LayerSearch
+    from model.swift.config import SwiftConfig
+
+    eng, _ = tiny_engine(seed=seed, scale=6, num_hidden_layers=6, vocab_size=24)
+    prompt = [int(t) for t in torch.randint(0, 24, (30,), generator=torch.Generator().manual_seed(seed))]
+    prompt = prompt + prompt[:12]  # a repeat, so the context has continuations to propose
+    want = vanilla_generate(eng, prompt, 60).tokens
+    for cfg in (SwiftConfig(guard=False, context_window=12, skip_ratio=0.25, seed=seed),
+                SwiftConfig(guard=False, context_window=12, skip_ratio=0.25, seed=seed, context_drafts=True,
+                            context_tree="union")):
+        acc = accelerator(eng, cfg)  # one for both settings (same buffer shapes)
+        assert acc.verifier.fused == acc.drafter.fused == (cfg.context_tree == "union")  # PyTorch passes: unless asked
+        acc.verifier.fused = acc.drafter.fused = True
+        res = swift_generate(eng, prompt, 60, cfg=cfg, search=LayerSearch(6, cfg))
+        assert res.tokens == want
+        assert max(res.accept_lengths) > 1
+        if cfg.context_drafts:
+            assert res.stats["cycles"]["union"] > 0
+
+
+@pytest.mark.parametrize("V,k,mapped", [(24, 4, False), (97, 8, False), (300, 3, True), (64, 1, False)])
+def test_draft_topk_kernel_equals_topk_and_the_top1_probability(V, k, mapped):
+    from model.kernels.topk import draft_topk
+    g = torch.Generator().manual_seed(V + k)
+    D = 6
+    table, top1 = torch.full((D, k), -1, dtype=torch.long), torch.zeros(D)
+    vocab_map = torch.randperm(1000, generator=g)[:V].sort().values if mapped else None
+    for d in range(3):
+        logits = torch.randn(1, V, generator=g) * 4
+        offset = torch.tensor([2])
+        tok = draft_topk(logits, k, table, top1, offset, d, vocab_map)
+        vals, ids = logits.topk(k, dim=-1)
+        want = ids[0] if vocab_map is None else vocab_map[ids[0]]
+        assert table[2 + d].tolist() == want.tolist()
+        assert tok.tolist() == want[:1].tolist()
+        assert torch.allclose(top1[2 + d], torch.softmax(logits, -1).max(), rtol=1e-5)
+    assert (table[:2] == -1).all() and (table[5:] == -1).all()  # only rows offset + d are written
+
+
+def test_draft_topk_kernel_breaks_ties_towards_the_lower_id():
+    from model.kernels.topk import draft_topk
+    logits = torch.zeros(1, 200)
+    logits[0, [150, 7, 90]] = 3.0
+    logits[0, 120] = 5.0
+    table, top1 = torch.zeros(1, 3, dtype=torch.long), torch.zeros(1)
+    draft_topk(logits, 3, table, top1, torch.tensor([0]), 0)
+    assert table[0].tolist() == [120, 7, 90]
+
+
+def test_the_kernels_leave_a_handful_of_operations_around_the_passes(monkeypatch):
+    """What the kernels are for: inside a CUDA graph every operation is a launch of a microsecond or two. Counted here
+    for what a draft graph and a verification graph hold (PyTorch dispatches, views and same-device moves excluded; a
+    kernel launch counts once), the passes themselves (forward and LM head) left out."""
+    from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+    from helpers import tiny_engine
+    from model.kernels import topk as topk_kernels
+    from model.sampling import SamplingConfig
+    from model.swift import acceleration
+    from model.swift.config import SwiftConfig
+    from model.swift.decoding import accelerator
+
+    free = {"view", "_unsafe_view", "expand", "slice", "select", "unsqueeze", "squeeze", "as_strided", "alias",
+            "detach", "t", "transpose", "permute", "reshape", "lift_fresh", "unbind", "to"}
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.__name__.split(".")[0] not in free
+            return func(*args, **(kwargs or {}))
+
+    def uncounted(fn, launches=0):
+        def call(*a, **kw):
+            with _disable_current_modes():
+                out = fn(*a, **kw)
+            Count.n += launches
+            return out
+        return call
+
+    def counted(fn):
+        def call(*a, **kw):
+            with Count():
+                return fn(*a, **kw)
+        return call
+
+    eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6, vocab_size=24)
+    acc = accelerator(eng, SwiftConfig(guard=False, context_drafts=True))
+    eng.start(list(range(1, 20)))
+    monkeypatch.setattr(eng, "forward", uncounted(eng.forward))
+    monkeypatch.setattr(eng, "logits", uncounted(eng.logits))
+    monkeypatch.setattr(acceleration, "tree_kernels", type("K", (), dict(
+        build_tree=staticmethod(uncounted(tree_kernels.build_tree, 1)),
+        accept_greedy=staticmethod(uncounted(tree_kernels.accept_greedy, 1)))))
+    monkeypatch.setattr(acceleration, "topk_kernels", type("K", (), dict(
+        draft_topk=staticmethod(uncounted(topk_kernels.draft_topk, 2)))))
+    monkeypatch.setattr(acc.drafter, "_steps", counted(acc.drafter._steps))  # what a draft graph holds
+    monkeypatch.setattr(acc.verifier, "_cycle", counted(acc.verifier._cycle))  # what a verification graph holds
+    counts = {}
+    for fused in (False, True):
+        acc.drafter.fused = acc.verifier.fused = fused
+        eng.cursor.fill_(19)
+        eng.length = 20
+        Count.n = 0
+        acc.drafter.draft(4)
+        draft = Count.n
+        Count.n = 0
+        acc.verifier.verify(4, SamplingConfig(), context=[1, 2, 3])
+        counts[fused] = (draft, Count.n)
+    (draft_torch, verify_torch), (draft_fused, verify_fused) = counts[False], counts[True]
+    # verification: the tree, argmax, acceptance, the K/V move (gather + scatter), the cursor
+    assert verify_fused == 6 and verify_torch >= 150, counts
+    # a draft of 4: the first input (6), the steps' positions (1 + 4), two kernels per step (PyTorch: nine)
+    assert draft_fused == 6 + 1 + 4 * 3 and draft_torch == draft_fused + 4 * 7, counts
+
+
+def test_sampling_with_the_kernels_draws_what_the_pytorch_tails_draw():
+    """Sampling keeps the PyTorch acceptance (the rejection rule of model/sampling.py, checked by the chi-square tests
+    of test_swift.py and test_drafts.py) over the tree the kernel builds, and the draft's top-k from the kernel: with
+    the same random numbers, both give the same tokens."""
+    from helpers import tiny_engine
+    from model.llama import LayerSkip
+    from model.sampling import SamplingConfig
+    from model.swift.config import SwiftConfig
+    from model.swift.decoding import accelerator, swift_generate
+
+    eng, _ = tiny_engine(seed=3, scale=8, num_hidden_layers=6, vocab_size=24)
+    prompt = [int(t) for t in torch.randint(0, 24, (20,), generator=torch.Generator().manual_seed(3))] * 2
+    cfg = SwiftConfig(guard=False, context_drafts=True, context_tree="union")
+    acc = accelerator(eng, cfg)
+    for seed in range(3):
+        runs = []
+        for fused in (False, True):
+            acc.drafter.fused = acc.verifier.fused = fused
+            torch.manual_seed(seed)
+            runs.append(swift_generate(eng, prompt, 30, SamplingConfig(temperature=0.8, top_p=0.95), cfg=cfg,
+                                       skip=LayerSkip.of(attn=[2], mlp=[3])))
+        assert runs[0].tokens == runs[1].tokens and runs[0].accept_lengths == runs[1].accept_lengths
+        assert runs[1].stats["cycles"]["union"] > 0
