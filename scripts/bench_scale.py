@@ -45,7 +45,7 @@ from model.sampling import SamplingConfig  # noqa: E402
 from model.swift.config import SwiftConfig  # noqa: E402
 from model.swift.decoding import Accelerator, accelerator, swift_generate  # noqa: E402
 from model.swift.layer_search import LayerSearch, score_candidates  # noqa: E402
-from model.swift.planner import DraftPlanner, expected_speedup  # noqa: E402
+from model.swift.planner import DRAFT_LENGTHS, DraftPlanner, expected_speedup  # noqa: E402
 
 SHAPES = {"llama-2-7b": LLAMA2_7B_SHAPE, "llama-2-13b": LLAMA2_13B_SHAPE}
 DEFAULTS = dict(ratio=0.45, search_prompts=12, prompts=4, prompt_len=128, max_new_tokens=256)  # of the flags below
@@ -60,6 +60,32 @@ def matchness(engine: Engine, skip: LayerSkip, text: list[int], gamma: int = 32)
     """`skip`'s matchness on the last `gamma` tokens of `text` (the model's own greedy text)."""
     engine.start(text[:-1])
     return score_candidates(engine, [skip], gamma)[0]
+
+
+def draft_bytes(args: ModelArgs, skip: LayerSkip) -> float:
+    """Weight bytes a draft step with `skip` reads, relative to a full step (every layer's projections, the LM head;
+    norms and the cache are left out: under 1.5% of a step at these shapes and prompt lengths). At batch 1 a 7B-13B
+    step is bound by these bytes, so this is what a draft step's cost c(r) tends to."""
+    attn = args.dim * args.head_dim * (2 * args.n_heads + 2 * args.n_kv_heads)  # q, k, v, o
+    mlp = 3 * args.dim * args.intermediate_size
+    head = args.vocab_size * args.dim
+    full = args.n_layers * (attn + mlp) + head
+    return (full - len(skip.attn) * attn - len(skip.mlp) * mlp) / full
+
+
+def byte_bound(row: dict) -> tuple[float, float] | None:
+    """(draft bytes, ceiling): the found set's draft bytes relative to a full step, and the best expected speedup at
+    the measured acceptance if a draft step cost exactly those bytes and a verification exactly one step (a tree's
+    rows read the same weights as one row): what the memory bound allows with this skip set and acceptance. None for
+    a row without its shape or found set."""
+    settled = row.get("costs", {}).get("settled") or [None]
+    found = row.get("found_skip") or settled[0]
+    if row.get("shape") not in SHAPES or found is None:
+        return None
+    args = ModelArgs.from_hf_config(SHAPES[row["shape"]])
+    c = draft_bytes(args, LayerSkip.of(attn=found["attn"], mlp=found["mlp"]))
+    lengths = tuple(k for k in DRAFT_LENGTHS if k <= 25)
+    return c, expected_speedup(row["alpha"], c, 1.0, lengths)[0]
 
 
 def verify_costs(engine: Engine, sizes=(8, 16, 32, 64)) -> dict:
@@ -115,6 +141,7 @@ def run_level(engine, args, a, task, env) -> dict:
                 search_s=search_s, search_share=search_s / (search_s + sum(r.wall_time_s for r in s_runs)),
                 search_tokens=sum(r.num_new_tokens for r in search_runs),
                 found_planted=found == task.planted, planted_overlap=overlap(found, task.planted),
+                found_skip=found.to_dict(),
                 found_matchness=matchness(engine, found, probe), planted_matchness=matchness(engine, task.planted,
                                                                                               probe),
                 vanilla_tps=v_tps, swift_tps=s_tps, speedup=s_tps / v_tps,
@@ -138,20 +165,26 @@ def write_report(rows: list[dict], out: Path) -> None:
              f"the search over at most {st['search_prompts']} texts, then {st['prompts']} timed texts with the found "
              f"set. Commands: " + "; ".join(f"`{c}`" for c in cmds), "",
              "| shape | flips | acceptance (design / measured) | vanilla tok/s | SWIFT tok/s | speedup | M | draft "
-             "cost c(r) | ceiling | share of ceiling | search: steps, share of time | found / planted | matchness "
-             "found (planted) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "cost c(r) | ceiling | share of ceiling | draft bytes | byte-bound ceiling | search: steps, share of "
+             "time | found / planted | matchness found (planted) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         found = "the planted set" if r["found_planted"] else f"{r['planted_overlap']}/{r['n_planted']}"
+        bound = byte_bound(r)
+        bytes_cols = f"{bound[0]:.3f} | {bound[1]:.2f}x" if bound else "- | -"
         lines.append(f"| {r['shape']} | {r['n_flips']} | {r['expected_acceptance']:.3f} / {r['alpha']:.3f} | "
                      f"{r['vanilla_tps']:.1f} | {r['swift_tps']:.1f} | {r['speedup']:.2f}x | {r['M']:.2f} | "
-                     f"{r['draft_cost']:.3f} | {r['ceiling']:.2f}x | {r['share_of_ceiling']:.0%} | "
+                     f"{r['draft_cost']:.3f} | {r['ceiling']:.2f}x | {r['share_of_ceiling']:.0%} | {bytes_cols} | "
                      f"{r['search_steps']}, {r['search_share']:.1%} | {found} | "
                      f"{r['found_matchness']:.3f} ({r['planted_matchness']:.3f}) |")
     first = {}
     for r in rows:
         first.setdefault(r["shape"], r)
     lines += ["", "Verification cost (GPU ms) by tree size: " + "; ".join(
-        f"{shape}: {r['verify_ms_by_tree_size']}" for shape, r in first.items())]
+        f"{shape}: {r['verify_ms_by_tree_size']}" for shape, r in first.items()),
+              "", "Draft bytes: the weight bytes a draft step with the found set reads, relative to a full step; "
+              "byte-bound ceiling: the best expected speedup at the measured acceptance if a draft step cost exactly "
+              "those bytes and a verification one step (`byte_bound`)."]
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -134,3 +134,23 @@ def test_bench_scale_report_merges_runs(tmp_path, monkeypatch):
     assert "`run one`; `run two`" in md and "the planted set" in table[0] and "26/27" in table[1]
     assert "a: {'16': 4.9}; b: {'16': 9.9}" in md
     assert len((out / "bench_scale.jsonl").read_text().splitlines()) == 3
+
+
+def test_draft_bytes_and_the_byte_bound_ceiling():
+    """The weight bytes of a draft step at the LLaMA-2-13B shape and the ceiling they allow (docs/RESULTS.md)."""
+    import bench_scale
+
+    args = ModelArgs.from_hf_config(bench_scale.SHAPES["llama-2-13b"])
+    assert bench_scale.draft_bytes(args, LayerSkip()) == 1.0
+    everything = LayerSkip.of(attn=range(args.n_layers), mlp=range(args.n_layers))
+    head = args.vocab_size * args.dim
+    assert bench_scale.draft_bytes(args, everything) == pytest.approx(
+        head / (head + args.n_layers * 4 * args.dim ** 2 + args.n_layers * 3 * args.dim * args.intermediate_size))
+    # 18 attention and 16 MLP sub-layers skipped (the 13B planted set's counts): 58.9% of the bytes
+    skip = LayerSkip.of(attn=range(1, 19), mlp=range(1, 17))
+    assert bench_scale.draft_bytes(args, skip) == pytest.approx(0.589, abs=1e-3)
+    row = dict(shape="llama-2-13b", alpha=1.0, found_skip=skip.to_dict())
+    c, bound = bench_scale.byte_bound(row)
+    assert bound == pytest.approx(26 / (25 * c + 1))  # every token accepted: the longest chain, 25
+    assert bench_scale.byte_bound(dict(row, alpha=0.996))[1] < 1.6 < bound
+    assert bench_scale.byte_bound(dict(shape="other", alpha=1.0)) is None
