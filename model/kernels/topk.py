@@ -29,7 +29,7 @@ if triton is not None:
         x = tl.load(LOGITS + i, mask=i < V, other=-float("inf")).to(tl.float32)
         m = tl.max(x, axis=0)
         tl.store(PM + p, m)
-        tl.store(PS + p, tl.sum(tl.exp(x - m), axis=0))
+        tl.store(PS + p, tl.sum(tl.exp(x - tl.where(m == -float("inf"), 0.0, m)), axis=0))  # a block of -inf: 0
         kk = tl.arange(0, K_P)
         vals = tl.full([K_P], -float("inf"), tl.float32)
         ids = tl.zeros([K_P], tl.int64)
@@ -43,7 +43,7 @@ if triton is not None:
         tl.store(PI + p * K_P + kk, ids)
 
     @triton.jit
-    def _merge_kernel(PV, PI, PM, PS, P, MAP, TABLE, TOP1, TOK, OFFSET, d, stride_t,
+    def _merge_kernel(PV, PI, PM, PS, P, V, MAP, TABLE, TOP1, TOK, OFFSET, d, stride_t,
                       HAS_MAP: tl.constexpr, K: tl.constexpr, K_P: tl.constexpr, P_P: tl.constexpr):
         q = tl.arange(0, P_P)
         kk = tl.arange(0, K_P)
@@ -58,6 +58,7 @@ if triton is not None:
         for k in tl.static_range(K):
             best = tl.max(tl.max(v, axis=1), axis=0)
             at = tl.min(tl.min(tl.where(v == best, ids, big), axis=1), axis=0)
+            at = tl.minimum(at, V - 1)  # fewer than k finite logits (never for a model's head): stay in range
             tok = at
             if HAS_MAP:
                 tok = tl.load(MAP + at)
@@ -85,6 +86,6 @@ def draft_topk(logits: torch.Tensor, k: int, table: torch.Tensor, top1: torch.Te
     tok = torch.empty(1, dtype=torch.long, device=dev)
     _block_kernel[(P,)](logits, V, pv, pi, pm, ps, K=k, K_P=k_p, BLOCK=block)
     has_map = vocab_map is not None
-    _merge_kernel[(1,)](pv, pi, pm, ps, P, vocab_map if has_map else pi, table, top1, tok, offset, d,
+    _merge_kernel[(1,)](pv, pi, pm, ps, P, V, vocab_map if has_map else pi, table, top1, tok, offset, d,
                         table.stride(0), HAS_MAP=has_map, K=k, K_P=k_p, P_P=max(2, triton.next_power_of_2(P)))
     return tok

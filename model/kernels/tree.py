@@ -20,14 +20,13 @@ import torch
 
 from model.kernels import tl, triton
 
-_BIG = 1 << 30
-
-
 def _p2(n: int) -> int:
     return max(2, triton.next_power_of_2(int(n)))
 
 
 if triton is not None:
+    _BIG = tl.constexpr(1 << 30)  # compiled kernels read only constexpr globals
+
     @triton.jit
     def _build_kernel(TABLE, TOP1, CHAIN, CTX, CLEN, SEQ, CURSOR, THR, CNT,
                       TOKENS, DEPTH, PREFIX, RUN_LO, EXT, CAND, CTOK, BNODE, META,

@@ -78,9 +78,9 @@ class Drafter:
         first = e.seq.index_select(0, R)
         prev = self.table.index_select(0, (d0 - 1).clamp_min(0))[:, 0]
         tok = torch.where(d0 > 0, prev, first)
-        at = R + d0
+        positions = R + d0 + e.arange[:k]  # [k]: one launch for the whole draft
         for d in range(k):
-            pos = at + d
+            pos = positions[d:d + 1]
             p = Pass(tok, e.ext(pos, pos, pos, pos), e.kv_len(self.cfg.max_draft_len + 1))
             step_mark = None if mark is None else (lambda key, d=d: mark(None if key is None else (d,) + key))
             x = e.forward(p, skip=skip, mark=step_mark)
@@ -104,7 +104,8 @@ class Drafter:
             e.graph(self._own_key(k, kv, self.skip), None).replay()
         elif self.tracked:
             try:
-                g = e.graph(("draft", self.key, k, kv, self.fused), lambda mark: self._steps(k, NO_SKIP, mark), track=True)
+                g = e.graph(("draft", (self.key, self.fused), k, kv), lambda mark: self._steps(k, NO_SKIP, mark),
+                            track=True)
             except RuntimeError as err:  # the graph API refused: one graph per skip set from now on
                 import warnings
                 warnings.warn(f"draft graphs cannot switch kernels off ({err}); capturing one per skip set",
@@ -121,7 +122,7 @@ class Drafter:
             e.run(self._own_key(k, kv, self.skip), lambda: self._steps(k, self.skip))
 
     def _own_key(self, k: int, kv, skip: LayerSkip) -> tuple:
-        return ("draft", self.key, k, kv, skip, self.fused)
+        return ("draft", (self.key, self.fused), k, kv, skip)
 
     def settle(self, skip: LayerSkip) -> bool:
         """Capture a draft graph of every chunk length for `skip` alone (call it untimed, on scratch positions);
@@ -226,12 +227,16 @@ class Verifier:
         self._host[1:1 + len(ctx)] = torch.tensor(ctx, dtype=torch.long)
         self.context.copy_(self._host, non_blocking=True)
         n = size or self.size_for(1 + chain_len + len(ctx))
+        if 1 + chain_len + len(ctx) > n:  # the tree kernels index nodes without bounds checks
+            raise ValueError(f"a tree of {n} nodes cannot hold the root, {chain_len} chain and {len(ctx)} context "
+                             f"tokens")
         if not sampling.greedy:
             e.buffer(("verify-noise", self.key, n), (n, e.args.vocab_size)).exponential_(1)
             e.buffer(("verify-u", self.key), (self.drafter.table.shape[0], self.drafter.table.shape[1] + 1)).uniform_()
             e.buffer(("verify-ub", self.key), (self.B,)).uniform_()
         kv = e.kv_len(n + 1)
-        e.run(("verify", self.key, n, sampling, kv, self.fused), lambda: self._cycle(n, sampling, kv))  # graphs read these buffers
+        # graphs read these buffers
+        e.run(("verify", (self.key, self.fused), n, sampling, kv), lambda: self._cycle(n, sampling, kv))
         return self.report
 
     def chain_for(self, size: int) -> int:
@@ -305,8 +310,62 @@ class Verifier:
 
 def fused_tails(engine: Engine) -> bool:
     """Whether the work around the passes (the draft step's top-k, the tree, acceptance and commit) runs as the
-    kernels of model/kernels/topk.py and tree.py: where the passes run the Triton kernels, on one device."""
-    return engine.ops.inplace and kernels.available(engine.device) and not engine.multi_device
+    kernels of model/kernels/topk.py and tree.py: where the passes run the Triton kernels, on one device, and the
+    kernels give what the PyTorch code gives on a made-up cycle (checked once per engine; else a warning and the
+    PyTorch code)."""
+    if not (engine.ops.inplace and kernels.available(engine.device) and not engine.multi_device):
+        return False
+    if "_tails_ok" not in engine.__dict__:
+        problem = _tails_disagree(engine.device)
+        if problem:
+            import warnings
+            warnings.warn(f"the tree and top-k kernels disagree with the PyTorch code on {engine.device} ({problem}); "
+                          f"using the PyTorch code", RuntimeWarning)
+        engine._tails_ok = problem is None
+    return engine._tails_ok
+
+
+@torch.inference_mode()
+def _tails_disagree(device) -> str | None:
+    """Run the kernels once on a made-up cycle (a chain of 6 with alternatives, a context branch that shares two
+    tokens with it and is accepted, a bonus token) and compare with the PyTorch code; None when they agree."""
+    from model.swift.config import DEFAULT_TREE_RULE
+    try:
+        g = torch.Generator().manual_seed(0)
+        D, K, n = 6, 3, 16
+        table, top1 = torch.randint(0, 4, (D, K), generator=g), torch.rand(D, generator=g)
+        ctx = torch.cat([table[:2, 0], table[2, 1:2] + 4, torch.tensor([7])])  # parts from the chain at node 2
+        seq, R = torch.randint(0, 9, (64,), generator=g), torch.tensor([5])
+        C, clen = torch.tensor([D]), torch.tensor([4])
+        tree = DeviceTree(DEFAULT_TREE_RULE, n, n, "cpu")
+        ref = tree.build(table, top1, C, ctx, clen, seq.index_select(0, R))
+        pred = torch.cat([ref.tokens[1:], ref.tokens[:1]])  # node i predicts node i + 1: the chain is accepted ...
+        pred[2] = ctx[2]  # ... up to node 2, which predicts the branch's first token
+        pred[ref.bnode[0]] = ctx[3]  # and the branch's first node its second
+        ref_seq = seq.clone()
+        report, moves = accept_and_commit(pred, *greedy_checks(pred, ref), ref, table, C, R, ref_seq)
+        on = [x.to(device) for x in (table, top1, C, ctx, clen, seq, R, tree.thresholds, tree.counts, pred)]
+        o = tree_kernels.build_tree(*on[:9], n, n)
+        got = DeviceTreeTensors(o["tokens"], o["depth"], o["prefix"], o["run_lo"], o["cand"], o["ctok"], o["bnode"],
+                                o["meta"][:1], o["meta"][1:])
+        for name in ("tokens", "depth", "prefix", "run_lo", "cand", "ctok", "bnode", "blen", "at"):
+            if not torch.equal(getattr(got, name).cpu(), getattr(ref, name)):
+                return f"tree: {name}"
+        got_report = torch.zeros_like(report, device=device)
+        got_moves = tree_kernels.accept_greedy(on[9], got.tokens, on[0], got.cand, got.ctok, got.bnode, got.blen,
+                                               on[2], on[6], on[5], got_report, n)
+        if not (torch.equal(got_report.cpu(), report) and torch.equal(on[5].cpu(), ref_seq)
+                and torch.equal(got_moves.cpu(), moves)):
+            return "acceptance and commit"
+        logits = torch.randn(1, 300, generator=g)
+        row, p = torch.zeros(1, K, dtype=torch.long, device=device), torch.zeros(1, device=device)
+        topk_kernels.draft_topk(logits.to(device), K, row, p, torch.zeros(1, dtype=torch.long, device=device), 0)
+        if not (torch.equal(row.cpu()[0], logits.topk(K).indices[0])
+                and torch.allclose(p.cpu(), torch.softmax(logits, -1).max(), rtol=1e-4)):
+            return "draft top-k"
+        return None
+    except Exception as e:  # noqa: BLE001 - any kernel failure means: use the PyTorch code
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 def tree_sizes(max_nodes: int) -> tuple[int, ...]:
