@@ -64,8 +64,9 @@ def matchness(engine: Engine, skip: LayerSkip, text: list[int], gamma: int = 32)
 
 def draft_bytes(args: ModelArgs, skip: LayerSkip) -> float:
     """Weight bytes a draft step with `skip` reads, relative to a full step (every layer's projections, the LM head;
-    norms and the cache are left out: under 1.5% of a step at these shapes and prompt lengths). At batch 1 a 7B-13B
-    step is bound by these bytes, so this is what a draft step's cost c(r) tends to."""
+    norms, the embedding row and the cache are left out: about 1% of a step at these shapes and prompt lengths, 1.5%
+    at the longest). At batch 1 a 7B-13B step is bound by these bytes, so this is what a draft step's cost c(r)
+    tends to."""
     attn = args.dim * args.head_dim * (2 * args.n_heads + 2 * args.n_kv_heads)  # q, k, v, o
     mlp = 3 * args.dim * args.intermediate_size
     head = args.vocab_size * args.dim
@@ -76,8 +77,9 @@ def draft_bytes(args: ModelArgs, skip: LayerSkip) -> float:
 def byte_bound(row: dict) -> tuple[float, float] | None:
     """(draft bytes, ceiling): the found set's draft bytes relative to a full step, and the best expected speedup at
     the measured acceptance if a draft step cost exactly those bytes and a verification exactly one step (a tree's
-    rows read the same weights as one row): what the memory bound allows with this skip set and acceptance. None for
-    a row without its shape or found set."""
+    rows read the same weights as one row), by the planner's model with one acceptance rate for every depth: an
+    estimate of what the memory bound allows with this skip set and acceptance. None for a row without its shape or
+    found set."""
     settled = row.get("costs", {}).get("settled") or [None]
     found = row.get("found_skip") or settled[0]
     if row.get("shape") not in SHAPES or found is None:
@@ -85,7 +87,7 @@ def byte_bound(row: dict) -> tuple[float, float] | None:
     args = ModelArgs.from_hf_config(SHAPES[row["shape"]])
     c = draft_bytes(args, LayerSkip.of(attn=found["attn"], mlp=found["mlp"]))
     lengths = tuple(k for k in DRAFT_LENGTHS if k <= 25)
-    return c, expected_speedup(row["alpha"], c, 1.0, lengths)[0]
+    return c, expected_speedup(float(row["alpha"]), c, 1.0, lengths)[0]
 
 
 def verify_costs(engine: Engine, sizes=(8, 16, 32, 64)) -> dict:
@@ -184,7 +186,8 @@ def write_report(rows: list[dict], out: Path) -> None:
         f"{shape}: {r['verify_ms_by_tree_size']}" for shape, r in first.items()),
               "", "Draft bytes: the weight bytes a draft step with the found set reads, relative to a full step; "
               "byte-bound ceiling: the best expected speedup at the measured acceptance if a draft step cost exactly "
-              "those bytes and a verification one step (`byte_bound`)."]
+              "those bytes and a verification one step (`byte_bound`; projections and LM head, without norms, the "
+              "embedding row and the cache)."]
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

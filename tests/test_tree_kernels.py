@@ -261,11 +261,28 @@ def test_the_kernels_compile_for_an_sm90_gpu():
 
 
 def test_kernels_that_disagree_fall_back_to_the_pytorch_code(monkeypatch):
-    """`fused_tails` runs the kernels once on a made-up cycle (chain, alternatives, an accepted context branch) and
-    uses them only when they give what the PyTorch code gives; otherwise a warning and the PyTorch code."""
+    """`fused_tails` runs the kernels once per engine and shape on made-up cycles (an accepted context branch beside
+    a dropped equal alternative, an accepted alternative, a whole accepted chain) and random logits, and uses them
+    only when they give what the PyTorch code gives; otherwise a warning and the PyTorch code."""
     from model.swift import acceleration
 
-    assert acceleration._tails_disagree(torch.device("cpu")) is None
+    cpu, rule = torch.device("cpu"), DEFAULT_TREE_RULE
+    seen = []
+    real_accept = acceleration.accept_and_commit
+
+    def spy(*args):
+        report, moves = real_accept(*args)
+        seen.append(report[:4].tolist())
+        return report, moves
+
+    monkeypatch.setattr(acceleration, "accept_and_commit", spy)
+    assert acceleration._tree_kernels_disagree(cpu, rule, (16, 32), 32, 25, 8, 10) is None
+    assert [2, 0, 2] in [r[1:] for r in seen] and [1, 1, 0] in [r[1:] for r in seen]  # branch, alternative
+    assert any(r[1] >= 15 and r[2] == r[3] == 0 for r in seen)  # the whole chain
+    assert acceleration._tree_kernels_disagree(cpu, rule, (16,), 16, 5, 1, 1) is None  # K = 1, no branch room
+    assert acceleration._topk_kernel_disagrees(cpu, 8, 5000, None) is None
+    assert acceleration._topk_kernel_disagrees(cpu, 4, 3000, torch.arange(0, 6000, 2)) is None
+
     real = tree_kernels.accept_greedy
 
     def off_by_one(*args):
@@ -274,13 +291,16 @@ def test_kernels_that_disagree_fall_back_to_the_pytorch_code(monkeypatch):
         return moves
 
     monkeypatch.setattr(tree_kernels, "accept_greedy", off_by_one)
-    assert acceleration._tails_disagree(torch.device("cpu")) == "acceptance and commit"
+    problem = acceleration._tree_kernels_disagree(cpu, rule, (16,), 16, 6, 4, 4)
+    assert problem == "16-node tree: acceptance and commit"
 
     class FakeEngine:
         ops = type("Ops", (), {"inplace": True})()
-        device, multi_device = torch.device("cpu"), False
+        device, multi_device = cpu, False
 
-    eng = FakeEngine()
+    eng, calls = FakeEngine(), []
+    check = lambda: calls.append(1) or problem  # noqa: E731
     with pytest.warns(RuntimeWarning, match="disagree"):
-        assert not acceleration.fused_tails(eng)
-    assert not acceleration.fused_tails(eng)  # checked once per engine
+        assert not acceleration.fused_tails(eng, ("tree", 16), check)
+    assert not acceleration.fused_tails(eng, ("tree", 16), check) and len(calls) == 1  # once per engine and shape
+    assert acceleration.fused_tails(eng, ("tree", 32), lambda: None)

@@ -55,7 +55,9 @@ class Drafter:
         self.vocab = DraftVocabulary(engine, cfg.draft_vocab)
         self.skip: LayerSkip = NO_SKIP
         self.tracked = engine.cuda_graphs and engine.ops.inplace and graphs.tracking_works()
-        self.fused = fused_tails(engine)  # the step's top-k, probability and table writes in two kernels
+        V, vmap = self.vocab.size or engine.args.vocab_size, self.vocab.map  # the step's top-k etc. in two kernels
+        self.fused = fused_tails(engine, ("top-k", K, V, vmap is not None),
+                                 lambda: _topk_kernel_disagrees(dev, K, V, vmap))
         self.settled: set = set()  # skip sets with graphs of their own (`settle`)
 
     def chunks(self) -> tuple[int, ...]:
@@ -209,7 +211,9 @@ class Verifier:
         # report: [tokens committed, chain tokens accepted, alternative accepted, branch tokens accepted,
         #          committed tokens (D + B + 1)]
         self.report = torch.zeros(4 + D + self.B + 1, dtype=torch.long, device=dev)
-        self.fused = fused_tails(engine)  # the tree's bookkeeping in two kernels (model/kernels/tree.py)
+        K, n = drafter.table.shape[1], cfg.max_tree_nodes  # the tree's bookkeeping in two kernels
+        self.fused = fused_tails(engine, ("tree", cfg.tree_rule, self.sizes, n, D, K, self.B),
+                                 lambda: _tree_kernels_disagree(dev, cfg.tree_rule, self.sizes, n, D, K, self.B))
 
     def size_for(self, nodes: int) -> int:
         """The tree size a cycle of `nodes` nodes (root, chain, context branch) is verified at: the smallest that
@@ -221,15 +225,15 @@ class Verifier:
         """Verify the drafted chain of `chain_len` tokens, its alternatives and the `context` branch, on the tree size
         that holds them (or `size`); returns the report (on the device; read it with the cycle's one sync)."""
         e = self.engine
-        self.chain.fill_(chain_len)
         ctx = list(context)[:self.B]
-        self._host[0] = len(ctx)
-        self._host[1:1 + len(ctx)] = torch.tensor(ctx, dtype=torch.long)
-        self.context.copy_(self._host, non_blocking=True)
         n = size or self.size_for(1 + chain_len + len(ctx))
         if 1 + chain_len + len(ctx) > n:  # the tree kernels index nodes without bounds checks
             raise ValueError(f"a tree of {n} nodes cannot hold the root, {chain_len} chain and {len(ctx)} context "
                              f"tokens")
+        self.chain.fill_(chain_len)
+        self._host[0] = len(ctx)
+        self._host[1:1 + len(ctx)] = torch.tensor(ctx, dtype=torch.long)
+        self.context.copy_(self._host, non_blocking=True)
         if not sampling.greedy:
             e.buffer(("verify-noise", self.key, n), (n, e.args.vocab_size)).exponential_(1)
             e.buffer(("verify-u", self.key), (self.drafter.table.shape[0], self.drafter.table.shape[1] + 1)).uniform_()
@@ -308,64 +312,103 @@ class Verifier:
         return first, b_ok, sample_from_probs(residual[:-1].view(n, V), noise)
 
 
-def fused_tails(engine: Engine) -> bool:
+def fused_tails(engine: Engine, key: tuple, check) -> bool:
     """Whether the work around the passes (the draft step's top-k, the tree, acceptance and commit) runs as the
     kernels of model/kernels/topk.py and tree.py: where the passes run the Triton kernels, on one device, and the
-    kernels give what the PyTorch code gives on a made-up cycle (checked once per engine; else a warning and the
-    PyTorch code)."""
+    kernels at the caller's shapes (`key`) give what the PyTorch code gives on made-up inputs (`check()`: None or the
+    problem; run once per engine and key, else a warning and the PyTorch code)."""
     if not (engine.ops.inplace and kernels.available(engine.device) and not engine.multi_device):
         return False
-    if "_tails_ok" not in engine.__dict__:
-        problem = _tails_disagree(engine.device)
+    checked = engine.__dict__.setdefault("_tails_checked", {})
+    if key not in checked:
+        try:
+            problem = check()
+        except Exception as e:  # noqa: BLE001 - any kernel failure means: use the PyTorch code
+            problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         if problem:
             import warnings
-            warnings.warn(f"the tree and top-k kernels disagree with the PyTorch code on {engine.device} ({problem}); "
-                          f"using the PyTorch code", RuntimeWarning)
-        engine._tails_ok = problem is None
-    return engine._tails_ok
+            warnings.warn(f"the {key[0]} kernels disagree with the PyTorch code on {engine.device} ({problem}); using "
+                          f"the PyTorch code", RuntimeWarning)
+        checked[key] = problem is None
+    return checked[key]
+
+
+def _made_up_cycles(D: int, K: int, B: int, max_nodes: int):
+    """Cycles for `_tree_kernels_disagree`, each (table, top1, C, ctx, clen, predict): a context branch that shares
+    two tokens with the chain, parts where an alternative equals it (which is dropped) and is accepted; an alternative
+    accepted after one chain token; the whole chain accepted. `predict(tree)` gives the full model's argmax per node."""
+    table = torch.arange(D)[:, None] % 3 + 3 * torch.arange(K)[None, :]  # [D, K]: alternatives differ from the chain
+    along = lambda t: torch.cat([t.tokens[1:], t.tokens[:1]])  # noqa: E731 - node i predicts node i + 1's token
+    C = min(D, max_nodes - 5)  # room for two alternatives beside the branch
+    if C >= 3 and B >= 4:
+        ctx = torch.zeros(B, dtype=torch.long)
+        ctx[:4] = torch.stack([table[0, 0], table[1, 0], table[2, min(1, K - 1)] + 3 * (K == 1), torch.tensor(3 * K)])
+
+        def branch(t):
+            pred = along(t)
+            pred[2], pred[t.bnode[0]] = ctx[2], ctx[3]  # node 2 predicts the branch, its first node the second
+            return pred
+
+        top1 = torch.full((D,), 0.96)
+        top1[2:] = 0.6  # alternatives from row 2 on: the one equal to the branch is dropped
+        yield table, top1, torch.tensor([C]), ctx, torch.tensor([4]), branch
+    C = min(D, 4, max_nodes - 2)
+    if C >= 2 and K >= 2:
+        def alternative(t):
+            pred = along(t)
+            pred[1] = table[1, 1]
+            return pred
+
+        yield table, torch.full((D,), 0.3), torch.tensor([C]), torch.zeros(B, dtype=torch.long), torch.tensor([0]), \
+            alternative
+    yield table, torch.full((D,), 0.3), torch.tensor([min(D, max_nodes - 1)]), torch.zeros(B, dtype=torch.long), \
+        torch.tensor([0]), along
 
 
 @torch.inference_mode()
-def _tails_disagree(device) -> str | None:
-    """Run the kernels once on a made-up cycle (a chain of 6 with alternatives, a context branch that shares two
-    tokens with it and is accepted, a bonus token) and compare with the PyTorch code; None when they agree."""
-    from model.swift.config import DEFAULT_TREE_RULE
-    try:
-        g = torch.Generator().manual_seed(0)
-        D, K, n = 6, 3, 16
-        table, top1 = torch.randint(0, 4, (D, K), generator=g), torch.rand(D, generator=g)
-        ctx = torch.cat([table[:2, 0], table[2, 1:2] + 4, torch.tensor([7])])  # parts from the chain at node 2
-        seq, R = torch.randint(0, 9, (64,), generator=g), torch.tensor([5])
-        C, clen = torch.tensor([D]), torch.tensor([4])
-        tree = DeviceTree(DEFAULT_TREE_RULE, n, n, "cpu")
-        ref = tree.build(table, top1, C, ctx, clen, seq.index_select(0, R))
-        pred = torch.cat([ref.tokens[1:], ref.tokens[:1]])  # node i predicts node i + 1: the chain is accepted ...
-        pred[2] = ctx[2]  # ... up to node 2, which predicts the branch's first token
-        pred[ref.bnode[0]] = ctx[3]  # and the branch's first node its second
-        ref_seq = seq.clone()
-        report, moves = accept_and_commit(pred, *greedy_checks(pred, ref), ref, table, C, R, ref_seq)
-        on = [x.to(device) for x in (table, top1, C, ctx, clen, seq, R, tree.thresholds, tree.counts, pred)]
-        o = tree_kernels.build_tree(*on[:9], n, n)
-        got = DeviceTreeTensors(o["tokens"], o["depth"], o["prefix"], o["run_lo"], o["cand"], o["ctok"], o["bnode"],
-                                o["meta"][:1], o["meta"][1:])
-        for name in ("tokens", "depth", "prefix", "run_lo", "cand", "ctok", "bnode", "blen", "at"):
-            if not torch.equal(getattr(got, name).cpu(), getattr(ref, name)):
-                return f"tree: {name}"
-        got_report = torch.zeros_like(report, device=device)
-        got_moves = tree_kernels.accept_greedy(on[9], got.tokens, on[0], got.cand, got.ctok, got.bnode, got.blen,
-                                               on[2], on[6], on[5], got_report, n)
-        if not (torch.equal(got_report.cpu(), report) and torch.equal(on[5].cpu(), ref_seq)
-                and torch.equal(got_moves.cpu(), moves)):
-            return "acceptance and commit"
-        logits = torch.randn(1, 300, generator=g)
-        row, p = torch.zeros(1, K, dtype=torch.long, device=device), torch.zeros(1, device=device)
-        topk_kernels.draft_topk(logits.to(device), K, row, p, torch.zeros(1, dtype=torch.long, device=device), 0)
-        if not (torch.equal(row.cpu()[0], logits.topk(K).indices[0])
-                and torch.allclose(p.cpu(), torch.softmax(logits, -1).max(), rtol=1e-4)):
-            return "draft top-k"
-        return None
-    except Exception as e:  # noqa: BLE001 - any kernel failure means: use the PyTorch code
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+def _tree_kernels_disagree(device, rule, sizes, max_tree_nodes: int, D: int, K: int, B: int) -> str | None:
+    """The tree and acceptance kernels against `DeviceTree.build` and `accept_and_commit` on `_made_up_cycles`, for
+    every tree size; None when they agree."""
+    g = torch.Generator().manual_seed(0)
+    seq, R = torch.randint(0, 3 * K, (256,), generator=g), torch.tensor([5])
+    for n in sizes:
+        tree = DeviceTree(rule, min(max_tree_nodes, n), n, "cpu")
+        for table, top1, C, ctx, clen, predict in _made_up_cycles(D, K, B, tree.max_nodes):
+            ref = tree.build(table, top1, C, ctx, clen, seq.index_select(0, R))
+            pred, ref_seq = predict(ref), seq.clone()
+            report, moves = accept_and_commit(pred, *greedy_checks(pred, ref), ref, table, C, R, ref_seq)
+            on = [x.to(device) for x in (table, top1, C, ctx, clen, seq, R, tree.thresholds, tree.counts, pred)]
+            o = tree_kernels.build_tree(*on[:9], tree.max_nodes, n)
+            ext = torch.stack([R + ref.prefix, R + ref.run_lo, R + torch.arange(n), R + ref.depth])
+            for name in ("tokens", "depth", "prefix", "run_lo", "cand", "ctok", "bnode"):
+                if not torch.equal(o[name].cpu(), getattr(ref, name)):
+                    return f"{n}-node tree: {name}"
+            if not (torch.equal(o["ext"].cpu(), ext) and o["meta"].tolist() == [ref.blen.item(), ref.at.item()]):
+                return f"{n}-node tree: extents"
+            got = torch.zeros_like(report, device=device)
+            got_moves = tree_kernels.accept_greedy(on[9], o["tokens"], on[0], o["cand"], o["ctok"], o["bnode"],
+                                                   o["meta"][:1], on[2], on[6], on[5], got, n)
+            if not (torch.equal(got.cpu(), report) and torch.equal(on[5].cpu(), ref_seq)
+                    and torch.equal(got_moves.cpu(), moves)):
+                return f"{n}-node tree: acceptance and commit"
+    return None
+
+
+@torch.inference_mode()
+def _topk_kernel_disagrees(device, K: int, V: int, vocab_map: torch.Tensor | None) -> str | None:
+    """The draft's top-k kernel against torch.topk and the softmax maximum on random logits of the draft head's
+    width (through its vocabulary map when it has one); None when they agree."""
+    logits = torch.randn(1, V, generator=torch.Generator().manual_seed(0)) * 3
+    row, p = torch.zeros(1, K, dtype=torch.long, device=device), torch.zeros(1, device=device)
+    tok = topk_kernels.draft_topk(logits.to(device), K, row, p, torch.zeros(1, dtype=torch.long, device=device), 0,
+                                  vocab_map)
+    want = logits.topk(K).indices[0]
+    want = want if vocab_map is None else vocab_map.cpu()[want]
+    if not (torch.equal(row.cpu()[0], want) and tok.item() == want[0].item()):
+        return "top-k ids"
+    if not torch.allclose(p.cpu(), torch.softmax(logits, -1).max(), rtol=1e-4):
+        return "top-1 probability"
+    return None
 
 
 def tree_sizes(max_nodes: int) -> tuple[int, ...]:
