@@ -284,3 +284,27 @@ def test_attention_reads_expanded_extents_as_their_values():
     got = attention(q, k, v, ext)
     assert torch.equal(got, attention(q, k, v, dense))
     _close(got, _sdpa(q, k, v, dense, g), torch.float32)
+
+
+@pytest.mark.parametrize("glu", [False, True])
+def test_a_wider_norm_slice_keeps_rows_batch_invariant(glu, monkeypatch):
+    """SWIFT_GEMM_NORM_BLOCK=W sums the RMSNorm's squares W columns at a time (`norm_block`): the same product to
+    rounding, each row's bits the same for 1, 9 and 33 rows (two row blocks per program), and a width that is not a
+    power of two refused."""
+    from model.kernels.gemm import norm_block
+    g = torch.Generator().manual_seed(5)
+    n, k = 48, 160
+    w = (torch.randn(2 * n if glu else n, k, generator=g) / 8)
+    nw = torch.randn(k, generator=g)
+    x = torch.randn(33, k, generator=g) * 30
+    cfg = Config(16, 32, 1, 1)
+    narrow = gemm(x, w, norm=nw, eps=1e-6, glu=glu, cfg=cfg)
+    monkeypatch.setenv("SWIFT_GEMM_NORM_BLOCK", "128")
+    assert norm_block(k, 32) == 128 and norm_block(40, 32) == 64
+    wide = gemm(x, w, norm=nw, eps=1e-6, glu=glu, cfg=cfg, rb=2)
+    _close(wide, narrow, torch.float32)
+    for rows in (slice(4, 5), slice(0, 9)):
+        assert torch.equal(gemm(x[rows], w, norm=nw, eps=1e-6, glu=glu, cfg=cfg), wide[rows])
+    monkeypatch.setenv("SWIFT_GEMM_NORM_BLOCK", "100")
+    with pytest.raises(ValueError, match="power of two"):
+        norm_block(k, 32)

@@ -22,8 +22,8 @@ order -- the `Config` -- is chosen from the weight shape (N, K) alone, never fro
   workspace, and the last program of a tile to arrive (an atomic counter) adds the partials in range order
   0, 1, .., split-1 and applies the epilogue. More programs for a long K, the same bits for every M;
 * the RMSNorm's sum of squares is a short pass over the row before the weight loop, in the same BLOCK_K slices
-  (`SWIFT_GEMM_NORM=one-pass` instead accumulates it in the K loop and scales the sums by rstd, as
-  norm(x) @ w.T = rstd * ((x * norm_w) @ w.T); measured slower, see `one_pass_norm`).
+  (or wider ones: `norm_block`; `SWIFT_GEMM_NORM=one-pass` instead accumulates it in the K loop and scales the sums
+  by rstd, as norm(x) @ w.T = rstd * ((x * norm_w) @ w.T); measured slower, see `one_pass_norm`).
 
 The SiLU gating is an epilogue of the gate/up product, not a prologue of the down product: a prologue is recomputed
 by every program of the down product at every K step, in the loop that should only stream weights, and it made that
@@ -110,6 +110,20 @@ def one_pass_norm() -> bool:
     before the weights (default: two-pass). Measured slower on an H200 (docs/RESULTS.md): the loop that should only
     stream weights then also converts and reduces x, and its loads are no longer pipelined as well."""
     return os.environ.get("SWIFT_GEMM_NORM", "two-pass") == "one-pass"
+
+
+def norm_block(k: int, block_k: int) -> int:
+    """The slice width of the RMSNorm's pass over x (two-pass norm): the product's BLOCK_K by default;
+    SWIFT_GEMM_NORM_BLOCK=W (a power of two) sums W columns per step instead. The pass is a loop of dependent small
+    loads that every program runs before its weights stream (64 steps for K = 4096 at BLOCK_K = 64), which may be
+    what makes the 7B q/k/v product with the norm slower than cuBLAS without it; a wider slice makes it 8 steps. The
+    bits change with W (another summation order) but stay the same for every row count. Not yet measured."""
+    w = int(os.environ.get("SWIFT_GEMM_NORM_BLOCK", "0") or 0)
+    if w <= 0:
+        return block_k
+    if w & (w - 1):
+        raise ValueError(f"SWIFT_GEMM_NORM_BLOCK must be a power of two, got {w}")
+    return min(w, max(16, triton.next_power_of_2(k)))
 
 
 _locks: dict[torch.device, torch.Tensor] = {}
@@ -246,7 +260,8 @@ if triton is not None:
     def _gemm_kernel(X, NW, W, B, R, KEEP, Y, WS, LOCK, M, N, K, eps, stride_xm, stride_wn, stride_rm, stride_ym,
                      M_PAD, NORM: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr, RESID: tl.constexpr,
                      GATED: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr,
-                     ONE_PASS: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     ONE_PASS: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     NORM_BK: tl.constexpr):
         """RB (1 or 2) blocks of 16 rows x BLOCK_N output columns x one K range. Each weight tile is loaded once and
         multiplied into every row block by that block's own [16, BLOCK_K] x [BLOCK_K, BLOCK_N] `tl.dot`, so a row's
         arithmetic is the same whatever RB is. N is the output width (half of w's rows when GLU: the gate rows
@@ -265,9 +280,9 @@ if triton is not None:
         rstd = tl.full([16], 1.0, tl.float32)
         rstd2 = rstd
         if NORM and not ONE_PASS:
-            rstd = _row_rstd(X, rows, M, K, stride_xm, eps, BLOCK_K)
+            rstd = _row_rstd(X, rows, M, K, stride_xm, eps, NORM_BK)
             if RB == 2:
-                rstd2 = _row_rstd(X, rows2, M, K, stride_xm, eps, BLOCK_K)
+                rstd2 = _row_rstd(X, rows2, M, K, stride_xm, eps, NORM_BK)
         ss = tl.zeros([16], tl.float32)
         acc = tl.zeros([16, BLOCK_N], tl.float32)
         up = acc
@@ -356,6 +371,7 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
                            w.stride(0), stride_rm, stride_ym, m_pad,
                            NORM=norm is not None, GLU=glu, HAS_BIAS=bias is not None, RESID=residual is not None,
                            GATED=keep is not None, IEEE=w.dtype == torch.float32, EVEN=even, SPLIT=cfg.split,
-                           ONE_PASS=one_pass, RB=rb, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+                           ONE_PASS=one_pass, RB=rb, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                           NORM_BK=norm_block(K, cfg.block_k), num_warps=cfg.num_warps,
                            num_stages=1 if w.dtype == torch.float32 else cfg.num_stages)  # fp32 tiles: no room
     return None if residual is not None else y
