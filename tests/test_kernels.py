@@ -254,21 +254,46 @@ def test_tuned_block_shapes_come_from_the_file_then_the_table(tmp_path, monkeypa
         Config(8, 64)
 
 
+def _normed_product(glu: bool, rows: int, seed: int):
+    """Input rows [rows, 160] and a product with its fused RMSNorm (48 outputs, large inputs), as a function of the
+    rows given and the row blocks per program."""
+    g = torch.Generator().manual_seed(seed)
+    n, k = 48, 160
+    w = (torch.randn(2 * n if glu else n, k, generator=g) / 8)
+    nw = torch.randn(k, generator=g)
+    x = torch.randn(rows, k, generator=g) * 30
+    return x, lambda xs, rb=None: gemm(xs, w, norm=nw, eps=1e-6, glu=glu, cfg=Config(16, 32, 1, 1), rb=rb)
+
+
 @pytest.mark.parametrize("glu", [False, True])
 def test_one_pass_norm_equals_the_separate_pass_to_rounding(glu, monkeypatch):
     """The RMSNorm summed in the product's K loop (SWIFT_GEMM_NORM=one-pass, rstd applied to the sums) and the
     separate pass over x first (the default) compute the same product; the one-pass rows stay batch-invariant."""
-    g = torch.Generator().manual_seed(3)
-    n, k = 48, 160
-    w = (torch.randn(2 * n if glu else n, k, generator=g) / 8)
-    nw = torch.randn(k, generator=g)
-    x = torch.randn(9, k, generator=g) * 30
-    cfg = Config(16, 32, 1, 1)
-    two = gemm(x, w, norm=nw, eps=1e-6, glu=glu, cfg=cfg)
+    x, product = _normed_product(glu, 9, seed=3)
+    two = product(x)
     monkeypatch.setenv("SWIFT_GEMM_NORM", "one-pass")
-    one = gemm(x, w, norm=nw, eps=1e-6, glu=glu, cfg=cfg)
+    one = product(x)
     _close(one, two, torch.float32)
-    assert torch.equal(gemm(x[4:5], w, norm=nw, eps=1e-6, glu=glu, cfg=cfg)[0], one[4])
+    assert torch.equal(product(x[4:5])[0], one[4])
+
+
+@pytest.mark.parametrize("glu", [False, True])
+def test_a_wider_norm_slice_keeps_rows_batch_invariant(glu, monkeypatch):
+    """SWIFT_GEMM_NORM_BLOCK=W sums the RMSNorm's squares W columns at a time (`norm_block`): the same product to
+    rounding, each row's bits the same for 1, 9 and 33 rows (two row blocks per program), and a width that is not a
+    power of two refused."""
+    from model.kernels.gemm import norm_block
+    x, product = _normed_product(glu, 33, seed=5)
+    narrow = product(x)
+    monkeypatch.setenv("SWIFT_GEMM_NORM_BLOCK", "128")
+    assert norm_block(160, 32) == 128 and norm_block(40, 32) == 64
+    wide = product(x, rb=2)
+    _close(wide, narrow, torch.float32)
+    for rows in (slice(4, 5), slice(0, 9)):
+        assert torch.equal(product(x[rows]), wide[rows])
+    monkeypatch.setenv("SWIFT_GEMM_NORM_BLOCK", "100")
+    with pytest.raises(ValueError, match="power of two"):
+        norm_block(160, 32)
 
 
 def test_attention_reads_expanded_extents_as_their_values():
@@ -284,27 +309,3 @@ def test_attention_reads_expanded_extents_as_their_values():
     got = attention(q, k, v, ext)
     assert torch.equal(got, attention(q, k, v, dense))
     _close(got, _sdpa(q, k, v, dense, g), torch.float32)
-
-
-@pytest.mark.parametrize("glu", [False, True])
-def test_a_wider_norm_slice_keeps_rows_batch_invariant(glu, monkeypatch):
-    """SWIFT_GEMM_NORM_BLOCK=W sums the RMSNorm's squares W columns at a time (`norm_block`): the same product to
-    rounding, each row's bits the same for 1, 9 and 33 rows (two row blocks per program), and a width that is not a
-    power of two refused."""
-    from model.kernels.gemm import norm_block
-    g = torch.Generator().manual_seed(5)
-    n, k = 48, 160
-    w = (torch.randn(2 * n if glu else n, k, generator=g) / 8)
-    nw = torch.randn(k, generator=g)
-    x = torch.randn(33, k, generator=g) * 30
-    cfg = Config(16, 32, 1, 1)
-    narrow = gemm(x, w, norm=nw, eps=1e-6, glu=glu, cfg=cfg)
-    monkeypatch.setenv("SWIFT_GEMM_NORM_BLOCK", "128")
-    assert norm_block(k, 32) == 128 and norm_block(40, 32) == 64
-    wide = gemm(x, w, norm=nw, eps=1e-6, glu=glu, cfg=cfg, rb=2)
-    _close(wide, narrow, torch.float32)
-    for rows in (slice(4, 5), slice(0, 9)):
-        assert torch.equal(gemm(x[rows], w, norm=nw, eps=1e-6, glu=glu, cfg=cfg), wide[rows])
-    monkeypatch.setenv("SWIFT_GEMM_NORM_BLOCK", "100")
-    with pytest.raises(ValueError, match="power of two"):
-        norm_block(k, 32)

@@ -47,13 +47,11 @@ def test_build_kernel_equals_the_pytorch_tree(D, K, B, n):
         tree = DeviceTree(DEFAULT_TREE_RULE, x["max_nodes"], n, "cpu")
         R = x["cursor"]
         ref = tree.build(x["table"], x["top1"], x["C"], x["ctx"], x["clen"], x["seq"].index_select(0, R))
-        got = tree_kernels.build_tree(x["table"], x["top1"], x["C"], x["ctx"], x["clen"], x["seq"], R,
-                                      tree.thresholds, tree.counts, x["max_nodes"], n)
+        got, ext = tree_kernels.build(tree, x["table"], x["top1"], x["C"], x["ctx"], x["clen"], x["seq"], R)
         for name in ("tokens", "depth", "prefix", "run_lo", "cand", "ctok", "bnode"):
-            assert torch.equal(got[name], getattr(ref, name)), (name, x)
-        assert got["meta"].tolist() == [ref.blen.item(), ref.at.item()]
-        assert torch.equal(got["ext"], torch.stack([R + ref.prefix, R + ref.run_lo, R + torch.arange(n),
-                                                    R + ref.depth]))
+            assert torch.equal(getattr(got, name), getattr(ref, name)), (name, x)
+        assert [got.blen.item(), got.at.item()] == [ref.blen.item(), ref.at.item()]
+        assert torch.equal(ext, torch.stack([R + ref.prefix, R + ref.run_lo, R + torch.arange(n), R + ref.depth]))
 
 
 def _reference_accept(pred, t, table, C, R, seq):
@@ -88,8 +86,7 @@ def test_accept_kernel_equals_the_pytorch_acceptance(D, K, B, n):
         ref_seq, ref_report, ref_moves = _reference_accept(pred, t, x["table"], x["C"], R, x["seq"])
         seq = x["seq"].clone()
         report = torch.zeros_like(ref_report)
-        moves = tree_kernels.accept_greedy(pred, t.tokens, x["table"], t.cand, t.ctok, t.bnode, t.blen, x["C"], R,
-                                           seq, report, n)
+        moves = tree_kernels.accept_greedy(pred, t, x["table"], x["C"], R, seq, report)
         assert torch.equal(report, ref_report), (trial, report, ref_report)
         assert torch.equal(seq, ref_seq)
         assert torch.equal(moves, ref_moves)
@@ -195,7 +192,7 @@ def test_the_kernels_leave_a_handful_of_operations_around_the_passes(monkeypatch
     monkeypatch.setattr(eng, "forward", uncounted(eng.forward))
     monkeypatch.setattr(eng, "logits", uncounted(eng.logits))
     monkeypatch.setattr(acceleration, "tree_kernels", type("K", (), dict(
-        build_tree=staticmethod(uncounted(tree_kernels.build_tree, 1)),
+        build=staticmethod(uncounted(tree_kernels.build, 1)),
         accept_greedy=staticmethod(uncounted(tree_kernels.accept_greedy, 1)))))
     monkeypatch.setattr(acceleration, "topk_kernels", type("K", (), dict(
         draft_topk=staticmethod(uncounted(topk_kernels.draft_topk, 2)))))
@@ -287,7 +284,7 @@ def test_kernels_that_disagree_fall_back_to_the_pytorch_code(monkeypatch):
 
     def off_by_one(*args):
         moves = real(*args)
-        args[10][0] += 1  # the report's committed count
+        args[6][0] += 1  # the report's committed count
         return moves
 
     monkeypatch.setattr(tree_kernels, "accept_greedy", off_by_one)

@@ -4,7 +4,7 @@
 are about 170 small tensor operations per cycle. Inside a CUDA graph each is a kernel of one or two microseconds, so
 on a small model they cost a third of a decoding step. Here they are two kernels:
 
-* `build_tree`: the same tree as `DeviceTree.build`, plus the pass's absolute extents (prefix, run start, slot and
+* `build`: the same tree as `DeviceTree.build`, plus the pass's absolute extents (prefix, run start, slot and
   position per node), in one program;
 * `accept_greedy`: from the full model's argmax per node, the greedy acceptance (the chain while its tokens equal
   their parent's argmax, then an alternative leaf or the context branch, then the bonus token), the committed tokens
@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 
 from model.kernels import tl, triton
+from model.tree import DeviceTree, DeviceTreeTensors
+
 
 def _p2(n: int) -> int:
     return max(2, triton.next_power_of_2(int(n)))
@@ -173,33 +175,30 @@ if triton is not None:
         tl.store(MOVES + B + b, tl.where(keep, R + a + 1 + b, scratch), mask=bm)
 
 
-def build_tree(table, top1, chain, ctx, clen, seq, cursor, thresholds, counts, max_nodes: int, n: int) -> dict:
-    """The tree of `DeviceTree.build` for size `n` (see there), in one kernel: returns the tensors of
-    `DeviceTreeTensors` (relative to the cursor) plus `ext` [4, n], the pass's absolute prefix, run start, slot and
-    position per node."""
+def build(tree: DeviceTree, table, top1, chain, ctx, clen, seq, cursor) -> tuple[DeviceTreeTensors, torch.Tensor]:
+    """`tree.build` (model/tree.py, same arguments but the root's token, read here from `seq` at the `cursor`) in
+    one kernel; returns the tree and the pass's absolute extents [4, n] (prefix, run start, slot, position)."""
     D, K = table.shape
-    B = ctx.shape[0]
-    dev = table.device
-    out = dict(tokens=torch.empty(n, dtype=torch.long, device=dev), depth=torch.empty(n, dtype=torch.long, device=dev),
-               prefix=torch.empty(n, dtype=torch.long, device=dev), run_lo=torch.empty(n, dtype=torch.long, device=dev),
-               ext=torch.empty(4, n, dtype=torch.long, device=dev),
-               cand=torch.empty(D, K + 1, dtype=torch.long, device=dev),
-               ctok=torch.empty(D, K + 1, dtype=torch.long, device=dev),
-               bnode=torch.empty(B, dtype=torch.long, device=dev), meta=torch.empty(2, dtype=torch.long, device=dev))
-    _build_kernel[(1,)](table, top1, chain, ctx, clen, seq, cursor, thresholds, counts,
-                        out["tokens"], out["depth"], out["prefix"], out["run_lo"], out["ext"], out["cand"],
-                        out["ctok"], out["bnode"], out["meta"], D, K, B, counts.shape[0], max_nodes, n,
-                        D_P=_p2(D), K_P=_p2(K + 1), B_P=_p2(B), N_P=_p2(n), R_P=_p2(counts.shape[0]))
-    return out
+    B, n, dev = ctx.shape[0], tree.size, table.device
+    nodes = torch.empty(4, n, dtype=torch.long, device=dev)  # tokens, depth, prefix, run_lo
+    cand, ctok = torch.empty(2, D, K + 1, dtype=torch.long, device=dev)
+    bnode, meta = torch.empty(B, dtype=torch.long, device=dev), torch.empty(2, dtype=torch.long, device=dev)
+    ext = torch.empty(4, n, dtype=torch.long, device=dev)
+    R_n = tree.counts.shape[0]
+    _build_kernel[(1,)](table, top1, chain, ctx, clen, seq, cursor, tree.thresholds, tree.counts, *nodes, ext, cand,
+                        ctok, bnode, meta, D, K, B, R_n, tree.max_nodes, n,
+                        D_P=_p2(D), K_P=_p2(K + 1), B_P=_p2(B), N_P=_p2(n), R_P=_p2(R_n))
+    return DeviceTreeTensors(*nodes, cand, ctok, bnode, meta[:1], meta[1:]), ext
 
 
-def accept_greedy(pred, tokens, table, cand, ctok, bnode, blen, chain, cursor, seq, report, n: int) -> torch.Tensor:
-    """Greedy acceptance and commit of a verified tree (what `Verifier._cycle` computes with PyTorch ops): writes the
-    committed tokens into `seq` after the cursor and the report into `report`; returns the K/V moves [2, B] (source
-    and destination slots). The cursor is left for the caller to advance by report[0]."""
+def accept_greedy(pred, t: DeviceTreeTensors, table, chain, cursor, seq, report) -> torch.Tensor:
+    """Greedy acceptance and commit of the verified tree `t` from the full model's argmax per node `pred` (what
+    `accept_and_commit` in model/swift/acceleration.py computes with PyTorch ops): writes the committed tokens into
+    `seq` after the cursor and the report into `report`; returns the K/V moves [2, B] (source and destination slots).
+    The cursor is left for the caller to advance by report[0]."""
     D, K = table.shape
-    B = bnode.shape[0]
+    B = t.bnode.shape[0]
     moves = torch.empty(2, B, dtype=torch.long, device=table.device)
-    _accept_kernel[(1,)](pred, tokens, table, cand, ctok, bnode, blen, chain, cursor, seq, report, moves,
-                         D, K, B, n, D_P=_p2(D), K_P=_p2(K + 1), B_P=_p2(B), O_P=_p2(D + B + 1))
+    _accept_kernel[(1,)](pred, t.tokens, table, t.cand, t.ctok, t.bnode, t.blen, chain, cursor, seq, report, moves,
+                         D, K, B, t.size, D_P=_p2(D), K_P=_p2(K + 1), B_P=_p2(B), O_P=_p2(D + B + 1))
     return moves

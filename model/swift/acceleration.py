@@ -24,7 +24,9 @@ alone, between answers (untimed), and drafting replays those.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import warnings
 
 import torch
 
@@ -109,7 +111,6 @@ class Drafter:
                 g = e.graph(("draft", (self.key, self.fused), k, kv), lambda mark: self._steps(k, NO_SKIP, mark),
                             track=True)
             except RuntimeError as err:  # the graph API refused: one graph per skip set from now on
-                import warnings
                 warnings.warn(f"draft graphs cannot switch kernels off ({err}); capturing one per skip set",
                               RuntimeWarning)
                 self.tracked = False
@@ -254,8 +255,7 @@ class Verifier:
         x = e.forward(Pass(t.tokens, ext, kv))
         logits = e.logits(x)  # [n, V]
         if sampling.greedy and self.fused:  # acceptance and commit in one kernel
-            moves = tree_kernels.accept_greedy(logits.argmax(dim=-1), t.tokens, table, t.cand, t.ctok, t.bnode,
-                                               t.blen, C, R, e.seq, self.report, n)
+            moves = tree_kernels.accept_greedy(logits.argmax(dim=-1), t, table, C, R, e.seq, self.report)
         else:
             if sampling.greedy:
                 pred = logits.argmax(dim=-1)
@@ -274,11 +274,9 @@ class Verifier:
         e, dr, R = self.engine, self.drafter, self.engine.cursor
         tree = self.trees[n]
         if self.fused:  # one kernel
-            o = tree_kernels.build_tree(dr.table, dr.top1, self.chain, self.context[1:], self.context[:1], e.seq, R,
-                                        tree.thresholds, tree.counts, tree.max_nodes, n)
-            t = DeviceTreeTensors(o["tokens"], o["depth"], o["prefix"], o["run_lo"], o["cand"], o["ctok"],
-                                  o["bnode"], o["meta"][:1], o["meta"][1:])
-            return t, e.ext(*o["ext"])
+            t, ext = tree_kernels.build(tree, dr.table, dr.top1, self.chain, self.context[1:], self.context[:1],
+                                        e.seq, R)
+            return t, e.ext(*ext)
         t = tree.build(dr.table, dr.top1, self.chain, self.context[1:], self.context[:1], e.seq.index_select(0, R))
         return t, e.ext(R + t.prefix, R + t.run_lo, R + e.arange[:n], R + t.depth)
 
@@ -290,7 +288,7 @@ class Verifier:
         e, B, n = self.engine, self.B, t.size
         D = t.cand.shape[0]
         chain_rows = torch.arange(D, device=logits.device).clamp_max(n - 1)  # node d is chain node d (d <= C < n)
-        nxt_b, more_b = _branch_children(t)
+        nxt_b, more_b = _branch_children(t), _has_child(t)
         valid = t.valid
         probs = logits_to_probs(logits, sampling)  # [n, V]; row d < D is chain node d
         V = probs.shape[1]
@@ -326,7 +324,6 @@ def fused_tails(engine: Engine, key: tuple, check) -> bool:
         except Exception as e:  # noqa: BLE001 - any kernel failure means: use the PyTorch code
             problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         if problem:
-            import warnings
             warnings.warn(f"the {key[0]} kernels disagree with the PyTorch code on {engine.device} ({problem}); using "
                           f"the PyTorch code", RuntimeWarning)
         checked[key] = problem is None
@@ -377,18 +374,18 @@ def _tree_kernels_disagree(device, rule, sizes, max_tree_nodes: int, D: int, K: 
             ref = tree.build(table, top1, C, ctx, clen, seq.index_select(0, R))
             pred, ref_seq = predict(ref), seq.clone()
             report, moves = accept_and_commit(pred, *greedy_checks(pred, ref), ref, table, C, R, ref_seq)
-            on = [x.to(device) for x in (table, top1, C, ctx, clen, seq, R, tree.thresholds, tree.counts, pred)]
-            o = tree_kernels.build_tree(*on[:9], tree.max_nodes, n)
-            ext = torch.stack([R + ref.prefix, R + ref.run_lo, R + torch.arange(n), R + ref.depth])
-            for name in ("tokens", "depth", "prefix", "run_lo", "cand", "ctok", "bnode"):
-                if not torch.equal(o[name].cpu(), getattr(ref, name)):
-                    return f"{n}-node tree: {name}"
-            if not (torch.equal(o["ext"].cpu(), ext) and o["meta"].tolist() == [ref.blen.item(), ref.at.item()]):
+            table_d, C_d, R_d, seq_d = (x.to(device) for x in (table, C, R, seq))
+            got, ext = tree_kernels.build(DeviceTree(rule, tree.max_nodes, n, device), table_d, top1.to(device), C_d,
+                                          ctx.to(device), clen.to(device), seq_d, R_d)
+            for f in dataclasses.fields(ref):
+                if not torch.equal(getattr(got, f.name).cpu(), getattr(ref, f.name)):
+                    return f"{n}-node tree: {f.name}"
+            if not torch.equal(ext.cpu(), torch.stack([R + ref.prefix, R + ref.run_lo, R + torch.arange(n),
+                                                       R + ref.depth])):
                 return f"{n}-node tree: extents"
-            got = torch.zeros_like(report, device=device)
-            got_moves = tree_kernels.accept_greedy(on[9], o["tokens"], on[0], o["cand"], o["ctok"], o["bnode"],
-                                                   o["meta"][:1], on[2], on[6], on[5], got, n)
-            if not (torch.equal(got.cpu(), report) and torch.equal(on[5].cpu(), ref_seq)
+            got_report = torch.zeros_like(report, device=device)
+            got_moves = tree_kernels.accept_greedy(pred.to(device), got, table_d, C_d, R_d, seq_d, got_report)
+            if not (torch.equal(got_report.cpu(), report) and torch.equal(seq_d.cpu(), ref_seq)
                     and torch.equal(got_moves.cpu(), moves)):
                 return f"{n}-node tree: acceptance and commit"
     return None
@@ -418,12 +415,15 @@ def tree_sizes(max_nodes: int) -> tuple[int, ...]:
     return tuple(b for b in BUCKETS if 16 <= b <= top) or (top,)
 
 
-def _branch_children(t: DeviceTreeTensors) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each context-branch node's child token (0 for the last) and whether that child is in the tree."""
-    B, n = t.bnode.shape[0], t.size
-    bt = t.tokens.index_select(0, t.bnode.clamp_max(n - 1))  # branch tokens
-    nxt_b = torch.cat([bt[1:], bt.new_zeros(1)])
-    return nxt_b, torch.arange(B, device=bt.device) + 1 < t.blen
+def _branch_children(t: DeviceTreeTensors) -> torch.Tensor:
+    """Each context-branch node's child token (0 for the last; `_has_child` says whether it is in the tree)."""
+    bt = t.tokens.index_select(0, t.bnode.clamp_max(t.size - 1))  # branch tokens
+    return torch.cat([bt[1:], bt.new_zeros(1)])
+
+
+def _has_child(t: DeviceTreeTensors) -> torch.Tensor:
+    """Whether each context-branch node has a child in the tree."""
+    return torch.arange(t.bnode.shape[0], device=t.bnode.device) + 1 < t.blen
 
 
 def greedy_checks(pred: torch.Tensor, t: DeviceTreeTensors) -> tuple[torch.Tensor, torch.Tensor]:
@@ -433,8 +433,7 @@ def greedy_checks(pred: torch.Tensor, t: DeviceTreeTensors) -> tuple[torch.Tenso
     chain_rows = torch.arange(D, device=pred.device).clamp_max(n - 1)  # node d is chain node d (d <= C < n)
     parent_pred = pred.index_select(0, chain_rows).view(D, 1)
     first = _first(t.valid & (t.ctok == parent_pred))
-    nxt_b, _ = _branch_children(t)
-    return first, nxt_b == pred.index_select(0, t.bnode.clamp_max(n - 1))
+    return first, _branch_children(t) == pred.index_select(0, t.bnode.clamp_max(n - 1))
 
 
 def accept_and_commit(samples, first, b_ok, t: DeviceTreeTensors, table, C, R, seq) -> tuple[torch.Tensor, ...]:
@@ -446,7 +445,7 @@ def accept_and_commit(samples, first, b_ok, t: DeviceTreeTensors, table, C, R, s
     branch tokens accepted, committed tokens (D + B + 1)] and the K/V moves [2, B] (source, destination slots)."""
     D, K = table.shape
     B, n, dev = t.bnode.shape[0], t.size, table.device
-    _, more_b = _branch_children(t)
+    more_b = _has_child(t)
     d = torch.arange(D, device=dev)
     a = ((first == 0) & (d < C)).long().cumprod(0).sum().view(1)  # chain tokens accepted
     row = a.clamp_max(D - 1)
