@@ -12,11 +12,10 @@ import math
 
 from data import TASKS
 from evaluation_llama.paths import DEFAULT_MODEL_PATH, OUTPUTS
+from model.backends import COMPILE, KERNELS, TAILS
 from model.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
-KERNELS = ("auto", "triton", "torch")
-COMPILE = ("auto", "on", "off")
 SEED_STRIDE = 100003  # torch.manual_seed(seed * SEED_STRIDE + index) before the instance at index
 WARMUP_MAX_NEW_TOKENS = 32  # warm-up generations are short: they only compile and capture
 
@@ -118,6 +117,13 @@ def _model_flags(g) -> None:
                    help="torch.compile of the torch path's sub-layer functions (fuses their "
                         "elementwise work; CUDA graphs are used either way); auto = on for CUDA "
                         "with the torch kernels")
+    g.add_argument("--tails", default="auto", choices=TAILS,
+                   help="the work around the passes of a draft/verify cycle (SWIFT, prompt lookup, "
+                        "early exit; a draft step's top-k, the tree, acceptance and commit): one or "
+                        "two Triton kernels each (kernels; they need the triton passes on one "
+                        "device), or about 180 small PyTorch operations per cycle (torch); auto = "
+                        "kernels where the passes are Triton's and the tail kernels pass their "
+                        "check, else torch. The tokens are the same either way")
     g.add_argument("--chat-template", action="store_true",
                    help="wrap every prompt as one user turn in the tokenizer's chat template "
                         "(for instruction-tuned models); default: plain prompts")

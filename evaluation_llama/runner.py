@@ -173,8 +173,8 @@ def _note_backends(s: Settings, engine) -> None:
     expected = s.backends.resolve(s.device)
     if engine.backends != expected:
         note(f"note: the engine runs kernels={engine.backends.kernels}, "
-             f"compile={engine.backends.compile} (asked: kernels={s.kernels}, "
-             f"compile={s.compile})")
+             f"compile={engine.backends.compile}, tails={engine.backends.tails} (asked: "
+             f"kernels={s.kernels}, compile={s.compile}, tails={s.tails})")
 
 
 def _progress_bar(s: Settings, total: int, initial: int):

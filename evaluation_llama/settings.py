@@ -36,6 +36,7 @@ class Settings:
     dtype_name: str
     kernels: str  # model.backends.Backends fields, as asked
     compile: str
+    tails: str
     temperature: float
     top_p: float
     top_k: int
@@ -65,7 +66,7 @@ class Settings:
     def backends(self):
         from model.backends import Backends
 
-        return Backends(kernels=self.kernels, compile=self.compile)
+        return Backends(kernels=self.kernels, compile=self.compile, tails=self.tails)
 
     def for_shard(self, shard: int) -> "Settings":
         """The settings of shard process ``shard`` (the parent has already cleared old files)."""
@@ -112,6 +113,10 @@ def check_flags(args: argparse.Namespace, method: type[methods.Method]) -> Any:
         raise UserError("--top-p and --top-k only apply when sampling; add --temperature > 0 (for "
                         "example --temperature 0.6 --top-p 0.95) or drop them for greedy decoding.")
     config = method.build_config(args)
+    if args.tails == "kernels" and args.kernels == "torch":
+        raise UserError("--tails kernels needs the Triton passes (--kernels triton or auto); with "
+                        "--kernels torch the cycle's tails are PyTorch ops: drop --tails or pass "
+                        "--tails torch.")
     if args.answer_file:
         answer_file = Path(args.answer_file)
         if answer_file.suffix != ".jsonl":
@@ -245,6 +250,7 @@ def resolve(args: argparse.Namespace, method: type[methods.Method], config: Any)
         method=method.name, model_path=model_path, load_path=load_path, model_id=model_id,
         task=args.task, data_dir=data_dir(args), num_samples=args.num_samples, seed=args.seed,
         device=device, dtype_name=dtype_name, kernels=args.kernels, compile=args.compile,
+        tails=args.tails,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         max_new_tokens=args.max_new_tokens, warmup=args.warmup,
         chat_template=bool(args.chat_template), answer_file=answer_file,

@@ -62,6 +62,17 @@ class Engine:
 
     # ---- backends -------------------------------------------------------------------------------------------------
     def _choose_ops(self, requested: Backends, model):
+        self.asked = requested
+        ops, b, note = self._choose_passes(requested, model)
+        if requested.tails == "kernels" and (b.kernels != "triton" or self.multi_device):  # the tails need both
+            why = note or "the layers are placed on several devices"
+            raise RuntimeError(f"the tail kernels need the Triton passes on one device ({why}); ask for tails auto "
+                               f"or torch")
+        if self.multi_device:
+            b = replace(b, tails="torch")
+        return ops, b, note
+
+    def _choose_passes(self, requested: Backends, model):
         b = requested.resolve(self.device)
         n_dev = len({d for d, _, _ in model.stages}) if self.multi_device else 1
         torch_ops = lambda: TorchOps(compile=b.compile == "on", n_devices=n_dev)  # noqa: E731
@@ -71,7 +82,7 @@ class Engine:
             note = f"the Triton kernels do not run on {self.device}; using the PyTorch ops"
             if requested.kernels == "triton":
                 raise RuntimeError(note)
-            return torch_ops(), replace(b, kernels="torch"), note
+            return torch_ops(), replace(b, kernels="torch", tails="torch"), note
         problem = self._kernels_disagree(TritonOps())
         if problem is None:
             return TritonOps(), b, None
@@ -79,7 +90,7 @@ class Engine:
         if requested.kernels == "triton":
             raise RuntimeError(note)
         warnings.warn(note, RuntimeWarning)
-        return torch_ops(), replace(b, kernels="torch"), note
+        return torch_ops(), replace(b, kernels="torch", tails="torch"), note
 
     @torch.inference_mode()
     def _kernels_disagree(self, ops) -> str | None:

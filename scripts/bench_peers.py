@@ -51,7 +51,8 @@ import torch  # noqa: E402
 
 from data import TASKS, default_data_dir, load_task  # noqa: E402
 from evaluation_llama import metrics, paths  # noqa: E402
-from evaluation_llama.flags import COMPILE, KERNELS, NONNEG_INT, POS_INT, WARMUP_MAX_NEW_TOKENS  # noqa: E402
+from evaluation_llama.flags import NONNEG_INT, POS_INT, WARMUP_MAX_NEW_TOKENS  # noqa: E402
+from model.backends import COMPILE, KERNELS, TAILS  # noqa: E402
 from evaluation_llama.methods import (EarlyExit, EarlyExitRun, PromptLookup, Swift, SwiftRun, TaskRun,  # noqa: E402
                                       Vanilla, instance_seed)
 from evaluation_llama.prompting import PromptTooLong, tokenize_prompt  # noqa: E402
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile", default="auto", choices=COMPILE,
                     help="torch.compile of our engine's torch-path sub-layer functions (CUDA graphs are used on cuda "
                          "either way); auto = on for CUDA with the torch kernels (default: %(default)s)")
+    ap.add_argument("--tails", default="auto", choices=TAILS,
+                    help="the work around our SWIFT cycles' passes (draft top-k, tree, acceptance, commit): Triton "
+                         "kernels, PyTorch ops, or auto = kernels with the Triton passes, as the evaluation runners' "
+                         "flag of that name (default: %(default)s)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated subset of {', '.join(METHODS)} (default: all). vanilla is always run "
                          f"(it is the reference of the speedups and of the token comparison); swift-cached needs "
@@ -269,7 +274,8 @@ class Bench:
         """One engine for every method of ours (each method's untimed warm-up captures its graphs)."""
         self.capacity = cache_capacity(longest_prompt, max_new)
         self.engine = Engine(self.model, self.capacity, backends=Backends(kernels=self.a.kernels,
-                                                                          compile=self.a.compile))
+                                                                          compile=self.a.compile,
+                                                                          tails=self.a.tails))
         self.env["our_compile"] = self.engine.backends.use_compile
         self.env["our_backends"] = self.engine.backends.to_dict()
 

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from data import default_data_dir, load_task  # noqa: E402
 from evaluation_llama.prompting import tokenize_all  # noqa: E402
-from model.backends import Backends  # noqa: E402
+from model.backends import KERNELS, TAILS, Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.generate import cache_capacity, vanilla_generate  # noqa: E402
 from model.llama import Pass  # noqa: E402
@@ -132,7 +132,9 @@ def main() -> int:
     ap.add_argument("--data-dir", default=None, help="task data folder (default: as the runners find it)")
     ap.add_argument("--num-samples", type=int, default=8, help="instances per task")
     ap.add_argument("--max-new-tokens", type=int, default=512, help="new tokens per answer")
-    ap.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"), help="engine kernels")
+    ap.add_argument("--kernels", default="auto", choices=KERNELS, help="engine kernels (the passes)")
+    ap.add_argument("--tails", default="auto", choices=TAILS,
+                    help="the work around the cycle's passes: Triton kernels, PyTorch ops, or auto (model/backends.py)")
     ap.add_argument("--out", default="outputs/profile", help="output folder")
     a = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -145,7 +147,7 @@ def main() -> int:
     prompts = {t: list(tokenize_all(list(enumerate(insts)), tok, margs, max_new_tokens=a.max_new_tokens,
                                     task=t).values()) for t, insts in tasks.items()}
     longest = max(len(p) for ps in prompts.values() for p in ps)
-    engine = Engine(model, cache_capacity(longest, a.max_new_tokens), Backends(a.kernels))
+    engine = Engine(model, cache_capacity(longest, a.max_new_tokens), Backends(a.kernels, tails=a.tails))
     cfg = SwiftConfig()
     acc = accelerator(engine, cfg)
     first = next(iter(prompts.values()))[0]

@@ -266,3 +266,22 @@ def test_compiled_sub_layers_trace_whole_and_keep_outputs(monkeypatch):
     assert vanilla_generate(eng, prompt, 40).tokens == ref
     cfg = SwiftConfig(skip_ratio=0.25, context_window=8, guard=False)
     assert swift_generate(eng, prompt, 40, cfg=cfg, search=LayerSearch(args.n_layers, cfg)).tokens == ref
+
+
+def test_tails_setting_resolves_with_the_passes_and_refuses_what_cannot_run():
+    """`Backends.tails`: auto means the tail kernels exactly where the passes are Triton's; the tail kernels asked for
+    by name beside PyTorch passes are refused up front (a user error) or, where the engine has to fall back to the
+    PyTorch passes, at engine construction; an unset value stays out of the recorded configuration."""
+    assert Backends().resolve("cuda").tails == "kernels" and Backends().resolve("cpu").tails == "torch"
+    assert Backends("torch").resolve("cuda").tails == "torch"
+    assert Backends("triton", tails="torch").resolve("cuda").tails == "torch"
+    assert Backends().to_dict() == {"kernels": "auto", "compile": "auto"}  # the hashes of older answer files hold
+    assert Backends(tails="torch").to_dict()["tails"] == "torch"
+    with pytest.raises(UserError, match="need the Triton passes"):
+        Backends("torch", tails="kernels")
+    with pytest.raises(UserError, match="tails must be one of"):
+        Backends(tails="fused")
+    model, _ = ours_from_hf(hf_model(hf_config("llama", num_hidden_layers=2), seed=1))
+    assert Engine(model, 64, Backends()).backends.tails == "torch"  # auto on the CPU: the PyTorch passes
+    with pytest.raises(UserError, match="which do not run on cpu"):
+        Engine(model, 64, Backends(tails="kernels"))  # auto passes are PyTorch's on the CPU

@@ -291,6 +291,23 @@ def test_swift_flags_map_one_to_one_onto_swift_config():
                                 methods.get("vanilla")) is None
 
 
+def test_tails_flag_is_checked_and_recorded(smollm2_path):
+    """--tails kernels beside --kernels torch is refused before anything loads; the run configuration records
+    --tails only when it is given (the configurations of earlier answer files keep their hashes)."""
+    from model.errors import UserError
+    parser, cls = runner.build_parser("swift"), methods.get("swift")
+    bad = parser.parse_args(["--task", "gsm8k", "--tails", "kernels", "--kernels", "torch"])
+    with pytest.raises(UserError, match="--tails kernels needs the Triton passes"):
+        settings.check_flags(bad, cls)
+    recorded = []
+    for extra in ([], ["--tails", "torch"]):
+        args = parser.parse_args(["--task", "gsm8k", "--model-path", str(smollm2_path), "--device", "cpu"] + extra)
+        s = settings.resolve(args, cls, settings.check_flags(args, cls))
+        assert s.backends.tails == (extra[1] if extra else "auto")
+        recorded.append(settings.run_config(s, "local")["backends"])
+    assert recorded == [{"kernels": "auto", "compile": "auto"}, {"kernels": "auto", "compile": "auto", "tails": "torch"}]
+
+
 def test_default_answer_file_and_layer_cache(smollm2_path):
     mid = model_name(str(smollm2_path))
     for method, argv, expected in (

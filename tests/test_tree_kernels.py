@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model import kernels
+from model.backends import Backends
 from model.kernels import tree as tree_kernels
 from model.swift.acceleration import accept_and_commit, greedy_checks
 from model.swift.config import DEFAULT_TREE_RULE
@@ -295,9 +296,40 @@ def test_kernels_that_disagree_fall_back_to_the_pytorch_code(monkeypatch):
         ops = type("Ops", (), {"inplace": True})()
         device, multi_device = cpu, False
 
-    eng, calls = FakeEngine(), []
+        def __init__(self, asked: Backends):
+            self.asked, self.backends = asked, asked.resolve("cuda")
+
+    eng, calls = FakeEngine(Backends("triton")), []
     check = lambda: calls.append(1) or problem  # noqa: E731
     with pytest.warns(RuntimeWarning, match="disagree"):
         assert not acceleration.fused_tails(eng, ("tree", 16), check)
     assert not acceleration.fused_tails(eng, ("tree", 16), check) and len(calls) == 1  # once per engine and shape
     assert acceleration.fused_tails(eng, ("tree", 32), lambda: None)
+    with pytest.raises(RuntimeError, match="disagree"):  # asked for by name: no silent fallback
+        acceleration.fused_tails(FakeEngine(Backends("triton", tails="kernels")), ("tree", 16), check)
+    assert not acceleration.fused_tails(FakeEngine(Backends("triton", tails="torch")), ("tree", 32), lambda: None)
+
+
+def test_the_tails_setting_picks_the_kernels_or_the_pytorch_code():
+    """An engine with the Triton passes runs the tails as kernels unless told `tails="torch"`; the answer's stats say
+    which ran, and the tokens are the same."""
+    from helpers import hf_config, hf_model, ours_from_hf
+    from model.engine import Engine
+    from model.generate import cache_capacity, vanilla_generate
+    from model.llama import LayerSkip
+    from model.swift.config import SwiftConfig
+    from model.swift.decoding import accelerator, swift_generate
+
+    model, _ = ours_from_hf(hf_model(hf_config("llama", num_hidden_layers=3), seed=3, scale=4))
+    cfg = SwiftConfig(guard=False, context_window=8, skip_ratio=0.25, max_draft_len=4, max_tree_nodes=8)
+    prompt = torch.randint(0, 97, (12,), generator=torch.Generator().manual_seed(3)).tolist()
+    got = {}
+    for tails in ("auto", "torch"):
+        eng = Engine(model, cache_capacity(12, 6), Backends("triton", tails=tails))
+        acc = accelerator(eng, cfg)
+        assert acc.drafter.fused == acc.verifier.fused == (tails == "auto")
+        assert eng.backends.tails == ("kernels" if tails == "auto" else "torch")
+        res = swift_generate(eng, prompt, 6, cfg=cfg, skip=LayerSkip.of(attn=[1]))
+        assert res.stats["tail_kernels"] == {"draft": tails == "auto", "verify": tails == "auto"}
+        got[tails] = res.tokens
+    assert got["auto"] == got["torch"] == vanilla_generate(eng, prompt, 6).tokens

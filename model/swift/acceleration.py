@@ -312,10 +312,12 @@ class Verifier:
 
 def fused_tails(engine: Engine, key: tuple, check) -> bool:
     """Whether the work around the passes (the draft step's top-k, the tree, acceptance and commit) runs as the
-    kernels of model/kernels/topk.py and tree.py: where the passes run the Triton kernels, on one device, and the
-    kernels at the caller's shapes (`key`) give what the PyTorch code gives on made-up inputs (`check()`: None or the
-    problem; run once per engine and key, else a warning and the PyTorch code)."""
-    if not (engine.ops.inplace and kernels.available(engine.device) and not engine.multi_device):
+    kernels of model/kernels/topk.py and tree.py: where the engine's backends say so (`tails`, model/backends.py: the
+    Triton passes on one device) and the kernels at the caller's shapes (`key`) give what the PyTorch code gives on
+    made-up inputs (`check()`: None or the problem; run once per engine and key). When they do not: an error if the
+    tail kernels were asked for by name, else a warning and the PyTorch code."""
+    if engine.backends.tails != "kernels" or not (engine.ops.inplace and kernels.available(engine.device)
+                                                  and not engine.multi_device):
         return False
     checked = engine.__dict__.setdefault("_tails_checked", {})
     if key not in checked:
@@ -324,8 +326,10 @@ def fused_tails(engine: Engine, key: tuple, check) -> bool:
         except Exception as e:  # noqa: BLE001 - any kernel failure means: use the PyTorch code
             problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         if problem:
-            warnings.warn(f"the {key[0]} kernels disagree with the PyTorch code on {engine.device} ({problem}); using "
-                          f"the PyTorch code", RuntimeWarning)
+            say = f"the {key[0]} kernels disagree with the PyTorch code on {engine.device} ({problem})"
+            if engine.asked.tails == "kernels":
+                raise RuntimeError(f"{say}; ask for tails auto or torch")
+            warnings.warn(f"{say}; using the PyTorch code", RuntimeWarning)
         checked[key] = problem is None
     return checked[key]
 

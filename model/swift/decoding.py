@@ -405,6 +405,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
              "final_skip": (search.best if search is not None else skip).to_dict()
              if (search.best if search is not None else skip) is not None else None,
              "draft_costs": acc.costs.to_dict(), "accepted_from": sources,
+             "tail_kernels": {"draft": acc.drafter.fused, "verify": acc.verifier.fused},
              "graph_captures": engine.graph_captures - captures0}
     return GenerationResult(tokens=s.new, num_new_tokens=len(s.new), num_steps=len(s.accept_lengths),
                             accept_lengths=s.accept_lengths, num_drafted=drafted, wall_time_s=wall, stats=stats)
