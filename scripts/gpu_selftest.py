@@ -12,7 +12,8 @@ Qwen2.5-0.5B and LLaMA-2-7B shapes (bf16). Exits non-zero on any failed check. I
 4. the engine: decode tokens/s with the Triton kernels vs the PyTorch ops (+ torch.compile); greedy SWIFT with a
    fixed skip set equal to vanilla token for token; the draft graph with skipped sub-layers switched off equal to an
    eager draft, and its time next to a graph captured for that skip set; the measured draft / verify costs;
-   the draft step's tail and the tree's bookkeeping as kernels equal to the PyTorch ops, and the pass costs with each.
+   the draft step's tail and the tree's bookkeeping as kernels equal to the PyTorch ops, and the pass costs with each;
+   the pass costs with the draft's LM head restricted to 4096 and 16384 token ids (`--draft-vocab`) beside the whole.
 
 Example: python3 scripts/gpu_selftest.py --out outputs/selftest --tune
 """
@@ -289,6 +290,7 @@ def engine_checks(shape: str, args: ModelArgs, n_new: int, compare_torch: bool) 
             print(f"{shape} draft of 8 with {len(skip)} sub-layers skipped: switched-off graph {t_tog:.3f} ms, "
                   f"graph captured for the set {t_set:.3f} ms", flush=True)
         tail_checks(shape, eng, acc, skip, row)
+        vocabulary_costs(shape, eng, row)
     RESULTS["engine"].append(row)
     print(json.dumps(row), flush=True)
 
@@ -338,6 +340,20 @@ def tail_checks(shape: str, eng: Engine, acc, skip: LayerSkip, row: dict) -> Non
               f"{costs.fixed + (costs.attn + costs.mlp) * (eng.args.n_layers - 2):.3f}, "
               f"verify {dict((n, round(v, 3)) for n, v in costs.verify)} of a full step", flush=True)
     eng.length = 0
+
+
+def vocabulary_costs(shape: str, eng: Engine, row: dict, sizes=(4096, 16384)) -> None:
+    """The pass costs with the draft's LM head restricted to `sizes` token ids (`--draft-vocab`) against the whole
+    vocabulary, side by side: the head is a large share of a small model's weights (Qwen2.5-0.5B: 152k x 896 of
+    0.5B parameters), and the draft step pays it on every token."""
+    L = eng.args.n_layers
+    for n in (0,) + tuple(s for s in sizes if s < eng.args.vocab_size):
+        acc = accelerator(eng, SwiftConfig(guard=False, draft_vocab=n))
+        acc.warm_up(SamplingConfig())
+        c = acc.costs
+        row[f"costs_draft_vocab_{n}"] = c.to_dict()
+        print(f"{shape} draft vocabulary {n or eng.args.vocab_size}: draft step (nothing skipped) "
+              f"{c.fixed + (c.attn + c.mlp) * (L - 2):.3f}, its fixed part {c.fixed:.3f} of a full step", flush=True)
 
 
 def _time(fn, reps=20) -> float:
