@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from model.backends import Backends  # noqa: E402
+from model.backends import TAILS, Backends  # noqa: E402
 from model.config import LLAMA2_7B_SHAPE, LLAMA2_13B_SHAPE, ModelArgs  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.generate import cache_capacity, vanilla_generate  # noqa: E402
@@ -208,6 +208,9 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=DEFAULTS["prompt_len"], help="tokens per prompt")
     ap.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"], help="tokens per answer")
     ap.add_argument("--seed", type=int, default=0, help="seed of the planted model")
+    ap.add_argument("--tails", default="auto", choices=TAILS,
+                    help="the work around the cycle's passes: Triton kernels, PyTorch ops, or auto = the kernels "
+                         "where they pass their check (model/backends.py; the runners' flag of that name)")
     ap.add_argument("--out", default="outputs/bench_scale", help="output folder (bench_scale.jsonl / .md)")
     ap.add_argument("--report", nargs="+", metavar="JSONL",
                     help="no run: merge these bench_scale.jsonl files (in order) into --out's bench_scale.jsonl "
@@ -223,7 +226,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a GPU")
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(settings={k: getattr(a, k) for k in DEFAULTS}, gpu=torch.cuda.get_device_name(),
+    env = dict(settings={k: getattr(a, k) for k in DEFAULTS}, tails=a.tails, gpu=torch.cuda.get_device_name(),
                torch=torch.__version__, dtype="bfloat16",
                python=platform.python_version(), command=" ".join(["scripts/bench_scale.py", *sys.argv[1:]]),
                weights="synthetic (planted redundancy, model/planted.py)")
@@ -235,7 +238,7 @@ def main() -> int:
             vcost = None
             for flips in (int(x) for x in a.flips.split(",")):
                 model, task = build_planted(args, a.ratio, flips, seed=a.seed, device="cuda", dtype=torch.bfloat16)
-                engine = Engine(model, cache_capacity(a.prompt_len + 64, a.max_new_tokens), Backends("triton"))
+                engine = Engine(model, cache_capacity(a.prompt_len + 64, a.max_new_tokens), Backends("triton", tails=a.tails))
                 engine.warm_up_decode()
                 vcost = vcost or verify_costs(engine)
                 row = dict(run_level(engine, args, a, task, env), shape=shape, verify_ms_by_tree_size=vcost)
