@@ -7,7 +7,10 @@ Record layout (written by the runners, read by speed/quality/report)::
      "choices": [{"index": 0, "turns": ["..."], "new_tokens": [57], "wall_time": [0.41],
                   "accept_lengths": [3, 1, 5], "num_drafted": [60]}],
      "token_ids": [[...]], "prompt_tokens": 812, "config": {...},
-     "backends": {"kernels": "triton", "compile": "off"}, "stats": {...}}
+     "backends": {"kernels": "triton", "compile": "off", "tails": "kernels"}, "stats": {...}}
+
+``backends`` is what the engine chose for the run (model/backends.py); where a tail kernel failed its check and the
+PyTorch code ran instead, a SWIFT record's ``stats.tail_kernels`` says which tails ran.
 
 Header line (optional, first line only)::
 
@@ -444,7 +447,7 @@ def json_safe(value: Any) -> Any:
 def build_record(*, question_id: str, model_id: str, task: str, method: str, text: str, result,
                  prompt_tokens: int, config: dict, stats: dict, backends: dict) -> dict:
     """The answer record of one generation (``result``: a model.generate.GenerationResult), in
-    the layout of this module's docstring; ``backends``: the kernels that produced it."""
+    the layout of this module's docstring; ``backends``: the kernels the engine chose."""
     return {
         "question_id": question_id,
         "model_id": model_id,

@@ -24,6 +24,7 @@ it the settings (`shards.SETTINGS_ENV`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -171,6 +172,8 @@ def _note_backends(s: Settings, engine) -> None:
     """Say so when the engine runs other kernels than this device would get by default (a
     kernel that failed its self-check on this GPU)."""
     expected = s.backends.resolve(s.device)
+    if engine.multi_device and s.tails == "auto":  # the tail kernels run on one device only: expected
+        expected = dataclasses.replace(expected, tails="torch")
     if engine.backends != expected:
         note(f"note: the engine runs kernels={engine.backends.kernels}, "
              f"compile={engine.backends.compile}, tails={engine.backends.tails} (asked: "

@@ -117,6 +117,9 @@ def check_flags(args: argparse.Namespace, method: type[methods.Method]) -> Any:
         raise UserError("--tails kernels needs the Triton passes (--kernels triton or auto); with "
                         "--kernels torch the cycle's tails are PyTorch ops: drop --tails or pass "
                         "--tails torch.")
+    if args.tails == "kernels" and args.layer_devices is not None:
+        raise UserError("--tails kernels runs on one device; with --layer-devices the cycle's tails "
+                        "are PyTorch ops: drop --tails or pass --tails torch.")
     if args.answer_file:
         answer_file = Path(args.answer_file)
         if answer_file.suffix != ".jsonl":

@@ -52,12 +52,12 @@ import torch  # noqa: E402
 from data import TASKS, default_data_dir, load_task  # noqa: E402
 from evaluation_llama import metrics, paths  # noqa: E402
 from evaluation_llama.flags import NONNEG_INT, POS_INT, WARMUP_MAX_NEW_TOKENS  # noqa: E402
-from model.backends import COMPILE, KERNELS, TAILS  # noqa: E402
 from evaluation_llama.methods import (EarlyExit, EarlyExitRun, PromptLookup, Swift, SwiftRun, TaskRun,  # noqa: E402
                                       Vanilla, instance_seed)
 from evaluation_llama.prompting import PromptTooLong, tokenize_prompt  # noqa: E402
-from model.backends import Backends  # noqa: E402
+from model.backends import COMPILE, KERNELS, TAILS, Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
+from model.errors import UserError  # noqa: E402
 from model.generate import cache_capacity, cut_at_eos, sync  # noqa: E402
 from model.loading import default_eos_ids, load_model, load_tokenizer, model_name, resolve_checkpoint  # noqa: E402
 from model.sampling import SamplingConfig  # noqa: E402
@@ -710,6 +710,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not methods or bad:
         ap.error(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
     methods = set(methods) | {"vanilla"} | ({"swift"} if "swift-cached" in methods else set())
+    try:
+        Backends(kernels=a.kernels, compile=a.compile, tails=a.tails)
+    except UserError as e:
+        ap.error(str(e))
     if a.data_dir is None:
         a.data_dir = default_data_dir()
     length_mode = a.lengths is not None

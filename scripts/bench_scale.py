@@ -238,7 +238,8 @@ def main() -> int:
             vcost = None
             for flips in (int(x) for x in a.flips.split(",")):
                 model, task = build_planted(args, a.ratio, flips, seed=a.seed, device="cuda", dtype=torch.bfloat16)
-                engine = Engine(model, cache_capacity(a.prompt_len + 64, a.max_new_tokens), Backends("triton", tails=a.tails))
+                capacity = cache_capacity(a.prompt_len + 64, a.max_new_tokens)
+                engine = Engine(model, capacity, Backends("triton", tails=a.tails))
                 engine.warm_up_decode()
                 vcost = vcost or verify_costs(engine)
                 row = dict(run_level(engine, args, a, task, env), shape=shape, verify_ms_by_tree_size=vcost)

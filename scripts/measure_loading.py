@@ -4,9 +4,10 @@
 Writes a random-weight LLaMA checkpoint of a given shape (default: the LLaMA-2-13B shape) to a local folder as bf16
 sharded safetensors with an index, the way Hugging Face saves large models (about 5 GB shards by default), then loads
 it with our loader onto `--device` in a fresh subprocess, so that the numbers belong to the loading alone. Prints one
-JSON object: the shape, the shard sizes, the load time, the subprocess's resident memory before loading and at its
-peak during loading (VmRSS / VmHWM from /proc, the peak reset before loading; imports, the CUDA context and the
-fixed cost of building a first model happen before), and `peak_extra_bytes`: the peak minus
+JSON object: the shape, the number of shards and the largest one's size, the load time, the subprocess's resident
+memory before loading and at its peak during loading (VmRSS / VmHWM from /proc, the peak reset before loading;
+imports, the CUDA context and the fixed cost of building a first model happen before), and `peak_extra_bytes`: the
+peak minus
 the memory before loading minus the loaded weights that live in host memory (zero for a GPU device). A streaming
 loader keeps that extra at about one shard; reading the whole state dict first would make it the whole checkpoint.
 

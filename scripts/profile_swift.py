@@ -35,6 +35,7 @@ from data import default_data_dir, load_task  # noqa: E402
 from evaluation_llama.prompting import tokenize_all  # noqa: E402
 from model.backends import KERNELS, TAILS, Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
+from model.errors import UserError  # noqa: E402
 from model.generate import cache_capacity, vanilla_generate  # noqa: E402
 from model.llama import Pass  # noqa: E402
 from model.loading import default_eos_ids, load_model, load_tokenizer  # noqa: E402
@@ -137,6 +138,10 @@ def main() -> int:
                     help="the work around the cycle's passes: Triton kernels, PyTorch ops, or auto (model/backends.py)")
     ap.add_argument("--out", default="outputs/profile", help="output folder")
     a = ap.parse_args()
+    try:
+        backends = Backends(a.kernels, tails=a.tails)
+    except UserError as e:
+        ap.error(str(e))
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     tok = load_tokenizer(a.model_path)
@@ -147,7 +152,7 @@ def main() -> int:
     prompts = {t: list(tokenize_all(list(enumerate(insts)), tok, margs, max_new_tokens=a.max_new_tokens,
                                     task=t).values()) for t, insts in tasks.items()}
     longest = max(len(p) for ps in prompts.values() for p in ps)
-    engine = Engine(model, cache_capacity(longest, a.max_new_tokens), Backends(a.kernels, tails=a.tails))
+    engine = Engine(model, cache_capacity(longest, a.max_new_tokens), backends)
     cfg = SwiftConfig()
     acc = accelerator(engine, cfg)
     first = next(iter(prompts.values()))[0]

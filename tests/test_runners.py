@@ -299,13 +299,17 @@ def test_tails_flag_is_checked_and_recorded(smollm2_path):
     bad = parser.parse_args(["--task", "gsm8k", "--tails", "kernels", "--kernels", "torch"])
     with pytest.raises(UserError, match="--tails kernels needs the Triton passes"):
         settings.check_flags(bad, cls)
+    placed = parser.parse_args(["--task", "gsm8k", "--tails", "kernels", "--layer-devices", "cpu,cpu"])
+    with pytest.raises(UserError, match="--tails kernels runs on one device"):
+        settings.check_flags(placed, cls)
     recorded = []
     for extra in ([], ["--tails", "torch"]):
         args = parser.parse_args(["--task", "gsm8k", "--model-path", str(smollm2_path), "--device", "cpu"] + extra)
         s = settings.resolve(args, cls, settings.check_flags(args, cls))
         assert s.backends.tails == (extra[1] if extra else "auto")
         recorded.append(settings.run_config(s, "local")["backends"])
-    assert recorded == [{"kernels": "auto", "compile": "auto"}, {"kernels": "auto", "compile": "auto", "tails": "torch"}]
+    auto = {"kernels": "auto", "compile": "auto"}
+    assert recorded == [auto, dict(auto, tails="torch")]
 
 
 def test_default_answer_file_and_layer_cache(smollm2_path):
