@@ -301,3 +301,23 @@ def test_planner_extends_the_chain_when_every_tested_token_is_accepted():
     assert good.length(25, skip) == best == 25 and first < 8
     assert bad.length(25, skip) <= 3
     assert good.rates()[20] > 0.95  # untested depths follow the tested ones
+
+
+def test_planner_forgets_failures_at_depths_it_no_longer_drafts():
+    """A depth that is no longer drafted keeps no stale verdict: after a phase where the second token always failed,
+    the planner drafts one token; once those are all accepted, the second depth's old failures fade (every depth's
+    counts decay each cycle), it is tried again and the chain grows. Were only tested depths to decay, the plan
+    would stay at one token for good."""
+    from model.swift.planner import CostModel, DraftPlanner
+
+    costs = CostModel(fixed=0.1, attn=0.01, mlp=0.01, verify=((16, 1.05), (32, 1.4)), n_layers=32, measured=True)
+    skip = LayerSkip.of(attn=range(1, 15), mlp=range(1, 15))
+    planner = DraftPlanner(costs, (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25))
+    for _ in range(40):
+        planner.observe(4, 1)  # a noisy phase: the second token always rejected
+    assert planner.length(25, skip) == 1
+    planned = []
+    for _ in range(200):
+        planner.observe(k := planner.length(25, skip), k)  # from now on, every drafted token accepted
+        planned.append(k)
+    assert planned[0] == 1 and max(planned[-20:]) >= 8

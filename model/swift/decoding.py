@@ -337,8 +337,11 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             ctx.extend(s.new[len(ctx.tokens) - len(prompt_ids):])
             if not guards["context"].check(len(s.new)):
                 context = ctx.propose(cfg.context_len)
-        limit = max(1, min(cfg.max_draft_len, max_new_tokens - len(s.new)))
-        source = choose_source(cfg, layers, context[:limit], planner, current, limit, ctx_rate, acc.costs)
+        # the cycle's own token (bonus or correction) takes the last place left: drafting into it would be wasted
+        # work, and a drafted token cut off there would count as rejected
+        limit = min(cfg.max_draft_len, max_new_tokens - len(s.new) - 1)
+        source = choose_source(cfg, layers, context[:limit], planner, current, limit, ctx_rate, acc.costs) \
+            if limit >= 1 else None
         if source is None:  # nothing to draft with, or every source's guard tripped
             t = time.perf_counter()
             more = (ctx is not None and guards["context"].tripped_at is None) or (search is not None and search.active)

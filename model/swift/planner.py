@@ -90,8 +90,8 @@ class CostModel:
 class DraftPlanner:
     """Per-depth acceptance estimates and the draft length they make fastest.
 
-    Depth j's estimate is its own decayed counts of accepted / tested chain tokens, shrunk towards the rate pooled
-    over all depths (itself shrunk towards the prior `alpha`). A depth that has never been tested therefore takes
+    Depth j's estimate is its own decayed counts of accepted / tested chain tokens (every depth's counts decay each
+    cycle, tested or not), shrunk towards the rate pooled over all depths (itself shrunk towards the prior `alpha`). A depth that has never been tested therefore takes
     the rate seen at the depths before it, not the prior: with a fixed prior, a draft whose every tested token is
     accepted would never be planned past the length where the prior stops paying, and its deeper depths would
     never be tested (measured: chains of 3-4 tokens at 99.5% acceptance on the planted 7B model)."""
@@ -119,10 +119,14 @@ class DraftPlanner:
 
     def observe(self, drafted: int, accepted: int) -> None:
         """A cycle drafted `drafted` chain tokens and accepted the first `accepted`: depths < accepted succeeded,
-        depth `accepted` (if drafted) failed, deeper ones were not tested."""
-        for j in range(min(drafted, accepted + 1)):
+        depth `accepted` (if drafted) failed, deeper ones were not tested. Every depth's counts decay each cycle,
+        tested or not: evidence about a depth that is no longer drafted fades, and its estimate returns to the
+        pooled rate, so that a few early failures (a noisy search phase, a hard passage) cannot keep the chain
+        short for good once the draft has become better."""
+        tested = min(drafted, accepted + 1)
+        for j in range(len(self.n)):
             self.acc[j] = self.acc[j] * self.decay + (j < accepted)
-            self.n[j] = self.n[j] * self.decay + 1
+            self.n[j] = self.n[j] * self.decay + (j < tested)
 
     def value(self, matchness: float, n_skipped: int) -> float:
         """Predicted speedup of a skip set of `n_skipped` sub-layers whose matchness is `matchness`."""
