@@ -354,6 +354,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         t = time.perf_counter()
         if profile:
             profile.begin(t)
+        offered = source == "draft" and len(context) > 0  # a continuation was there, and the draft was chosen
         if source == "context":  # the continuation is the chain: its nodes reduce like plain decoding
             chain, context = acc.drafter.propose(context[:limit]), []
         else:
@@ -380,6 +381,8 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         if source == "context":
             ctx_rate.observe(a)
         else:
+            if offered:
+                ctx_rate.idle()
             planner.observe(C, a)
             if calibrate:
                 calibrator.update(chain, a)

@@ -137,10 +137,13 @@ class DraftPlanner:
 class ContextRate:
     """Context tokens accepted per cycle that verifies a context continuation (decayed mean around a prior), and
     the speed such a cycle is predicted to have: (1 + accepted) / verification cost. Hybrid SWIFT compares it with
-    the layer-skip draft's `DraftPlanner.best` to choose each cycle's chain (context_tree="select")."""
+    the layer-skip draft's `DraftPlanner.best` to choose each cycle's chain (context_tree="select"). A cycle that
+    offers a continuation but verifies the draft moves the estimate back towards the prior (`idle`), as the planner's
+    untested depths return to the pooled rate."""
 
     def __init__(self, prior: float = 1.0, weight: float = 2.0, decay: float = 0.95):
         self.acc, self.n, self.decay = prior * weight, weight, decay
+        self.prior, self.weight = prior, weight
 
     def mean(self) -> float:
         return self.acc / self.n
@@ -151,3 +154,9 @@ class ContextRate:
     def observe(self, accepted: int) -> None:
         self.acc = self.acc * self.decay + accepted
         self.n = self.n * self.decay + 1
+
+    def idle(self) -> None:
+        """A cycle offered a continuation and verified the draft instead: the estimate moves back towards the prior,
+        so that a bad streak cannot keep the context from being tried again for the rest of the stream."""
+        self.acc = self.acc * self.decay + self.prior * self.weight * (1 - self.decay)
+        self.n = self.n * self.decay + self.weight * (1 - self.decay)
