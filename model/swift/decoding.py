@@ -366,7 +366,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         if profile:
             profile.drafted(t1)
         C = chain if isinstance(chain, int) else len(chain)
-        context = context[:max(0, acc.verifier.sizes[-1] - 1 - C)]  # a union tree holds the chain first
+        context = context[:max(0, min(limit, acc.verifier.sizes[-1] - 1 - C))]  # a union tree holds the chain first
         report = acc.verifier.verify(C, sampling, context)
         if profile:
             profile.verified()

@@ -141,9 +141,9 @@ class ContextRate:
     offers a continuation but verifies the draft moves the estimate back towards the prior (`idle`), as the planner's
     untested depths return to the pooled rate."""
 
-    def __init__(self, prior: float = 1.0, weight: float = 2.0, decay: float = 0.95):
+    def __init__(self, prior: float = 1.0, weight: float = 2.0, decay: float = 0.95, idle_decay: float = 0.99):
         self.acc, self.n, self.decay = prior * weight, weight, decay
-        self.prior, self.weight = prior, weight
+        self.prior, self.weight, self.idle_decay = prior, weight, idle_decay
 
     def mean(self) -> float:
         return self.acc / self.n
@@ -157,6 +157,8 @@ class ContextRate:
 
     def idle(self) -> None:
         """A cycle offered a continuation and verified the draft instead: the estimate moves back towards the prior,
-        so that a bad streak cannot keep the context from being tried again for the rest of the stream."""
-        self.acc = self.acc * self.decay + self.prior * self.weight * (1 - self.decay)
-        self.n = self.n * self.decay + self.weight * (1 - self.decay)
+        so that a bad streak cannot keep the context from being tried again for the rest of the stream. Slowly
+        (`idle_decay`): a continuation that keeps failing is retried every few tens of cycles, not every few."""
+        d = self.idle_decay
+        self.acc = self.acc * d + self.prior * self.weight * (1 - d)
+        self.n = self.n * d + self.weight * (1 - d)
