@@ -330,3 +330,24 @@ def test_planner_forgets_failures_at_depths_it_no_longer_drafts():
         planner.observe(k := planner.length(25, skip), k)  # from now on, every drafted token accepted
         planned.append(k)
     assert planned[0] == 1 and max(planned[-20:]) >= 8
+
+
+def test_planner_starts_again_from_the_prior_for_a_new_skip_set():
+    """Acceptance belongs to a skip set: the counts of the set the search has left do not hold the next set's chains
+    short; the same set keeps its counts."""
+    from model.swift.planner import CostModel, DraftPlanner
+
+    costs = CostModel(fixed=0.1, attn=0.01, mlp=0.01, verify=((16, 1.05), (32, 1.4)), n_layers=32, measured=True)
+    old, new = LayerSkip.of(attn=range(1, 15), mlp=range(1, 14)), LayerSkip.of(attn=range(1, 14), mlp=range(1, 15))
+    planner = DraftPlanner(costs, (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25))
+    planner.use(old)
+    for _ in range(40):
+        planner.observe(4, 1)  # the old set's second token always rejected
+    planner.use(old)
+    assert planner.length(25, old) == 1  # the same set keeps its counts
+    planner.use(new)
+    planned = []
+    for _ in range(15):
+        planner.observe(k := planner.length(25, new), k)
+        planned.append(k)
+    assert planned[0] > 1 and planned[-1] == 25

@@ -332,6 +332,8 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             s.times["optimize"] += time.perf_counter() - t
         current = search.best if search is not None else skip
         layers = current is not None and len(current) > 0 and not guards["draft"].check(len(s.new))
+        if layers:
+            planner.use(current)
         context = []
         if ctx is not None:  # a continuation of the root from the context (prompt lookup)
             ctx.extend(s.new[len(ctx.tokens) - len(prompt_ids):])

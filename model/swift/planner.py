@@ -102,6 +102,16 @@ class DraftPlanner:
         self.acc = [0.0] * depth  # decayed accepted / tested chain tokens per depth
         self.n = [0.0] * depth
         self.alpha, self.prior, self.decay = alpha, prior, decay
+        self.skip = None  # the skip set the counts belong to (`use`)
+
+    def use(self, skip) -> None:
+        """Plan for the skip set `skip` from now on. Acceptance belongs to a skip set: when the search moves to a new
+        one, the counts start again from the prior, instead of holding the new set's chains to the old set's
+        failures for tens of cycles."""
+        if skip != self.skip:
+            if self.skip is not None:
+                self.acc, self.n = [0.0] * len(self.acc), [0.0] * len(self.n)
+            self.skip = skip
 
     def rates(self) -> list[float]:
         pooled = (sum(self.acc) + self.alpha * self.prior) / (sum(self.n) + self.prior)
