@@ -117,7 +117,8 @@ def norm_block(k: int, block_k: int) -> int:
     SWIFT_GEMM_NORM_BLOCK=W (a power of two) sums W columns per step instead. The pass is a loop of dependent small
     loads that every program runs before its weights stream (64 steps for K = 4096 at BLOCK_K = 64), which may be
     what makes the 7B q/k/v product with the norm slower than cuBLAS without it; a wider slice makes it 8 steps. The
-    bits change with W (another summation order) but stay the same for every row count. Not yet measured."""
+    bits change with W (another summation order) but stay the same for every row count. Measured on the H200: 512
+    made the 7B shape slower (49.9% of the memory roofline against 70.7%; docs/RESULTS.md), so it stays opt-in."""
     w = int(os.environ.get("SWIFT_GEMM_NORM_BLOCK", "0") or 0)
     if w <= 0:
         return block_k

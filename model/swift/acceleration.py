@@ -37,7 +37,6 @@ from model.llama import NO_SKIP, LayerSkip, Pass
 from model.sampling import SamplingConfig, logits_to_probs, sample_from_probs
 from model.swift.config import SwiftConfig
 from model.swift.planner import DRAFT_LENGTHS
-from model import kernels
 from model.kernels import topk as topk_kernels
 from model.kernels import tree as tree_kernels
 from model.tree import BUCKETS, DeviceTree, DeviceTreeTensors, padded_size
@@ -316,8 +315,7 @@ def fused_tails(engine: Engine, key: tuple, check) -> bool:
     Triton passes on one device) and the kernels at the caller's shapes (`key`) give what the PyTorch code gives on
     made-up inputs (`check()`: None or the problem; run once per engine and key). When they do not: an error if the
     tail kernels were asked for by name, else a warning and the PyTorch code."""
-    if engine.backends.tails != "kernels" or not (engine.ops.inplace and kernels.available(engine.device)
-                                                  and not engine.multi_device):
+    if engine.backends.tails != "kernels":  # the engine resolved it: the Triton passes on one device
         return False
     checked = engine.__dict__.setdefault("_tails_checked", {})
     if key not in checked:
