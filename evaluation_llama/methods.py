@@ -200,7 +200,8 @@ LAYER_CONFIG = "layer_config.json"
 SWIFT_FLAGS = {"skip_ratio": REAL, "context_window": INT, "bayes_interval": INT,
                "max_opt_iter": INT, "max_tolerance_iter": INT, "max_score": REAL,
                "num_candidates": INT, "draft_stop_threshold": REAL, "draft_chunk": INT,
-               "max_draft_len": INT, "max_tree_nodes": INT, "draft_vocab": INT, "guard_margin": REAL}
+               "max_draft_len": INT, "max_tree_nodes": INT, "draft_vocab": INT, "guard_margin": REAL,
+               "context_retry": INT}
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,9 @@ class Swift(Method):
                             "bit-reproducible samples")
         add("guard_margin", f"the guard falls back when SWIFT tokens/s < margin x plain tokens/s, "
             f"> 0 (default {d['guard_margin']})", type=REAL)
+        add("context_retry", f"with --context-drafts: when the guard stops the context continuations, "
+            f"they are tried again this many new tokens later, twice as long after each further stop; "
+            f"0 = the stop is final (default {d['context_retry']})", type=INT)
         g.add_argument("--layer-cache", default=None,
                        help=f"layer-configuration cache (default: <outputs>/<model-id>/<task>/"
                             f"{LAYER_CONFIG}): written with the best skip set when the search "
@@ -530,8 +534,9 @@ class _FixedDrafter(Method):
     @classmethod
     def swift_values(cls, args) -> dict:
         values = {"guard": not args.no_guard, "seed": args.seed}
-        if args.guard_margin is not None:
-            values["guard_margin"] = args.guard_margin
+        for f in ("guard_margin", "context_retry"):
+            if getattr(args, f, None) is not None:
+                values[f] = getattr(args, f)
         return values
 
     @classmethod
@@ -581,6 +586,10 @@ class PromptLookup(_FixedDrafter):
         g.add_argument("--ngram-min", type=INT, default=None,
                        help=f"shortest suffix matched (default {d['ngram_min']})")
         cls.add_guard_flags(g)
+        g.add_argument("--context-retry", type=INT, default=None,
+                       help=f"when the guard stops the continuations, they are tried again this many new "
+                            f"tokens later, twice as long after each further stop; 0 = the stop is final "
+                            f"(default {d['context_retry']})")
 
     @classmethod
     def build_config(cls, args):

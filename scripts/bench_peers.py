@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--early-exit-layer", type=POS_INT, default=None,
                     help="hf-early-exit: number of layers the draft runs before the LM head "
                          "(assistant_early_exit); default: half the model's layers")
+    ap.add_argument("--context-retry", type=NONNEG_INT, default=None, metavar="N",
+                    help="pld and hybrid: new tokens after which a stopped context source is tried again, doubling "
+                         "after each further stop; 0 = a stop is final (default: the runners' default, "
+                         f"{SwiftConfig().context_retry})")
     ap.add_argument("--lengths", type=_int_list, default=None, metavar="L1,L2,...",
                     help="length mode: instead of the method comparison, run vanilla and SWIFT (swift-cached too "
                          "when selected) on the first task once per max-new-tokens value and report speedup and "
@@ -399,10 +403,10 @@ class Bench:
             return [self._ours(desc, Swift(config, run))], ""
         if method == "hybrid":
             path = Path(self.a.out) / f"layer_config_hybrid_{task}{state.get('suffix', '')}.json"
-            m = Swift(SwiftRun(SwiftConfig(context_drafts=True), layer_cache=str(path)), run)
+            m = Swift(SwiftRun(SwiftConfig(context_drafts=True, **self.retry()), layer_cache=str(path)), run)
             return [self._ours("hybrid SWIFT: layer-skip draft chain + prompt-lookup branch in one tree", m)], ""
         if method == "pld":
-            cfg = SwiftConfig(context_drafts=True, max_draft_len=10, max_tree_nodes=16)
+            cfg = SwiftConfig(context_drafts=True, max_draft_len=10, max_tree_nodes=16, **self.retry())
             return [self._ours("prompt lookup on our engine (n-grams of prompt + output, 10 tokens)",
                                PromptLookup(cfg, run))], ""
         if method == "early-exit":
@@ -450,6 +454,10 @@ class Bench:
             return [setting(f"prompt_lookup_num_tokens={PROMPT_LOOKUP_TOKENS} {assisted}",
                             hf_gen({"prompt_lookup_num_tokens": PROMPT_LOOKUP_TOKENS}), setup=eager)], ""
         raise ValueError(method)
+
+    def retry(self) -> dict:
+        """--context-retry for the methods with context drafts, when given."""
+        return {} if self.a.context_retry is None else {"context_retry": self.a.context_retry}
 
     def early_exit_layer(self) -> int:
         n = self.a.early_exit_layer or max(1, self.margs.n_layers // 2)
@@ -737,6 +745,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     b.env["eos_ids"] = list(b.eos_ids)
     if "hf-early-exit" in methods:
         b.env["early_exit_layer"] = b.early_exit_layer()
+    if {"pld", "hybrid"} & set(methods):
+        b.env["context_retry"] = b.retry().get("context_retry", SwiftConfig().context_retry)
 
     rows: list[dict] = []
     t_start = time.perf_counter()

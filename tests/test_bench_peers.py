@@ -59,6 +59,7 @@ def test_all_methods_match_vanilla(bench, smollm2_path, shared_data_dir, tmp_pat
     assert by["swift"]["choices"][0]["accept_lengths"] and "accept_lengths" not in by["hf-generate"]["choices"][0]
     assert "static cache" in by["hf-generate"]["note"]
     assert "assistant_early_exit=15" in by["hf-early-exit"]["note"]  # default: half of SmolLM2's 30 layers
+    assert by["pld"]["context_retry"] == by["hybrid"]["context_retry"] == 64  # recorded with the rows
     _check_outputs(out)
 
 
@@ -104,6 +105,15 @@ def test_peer_samples_flag_all_or_per_method(bench):
         with pytest.raises(SystemExit):
             parse(["--peer-samples", bad])
     assert bench._peer_note({"hf-early-exit": 1}) == "; hf-early-exit on the first 1"
+
+
+def test_context_retry_flag_reaches_the_context_methods(bench):
+    a = bench.build_parser().parse_args(["--context-retry", "0"])
+    assert a.context_retry == 0 and bench.Bench.retry(type("B", (), {"a": a})()) == {"context_retry": 0}
+    default = bench.build_parser().parse_args([])
+    assert bench.Bench.retry(type("B", (), {"a": default})()) == {}
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--context-retry", "-1"])
 
 
 def _env_row(task, method, qid, tps, times=None, command="run-a"):

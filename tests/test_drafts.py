@@ -15,7 +15,7 @@ from model.generate import vanilla_generate
 from model.llama import NO_SKIP, LayerSkip
 from model.sampling import SamplingConfig
 from model.swift.config import SwiftConfig
-from model.swift.decoding import accelerator, swift_generate
+from model.swift.decoding import SpeedGuard, accelerator, swift_generate
 from model.swift.layer_search import LayerSearch
 from tests.helpers import tiny_engine
 from tests.test_swift import VOCAB, _chi2_pvalue, _prompt
@@ -65,6 +65,44 @@ def test_pld_early_exit_and_hybrid_equal_vanilla_tiny(seed):
     assert hybrid.stats["cycles"]["union"] == 0
     assert hybrid.stats["cycles"]["context"] > 0
     assert union.stats["cycles"]["union"] > 0
+
+
+# ---- the context guard tries again ------------------------------------------------------------------------------------
+def test_speed_guard_rearms_after_a_doubling_hold():
+    cfg = SwiftConfig(guard_min_cycles=2)
+    g = SpeedGuard(cfg, retry=16)
+    g.plain_tps = 100.0
+    assert g.until_rearm(0) == 0 and not g.check(0)
+    for _ in range(2):
+        g.observe(1, 1.0)  # 1 token/s against 100 plain
+    assert g.check(20) and g.tripped_at == 20 and g.trips == 1
+    assert not g.rearm(35) and g.until_rearm(35) == 1 and g.check(35)
+    assert g.rearm(36) and g.swift_tps() is None and not g.check(36)  # armed again, its window empty
+    for _ in range(2):
+        g.observe(1, 1.0)
+    assert g.check(50) and g.trips == 2
+    assert g.until_rearm(50) == 32 and not g.rearm(81) and g.rearm(82)  # the second hold is twice the first
+    final = SpeedGuard(cfg)  # retry 0: the trip is final
+    final.plain_tps = 100.0
+    for _ in range(2):
+        final.observe(1, 1.0)
+    assert final.check(10) and final.until_rearm(10) is None and not final.rearm(10_000) and final.check(10_000)
+
+
+def test_context_guard_tries_continuations_again_and_stays_lossless():
+    """A stream whose context continuations are judged slow (an impossible margin) stops them for good with
+    context_retry=0, and tries them again after 16, 32, 64 ... new tokens otherwise; the tokens never change."""
+    eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6, vocab_size=24)
+    prompt = _prompt(40, 24, seed=0)
+    want = vanilla_generate(eng, prompt, 150).tokens
+    out = {}
+    for retry in (0, 16):
+        cfg = SwiftConfig(context_drafts=True, guard_margin=1000.0, guard_min_cycles=2, context_retry=retry)
+        out[retry] = res = swift_generate(eng, prompt, 150, cfg=cfg, skip=NO_SKIP)
+        assert res.tokens == want
+    assert out[0].stats["guard_trips"]["context"] == 1 and out[0].stats["fallback_at"] is not None
+    assert out[16].stats["guard_trips"]["context"] >= 2
+    assert out[16].stats["cycles"]["context"] > out[0].stats["cycles"]["context"]
 
 
 def test_hybrid_chooses_the_source_predicted_faster():

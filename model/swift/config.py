@@ -62,6 +62,10 @@ class SwiftConfig:
     guard_probe_tokens: int = 8
     guard_min_cycles: int = 12
     guard_margin: float = 1.0  # fall back when swift tokens/s < margin * plain tokens/s
+    # a tripped context guard lets continuations be tried again this many new tokens later, twice as long after each
+    # further trip (0: a trip is final). A stream's text changes (a copied passage, a loop) and a continuation costs
+    # only its verification; the layer-skip draft's trip stays final (trying it again costs draft steps)
+    context_retry: int = 64
     seed: int = 0
 
     def __post_init__(self):
@@ -100,6 +104,7 @@ class SwiftConfig:
         need(0 < self.ratio_min <= self.ratio_init <= self.ratio_max < 1 and self.ratio_step > 0,
              "automatic ratio bounds must satisfy 0 < min <= init <= max < 1 and step > 0.")
         need(self.guard_margin > 0, f"guard margin must be > 0, got {self.guard_margin}.")
+        need(self.context_retry >= 0, f"context retry must be >= 0 tokens (0 = never), got {self.context_retry}.")
         need(self.context_window * self.num_candidates <= 128,
              "context window x candidates must be <= 128 tokens (one scoring pass).")
 

@@ -65,13 +65,16 @@ class DraftCalibrator:
 
 
 class SpeedGuard:
-    """Times SWIFT cycles against plain decoding steps of the same stream; trips when SWIFT is not paying off."""
+    """Times SWIFT cycles against plain decoding steps of the same stream; trips when SWIFT is not paying off.
+    With `retry` > 0 a trip holds for `retry` new tokens, then the guard is armed again with an empty window (`rearm`);
+    each later trip holds twice as long as the one before."""
 
-    def __init__(self, cfg: SwiftConfig):
+    def __init__(self, cfg: SwiftConfig, retry: int = 0):
         self.cfg = cfg
         self.plain_tps: float | None = None
         self.cycles: deque = deque(maxlen=cfg.guard_min_cycles)
         self.tripped_at: int | None = None
+        self.trips, self.retry, self.hold = 0, retry, retry
 
     def observe(self, tokens: int, seconds: float) -> None:
         self.cycles.append((tokens, seconds))
@@ -81,11 +84,25 @@ class SpeedGuard:
             return None
         return sum(t for t, _ in self.cycles) / max(sum(s for _, s in self.cycles), 1e-9)
 
+    def rearm(self, n_generated: int) -> bool:
+        """Arm a tripped guard again once its hold is over; returns whether it did (the source starts afresh)."""
+        if self.tripped_at is None or not self.retry or n_generated < self.tripped_at + self.hold:
+            return False
+        self.tripped_at, self.hold = None, self.hold * 2
+        self.cycles.clear()
+        return True
+
+    def until_rearm(self, n_generated: int) -> int | None:
+        """New tokens until the guard is armed again: 0 when it is armed, None when its trip is final."""
+        if self.tripped_at is None:
+            return 0
+        return max(0, self.tripped_at + self.hold - n_generated) if self.retry else None
+
     def check(self, n_generated: int) -> bool:
         tps = self.swift_tps()
         if (self.tripped_at is None and self.cfg.guard and self.plain_tps and tps is not None
                 and tps < self.cfg.guard_margin * self.plain_tps):
-            self.tripped_at = n_generated
+            self.tripped_at, self.trips = n_generated, self.trips + 1
         return self.tripped_at is not None
 
 
@@ -303,7 +320,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     calibrate = calibrator if cfg.draft_stop == "calibrated" else None
     dev, gamma = engine.device, cfg.context_window
     s = _Stream(cfg, frozenset(eos_ids), max_new_tokens)
-    guards = {"draft": SpeedGuard(cfg), "context": SpeedGuard(cfg)}  # one per source of chains
+    guards = {"draft": SpeedGuard(cfg), "context": SpeedGuard(cfg, cfg.context_retry)}  # one per source of chains
     drafted, skip_log, captures0 = 0, [], engine.graph_captures
     sync(dev)
     t0 = time.perf_counter()
@@ -337,6 +354,8 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         context = []
         if ctx is not None:  # a continuation of the root from the context (prompt lookup)
             ctx.extend(s.new[len(ctx.tokens) - len(prompt_ids):])
+            if guards["context"].rearm(len(s.new)):
+                ctx_rate = ContextRate()  # tried again: its acceptance is learned afresh, from the prior
             if not guards["context"].check(len(s.new)):
                 context = ctx.propose(cfg.context_len)
         # the cycle's own token (bonus or correction) takes the last place left: drafting into it would be wasted
@@ -346,8 +365,10 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             if limit >= 1 else None
         if source is None:  # nothing to draft with, or every source's guard tripped
             t = time.perf_counter()
-            more = (ctx is not None and guards["context"].tripped_at is None) or (search is not None and search.active)
-            plain_steps(engine, s, 1 if more else 8, sampling)
+            # one step at a time while the search runs or a continuation may turn up, else chunks of up to 8
+            wait = guards["context"].until_rearm(len(s.new)) if ctx is not None else None
+            n = 1 if search is not None and search.active else 8 if wait is None else max(1, min(8, wait))
+            plain_steps(engine, s, n, sampling)
             s.times["plain"] += time.perf_counter() - t
             continue
         if layers and (not skip_log or skip_log[-1][1] != current.to_dict()):
@@ -407,7 +428,8 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     stats = {"method": "swift", "times": s.times, "skip_changes": skip_log,
              "guard_plain_tps": guards["draft"].plain_tps, "guard_swift_tps": used[0].swift_tps(),
              "fallback_at": None if None in tripped else max(tripped),  # plain decoding from here on
-             "guard_tripped_at": {k: g.tripped_at for k, g in guards.items()}, "cycles": cycles,
+             "guard_tripped_at": {k: g.tripped_at for k, g in guards.items()},
+             "guard_trips": {k: g.trips for k, g in guards.items()}, "cycles": cycles,
              "num_layers": engine.args.n_layers,
              "search": search.summary() if search is not None else None, "cache_hit": search is None,
              "final_skip": (search.best if search is not None else skip).to_dict()
