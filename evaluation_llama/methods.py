@@ -532,6 +532,12 @@ class _FixedDrafter(Method):
                             f"(default {d['guard_margin']})")
 
     @classmethod
+    def guard_given(cls, args) -> dict[str, str]:
+        """The guard flags typed on the command line (field -> flag), so that an error names them."""
+        return {f: "--" + f.replace("_", "-") for f in ("guard_margin", "context_retry")
+                if getattr(args, f, None) is not None}
+
+    @classmethod
     def swift_values(cls, args) -> dict:
         values = {"guard": not args.no_guard, "seed": args.seed}
         for f in ("guard_margin", "context_retry"):
@@ -595,7 +601,7 @@ class PromptLookup(_FixedDrafter):
     def build_config(cls, args):
         values = {f: getattr(args, f) for f in ("context_len", "ngram_max", "ngram_min")
                   if getattr(args, f, None) is not None}
-        given = {f: "--" + f.replace("_", "-") for f in values}
+        given = {f: "--" + f.replace("_", "-") for f in values} | cls.guard_given(args)
         n = values.get("context_len", 10)
         values.update(cls.swift_values(args), context_drafts=True, max_draft_len=n, max_tree_nodes=max(16, n + 2))
         return swift_config(values, given)
@@ -626,7 +632,7 @@ class EarlyExit(_FixedDrafter):
     @classmethod
     def build_config(cls, args):
         values = {"max_draft_len": args.max_draft_len} if args.max_draft_len is not None else {}
-        given = {f: "--" + f.replace("_", "-") for f in values}
+        given = {f: "--" + f.replace("_", "-") for f in values} | cls.guard_given(args)
         values.update(cls.swift_values(args))
         if args.exit_layer is not None and args.exit_layer < 1:
             raise UserError(f"--exit-layer must be >= 1, got {args.exit_layer}.")

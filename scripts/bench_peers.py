@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-samples", type=POS_INT, default=50,
                     help="instances per task, drawn with --seed as the evaluation runners draw them "
                          "(default: %(default)s)")
+    ap.add_argument("--instances", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], default=None,
+                    metavar="ID1,ID2,...",
+                    help="answer only these question ids among the drawn instances (e.g. answers a table singled "
+                         "out), every method the same ones; an id that was not drawn is an error (default: all)")
     ap.add_argument("--max-new-tokens", type=POS_INT, default=512,
                     help="most new tokens per answer, the same for every method (default: %(default)s)")
     ap.add_argument("--max-prompt-tokens", type=POS_INT, default=None,
@@ -270,6 +274,12 @@ class Bench:
         if cut:
             self.notes.append(f"{task}: {cut} of {len(td.instances)} prompts cut to their last "
                               f"{a.max_prompt_tokens} tokens (--max-prompt-tokens)")
+        if a.instances:
+            missing = sorted(set(a.instances) - {qid for _, qid, _ in out})
+            if missing:
+                sys.exit(f"error: --instances {','.join(missing)} not among the {len(out)} instances of {task} drawn "
+                         f"with --num-samples {a.num_samples} --seed {a.seed}")
+            out = [p for p in out if p[1] in set(a.instances)]
         if not out:
             sys.exit(f"error: no instance of {task} fits the model's context with {max_new} new tokens")
         return out
@@ -597,6 +607,9 @@ def merge(dirs: Sequence[str], out: Path) -> int:
     envs = {tuple(str(r.get(k)) for k in env_keys) for r in rows}
     if len(envs) != 1:
         raise SystemExit(f"--merge: the runs differ in {env_keys}: {sorted(envs)}")
+    retries = {r.get("context_retry", 0) for r in rows if r["method"] in ("pld", "hybrid")}  # none recorded: 0
+    if len(retries) > 1:
+        raise SystemExit(f"--merge: the runs' context drafts differ in --context-retry: {sorted(retries)}")
     r0 = rows[0]
     merged = f" (merged from {len(dirs)} runs)" if len(dirs) > 1 else ""
     lines = [f"# Peer benchmark{' vs generation length' if length_mode else ''}{merged}", "",
@@ -781,7 +794,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = b.env
     head = [f"# Peer benchmark{' vs generation length' if length_mode else ''}", "",
             f"GPU: {env['gpu']}; torch {env['torch']}; transformers {env['transformers']}; dtype {env['dtype']}; "
-            f"batch 1; greedy; model `{env['model']}`; tasks {', '.join(tasks)}; {a.num_samples} instances per task "
+            f"batch 1; greedy; model `{env['model']}`; tasks {', '.join(tasks)}; "
+            f"{'instances ' + ','.join(a.instances) + ' of ' if a.instances else ''}{a.num_samples} instances per task "
             f"(seed {a.seed}{_peer_note(a.peer_samples)}); max new tokens {env['max_new_tokens']}; EOS ids {env['eos_ids']}; warm-up "
             f"{a.warmup} per method and task; our engine compiled: {env['our_compile']}.", "",
             f"Command: `{env['command']}`", "",

@@ -148,3 +148,27 @@ def test_merge_runs_into_one_table_with_time_breakdown(bench, tmp_path):
     _write(tmp_path / "c", [_env_row("gsm8k", "vanilla", "q0", 100)])
     with pytest.raises(SystemExit, match="more than one run"):
         bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "m2")])
+    # context drafts run with different retry settings are not one comparison (rows without the key: 0)
+    _write(tmp_path / "d", [_env_row("tinystories", "vanilla", "q0", 100),
+                            dict(_env_row("tinystories", "pld", "q0", 300), context_retry=64)])
+    _write(tmp_path / "e", [_env_row("humaneval", "vanilla", "q0", 100), _env_row("humaneval", "pld", "q0", 300)])
+    with pytest.raises(SystemExit, match="context-retry"):
+        bench.main(["--merge", str(tmp_path / "d"), str(tmp_path / "e"), "--out", str(tmp_path / "m3")])
+    assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "e"), "--out", str(tmp_path / "m4")]) == 0
+
+
+def test_instances_flag_answers_only_the_named_ids(bench, smollm2_path, shared_data_dir, tmp_path):
+    common = ["--model-path", str(smollm2_path), "--data-dir", str(shared_data_dir), "--tasks", "gsm8k",
+              "--num-samples", "3", "--max-prompt-tokens", "32", "--warmup", "0", "--device", "cpu",
+              "--methods", "vanilla", "--max-new-tokens", "4"]
+    out = tmp_path / "all"
+    assert bench.main(common + ["--out", str(out)]) == 0
+    ids = [r["question_id"] for r in _rows(out)]
+    assert len(ids) == 3
+    one = tmp_path / "one"
+    assert bench.main(common + ["--instances", ids[1], "--out", str(one)]) == 0
+    assert [r["question_id"] for r in _rows(one)] == [ids[1]]
+    assert f"instances {ids[1]} of 3 instances per task" in (one / "bench_peers.md").read_text()
+    with pytest.raises(SystemExit, match="not among the 3 instances"):
+        bench.main(common + ["--instances", f"{ids[0]},no-such-id", "--out", str(tmp_path / "bad")])
+

@@ -136,6 +136,7 @@ BAD_SWIFT_FLAGS = [
     (["--max-draft-len", "0"], "--max-draft-len"),
     (["--max-draft-len", "40"], "--max-draft-len"),
     (["--guard-margin", "0"], "--guard-margin"),
+    (["--context-retry", "-1"], "--context-retry"),
     (["--max-draft-len", "25", "--max-tree-nodes", "10"], "invalid SWIFT settings"),
     (["--context-window", "64", "--num-candidates", "4"], "invalid SWIFT settings"),
     (["--cache-hit", "--reset-search-per-instance"], "--cache-hit"),
@@ -156,6 +157,18 @@ def test_bad_flag_values_are_one_paragraph_errors(extra, needle, tmp_path):
 def test_bad_swift_settings_are_one_paragraph_errors(extra, needle, tmp_path):
     proc = cli("swift", "--task", "tinystories", "--answer-file", tmp_path / "a.jsonl", *extra)
     assert_user_error(proc, needle)
+
+
+@pytest.mark.parametrize("method,extra,needle", [("pld", ["--context-retry", "-1"], "--context-retry"),
+                                                 ("pld", ["--guard-margin", "0"], "--guard-margin"),
+                                                 ("early_exit", ["--guard-margin", "-1"], "--guard-margin")])
+def test_bad_guard_settings_of_the_fixed_drafters_name_their_flag(method, extra, needle, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", f"evaluation_llama.inference_{method}", "--task", "tinystories",
+                           "--answer-file", str(tmp_path / "a.jsonl"), *extra], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert_user_error(proc, needle)
+    assert not (tmp_path / "a.jsonl").exists()
 
 
 def test_debug_shows_the_traceback():
