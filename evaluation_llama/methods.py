@@ -201,7 +201,7 @@ SWIFT_FLAGS = {"skip_ratio": REAL, "context_window": INT, "bayes_interval": INT,
                "max_opt_iter": INT, "max_tolerance_iter": INT, "max_score": REAL,
                "num_candidates": INT, "draft_stop_threshold": REAL, "draft_chunk": INT,
                "max_draft_len": INT, "max_tree_nodes": INT, "draft_vocab": INT, "guard_margin": REAL,
-               "context_retry": INT}
+               "context_retry": INT, "draft_rest": INT}
 
 
 @dataclass(frozen=True)
@@ -319,6 +319,10 @@ class Swift(Method):
                             "bit-reproducible samples")
         add("guard_margin", f"the guard falls back when SWIFT tokens/s < margin x plain tokens/s, "
             f"> 0 (default {d['guard_margin']})", type=REAL)
+        add("draft_rest", f"after an answer in which the guard stopped the layer-skip draft, the task's "
+            f"next N answers start without it (plain steps; context drafts with --context-drafts) and "
+            f"the one after them tries it again; 0 = every answer tries it (default {d['draft_rest']})",
+            type=INT)
         add("context_retry", f"with --context-drafts: when the guard stops the context continuations, "
             f"they are tried again this many new tokens later, twice as long after each further stop; "
             f"0 = the stop is final (default {d['context_retry']})", type=INT)
@@ -410,6 +414,7 @@ class Swift(Method):
         self.search = LayerSearch(n_layers, cfg) if self.fixed_skip is None else None
         self.calibrator = self._new_calibrator()
         self.planner = None  # the draft-length planner, made with the engine and carried likewise
+        self.rest = self._new_rest()  # the guard's verdict on the draft, carried likewise
         self._was_active = False
 
     def _new_calibrator(self):
@@ -417,12 +422,17 @@ class Swift(Method):
 
         return DraftCalibrator() if self.config.swift.draft_stop == "calibrated" else None
 
-    def _generate(self, prompt_ids, max_new_tokens, search, calibrator, planner):
+    def _generate(self, prompt_ids, max_new_tokens, search, calibrator, planner, rest=None):
         from model.swift.decoding import swift_generate
 
         return swift_generate(self.engine, prompt_ids, max_new_tokens, self.run.sampling,
                               self.run.eos_ids, self.config.swift, search=search,
-                              skip=self.fixed_skip, calibrator=calibrator, planner=planner)
+                              skip=self.fixed_skip, calibrator=calibrator, planner=planner, rest=rest)
+
+    def _new_rest(self):
+        from model.swift.decoding import DraftRest
+
+        return DraftRest(self.config.swift.draft_rest)
 
     def _new_planner(self):
         from model.swift.decoding import accelerator
@@ -454,6 +464,7 @@ class Swift(Method):
                 self.search.reset()
             self.calibrator = self._new_calibrator()
             self.planner = self._new_planner()
+            self.rest = self._new_rest()
         self._settle()
 
     def _settle(self):
@@ -472,7 +483,7 @@ class Swift(Method):
         if self.planner is None:
             self.planner = self._new_planner()
         return self._generate(prompt_ids, max_new_tokens, self.search, self.calibrator,
-                              self.planner)
+                              self.planner, self.rest)
 
     def answer_written(self):
         if self.keeper is None:
@@ -534,13 +545,13 @@ class _FixedDrafter(Method):
     @classmethod
     def guard_given(cls, args) -> dict[str, str]:
         """The guard flags typed on the command line (field -> flag), so that an error names them."""
-        return {f: "--" + f.replace("_", "-") for f in ("guard_margin", "context_retry")
+        return {f: "--" + f.replace("_", "-") for f in ("guard_margin", "context_retry", "draft_rest")
                 if getattr(args, f, None) is not None}
 
     @classmethod
     def swift_values(cls, args) -> dict:
         values = {"guard": not args.no_guard, "seed": args.seed}
-        for f in ("guard_margin", "context_retry"):
+        for f in ("guard_margin", "context_retry", "draft_rest"):
             if getattr(args, f, None) is not None:
                 values[f] = getattr(args, f)
         return values
@@ -567,11 +578,22 @@ class _FixedDrafter(Method):
         acc.warm_up(self.run.sampling)
         acc.settle(self.skip())  # the skip set is fixed: its own draft graphs (none for an empty set)
 
-    def generate(self, prompt_ids, max_new_tokens):
+    def _generate(self, prompt_ids, max_new_tokens, rest):
         from model.swift.decoding import swift_generate
 
         return swift_generate(self.engine, prompt_ids, max_new_tokens, self.run.sampling,
-                              self.run.eos_ids, self.swift, skip=self.skip())
+                              self.run.eos_ids, self.swift, skip=self.skip(), rest=rest)
+
+    def warm_generate(self, prompt_ids, max_new_tokens):
+        """Without the carried verdict on the draft: warming up must not teach the timed run anything."""
+        self._generate(prompt_ids, max_new_tokens, None)
+
+    def generate(self, prompt_ids, max_new_tokens):
+        from model.swift.decoding import DraftRest
+
+        if getattr(self, "rest", None) is None:  # the guard's verdict on the draft, carried across the instances
+            self.rest = DraftRest(self.swift.draft_rest)
+        return self._generate(prompt_ids, max_new_tokens, self.rest)
 
 
 @register
@@ -628,6 +650,10 @@ class EarlyExit(_FixedDrafter):
         g.add_argument("--max-draft-len", type=INT, default=None,
                        help=f"most tokens drafted per cycle, in [1, 32] (default {d['max_draft_len']})")
         cls.add_guard_flags(g)
+        g.add_argument("--draft-rest", type=INT, default=None,
+                       help=f"after an answer in which the guard stopped the draft, the next N answers start "
+                            f"without it and the one after them tries it again; 0 = every answer tries it "
+                            f"(default {d['draft_rest']})")
 
     @classmethod
     def build_config(cls, args):

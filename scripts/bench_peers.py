@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pld and hybrid: new tokens after which a stopped context source is tried again, doubling "
                          "after each further stop; 0 = a stop is final (default: the runners' default, "
                          f"{SwiftConfig().context_retry})")
+    ap.add_argument("--draft-rest", type=NONNEG_INT, default=None, metavar="N",
+                    help="swift, swift-cached, hybrid, early-exit: after an answer in which the guard stopped the "
+                         "layer-skip draft, the task's next N answers start without it; 0 = every answer tries it "
+                         f"(default: the runners' default, {SwiftConfig().draft_rest})")
     ap.add_argument("--lengths", type=_int_list, default=None, metavar="L1,L2,...",
                     help="length mode: instead of the method comparison, run vanilla and SWIFT (swift-cached too "
                          "when selected) on the first task once per max-new-tokens value and report speedup and "
@@ -406,14 +410,15 @@ class Bench:
             return [self._ours("our vanilla decoding", Vanilla(None, run))], ""
         if method == "swift":
             path = Path(self.a.out) / f"layer_config_{task}{state.get('suffix', '')}.json"
-            state["swift"] = m = Swift(SwiftRun(SwiftConfig(), layer_cache=str(path)), run)
+            state["swift"] = m = Swift(SwiftRun(SwiftConfig(**self.rest()), layer_cache=str(path)), run)
             return [self._ours("SWIFT, on-the-fly layer search carried across the task's instances", m)], ""
         if method == "swift-cached":
             config, desc = self._cached(state.get("swift"))
             return [self._ours(desc, Swift(config, run))], ""
         if method == "hybrid":
             path = Path(self.a.out) / f"layer_config_hybrid_{task}{state.get('suffix', '')}.json"
-            m = Swift(SwiftRun(SwiftConfig(context_drafts=True, **self.retry()), layer_cache=str(path)), run)
+            m = Swift(SwiftRun(SwiftConfig(context_drafts=True, **self.retry(), **self.rest()),
+                               layer_cache=str(path)), run)
             return [self._ours("hybrid SWIFT: layer-skip draft chain + prompt-lookup branch in one tree", m)], ""
         if method == "pld":
             cfg = SwiftConfig(context_drafts=True, max_draft_len=10, max_tree_nodes=16, **self.retry())
@@ -422,7 +427,7 @@ class Bench:
         if method == "early-exit":
             n = self.early_exit_layer()
             return [self._ours(f"early exit on our engine: the first {n} of {self.margs.n_layers} layers draft",
-                               EarlyExit(EarlyExitRun(SwiftConfig(), n), run))], ""
+                               EarlyExit(EarlyExitRun(SwiftConfig(**self.rest()), n), run))], ""
 
         # transformers methods
         try:
@@ -469,15 +474,18 @@ class Bench:
         """--context-retry for the methods with context drafts, when given."""
         return {} if self.a.context_retry is None else {"context_retry": self.a.context_retry}
 
+    def rest(self) -> dict:
+        """--draft-rest for the methods with a layer-skip draft, when given."""
+        return {} if self.a.draft_rest is None else {"draft_rest": self.a.draft_rest}
+
     def early_exit_layer(self) -> int:
         n = self.a.early_exit_layer or max(1, self.margs.n_layers // 2)
         return min(n, self.margs.n_layers)
 
-    @staticmethod
-    def _cached(swift) -> tuple[SwiftRun, str]:
+    def _cached(self, swift) -> tuple[SwiftRun, str]:
         """swift-cached's configuration: the layer-config cache the task's swift pass wrote, read back with
         --cache-hit; when that search found no set, a fixed empty one (plain decoding)."""
-        cfg = SwiftConfig()
+        cfg = SwiftConfig(**self.rest())
         saved = swift.keeper.saved_to if swift is not None and swift.keeper is not None else None
         if saved is None:
             return SwiftRun(cfg, skip={}), ("SWIFT with a fixed skip set: the search found none (answers too short "
@@ -607,9 +615,11 @@ def merge(dirs: Sequence[str], out: Path) -> int:
     envs = {tuple(str(r.get(k)) for k in env_keys) for r in rows}
     if len(envs) != 1:
         raise SystemExit(f"--merge: the runs differ in {env_keys}: {sorted(envs)}")
-    retries = {r.get("context_retry", 0) for r in rows if r["method"] in ("pld", "hybrid")}  # none recorded: 0
-    if len(retries) > 1:
-        raise SystemExit(f"--merge: the runs' context drafts differ in --context-retry: {sorted(retries)}")
+    for flag, key, methods_of in (("--context-retry", "context_retry", ("pld", "hybrid")),
+                                  ("--draft-rest", "draft_rest", ("swift", "swift-cached", "hybrid", "early-exit"))):
+        values = {r.get(key, 0) for r in rows if r["method"] in methods_of}  # none recorded: the earlier code, 0
+        if len(values) > 1:
+            raise SystemExit(f"--merge: the runs' {', '.join(methods_of)} rows differ in {flag}: {sorted(values)}")
     r0 = rows[0]
     merged = f" (merged from {len(dirs)} runs)" if len(dirs) > 1 else ""
     lines = [f"# Peer benchmark{' vs generation length' if length_mode else ''}{merged}", "",
@@ -760,6 +770,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         b.env["early_exit_layer"] = b.early_exit_layer()
     if {"pld", "hybrid"} & set(methods):
         b.env["context_retry"] = b.retry().get("context_retry", SwiftConfig().context_retry)
+    if {"swift", "swift-cached", "hybrid", "early-exit"} & set(methods):
+        b.env["draft_rest"] = b.rest().get("draft_rest", SwiftConfig().draft_rest)
 
     rows: list[dict] = []
     t_start = time.perf_counter()

@@ -60,6 +60,7 @@ def test_all_methods_match_vanilla(bench, smollm2_path, shared_data_dir, tmp_pat
     assert "static cache" in by["hf-generate"]["note"]
     assert "assistant_early_exit=15" in by["hf-early-exit"]["note"]  # default: half of SmolLM2's 30 layers
     assert by["pld"]["context_retry"] == by["hybrid"]["context_retry"] == 64  # recorded with the rows
+    assert by["swift"]["draft_rest"] == by["early-exit"]["draft_rest"] == 3
     _check_outputs(out)
 
 
@@ -114,6 +115,9 @@ def test_context_retry_flag_reaches_the_context_methods(bench):
     assert bench.Bench.retry(type("B", (), {"a": default})()) == {}
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["--context-retry", "-1"])
+    a = bench.build_parser().parse_args(["--draft-rest", "0"])
+    assert bench.Bench.rest(type("B", (), {"a": a})()) == {"draft_rest": 0}
+    assert bench.Bench.rest(type("B", (), {"a": default})()) == {}
 
 
 def _env_row(task, method, qid, tps, times=None, command="run-a"):

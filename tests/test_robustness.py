@@ -137,6 +137,7 @@ BAD_SWIFT_FLAGS = [
     (["--max-draft-len", "40"], "--max-draft-len"),
     (["--guard-margin", "0"], "--guard-margin"),
     (["--context-retry", "-1"], "--context-retry"),
+    (["--draft-rest", "-1"], "--draft-rest"),
     (["--max-draft-len", "25", "--max-tree-nodes", "10"], "invalid SWIFT settings"),
     (["--context-window", "64", "--num-candidates", "4"], "invalid SWIFT settings"),
     (["--cache-hit", "--reset-search-per-instance"], "--cache-hit"),
@@ -161,7 +162,8 @@ def test_bad_swift_settings_are_one_paragraph_errors(extra, needle, tmp_path):
 
 @pytest.mark.parametrize("method,extra,needle", [("pld", ["--context-retry", "-1"], "--context-retry"),
                                                  ("pld", ["--guard-margin", "0"], "--guard-margin"),
-                                                 ("early_exit", ["--guard-margin", "-1"], "--guard-margin")])
+                                                 ("early_exit", ["--guard-margin", "-1"], "--guard-margin"),
+                                                 ("early_exit", ["--draft-rest", "-1"], "--draft-rest")])
 def test_bad_guard_settings_of_the_fixed_drafters_name_their_flag(method, extra, needle, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", f"evaluation_llama.inference_{method}", "--task", "tinystories",

@@ -263,7 +263,7 @@ def test_every_flag_has_help_and_both_runners_share_the_common_flags():
                 "--draft-stop-threshold", "--max-draft-len", "--max-tree-nodes", "--no-guard",
                 "--guard-margin", "--layer-cache", "--cache-hit", "--reset-search-per-instance",
                 "--draft-chunk", "--draft-vocab", "--ratio-objective", "--context-drafts", "--context-tree",
-                "--search-proposals", "--context-retry"}
+                "--search-proposals", "--context-retry", "--draft-rest"}
     if "draft_stop" in {f.name for f in dataclasses.fields(SwiftConfig)}:
         expected.add("--draft-stop")
     assert swift_only == expected
@@ -273,7 +273,7 @@ def test_swift_flags_map_one_to_one_onto_swift_config():
     values = {"skip_ratio": 0.3, "context_window": 12, "bayes_interval": 7, "max_opt_iter": 50,
               "max_tolerance_iter": 9, "max_score": 0.9, "num_candidates": 3,
               "draft_stop_threshold": 0.7, "max_draft_len": 10, "max_tree_nodes": 40,
-              "guard_margin": 1.2, "context_retry": 32}
+              "guard_margin": 1.2, "context_retry": 32, "draft_rest": 2}
     if "draft_stop" in {f.name for f in dataclasses.fields(SwiftConfig)}:
         values["draft_stop"] = "confidence"
     argv = ["--task", "gsm8k", "--seed", "5", "--no-guard"]

@@ -208,6 +208,43 @@ def test_guard_falls_back_and_stays_lossless():
     assert slow.num_drafted < fast.num_drafted
 
 
+def test_draft_rest_carries_the_guards_verdict_across_streams():
+    """After a stream whose guard stopped the draft, the next `draft_rest` streams leave it out from the start and the
+    one after tries it again; a full window without a stop clears the verdict; the tokens never change."""
+    from model.swift.decoding import DraftRest, SpeedGuard
+
+    cfg = SwiftConfig(guard_min_cycles=2)
+    rest = DraftRest(2)
+    assert not rest.begin()
+    stopped = SpeedGuard(cfg)
+    stopped.tripped_at = 5
+    rest.end(stopped)
+    assert [rest.begin() for _ in range(3)] == [True, True, False]
+    rest.end(stopped)
+    short = SpeedGuard(cfg)  # a stream too short to fill the window changes nothing
+    rest.end(short)
+    assert rest.left == 2
+    full = SpeedGuard(cfg)
+    for _ in range(2):
+        full.observe(3, 1.0)
+    rest.end(full)
+    assert rest.left == 0 and not rest.begin()
+
+    eng, _ = tiny_engine(seed=5, scale=6, num_hidden_layers=6)
+    prompt = _prompt(seed=5)
+    want = vanilla_generate(eng, prompt, 120).tokens
+    skip = LayerSkip.of(mlp=[2])
+    slow = SwiftConfig(guard_margin=1000.0, guard_min_cycles=4)  # the guard stops the draft in every stream
+    rest = DraftRest(slow.draft_rest)
+    runs = [swift_generate(eng, prompt, 120, cfg=slow, skip=skip, rest=rest) for _ in range(5)]
+    assert all(r.tokens == want for r in runs)
+    assert [r.stats["draft_rested"] for r in runs] == [False, True, True, True, False]
+    assert all(r.stats["cycles"]["draft"] == 0 for r in runs[1:4]) and runs[0].stats["cycles"]["draft"] > 0
+    off = DraftRest(SwiftConfig(guard=False).draft_rest)  # no guard, no verdict
+    assert not any(swift_generate(eng, prompt, 60, cfg=SwiftConfig(guard=False), skip=skip, rest=off)
+                   .stats["draft_rested"] for _ in range(2))
+
+
 def test_config_validation():
     for bad in [dict(skip_ratio=0.0), dict(skip_ratio=1.0), dict(context_window=1), dict(bayes_interval=0),
                 dict(max_score=1.5), dict(draft_stop_threshold=0), dict(max_draft_len=0), dict(num_candidates=0)]:

@@ -66,6 +66,9 @@ class SwiftConfig:
     # further trip (0: a trip is final). A stream's text changes (a copied passage, a loop) and a continuation costs
     # only its verification; the layer-skip draft's trip stays final (trying it again costs draft steps)
     context_retry: int = 64
+    # after a stream in which the guard stopped the layer-skip draft, the task's next draft_rest streams start without
+    # it (plain steps; context drafts in the hybrid) and the one after them tries it again (0: every stream tries it)
+    draft_rest: int = 3
     seed: int = 0
 
     def __post_init__(self):
@@ -105,6 +108,7 @@ class SwiftConfig:
              "automatic ratio bounds must satisfy 0 < min <= init <= max < 1 and step > 0.")
         need(self.guard_margin > 0, f"guard margin must be > 0, got {self.guard_margin}.")
         need(self.context_retry >= 0, f"context retry must be >= 0 tokens (0 = never), got {self.context_retry}.")
+        need(self.draft_rest >= 0, f"draft rest must be >= 0 streams (0 = never), got {self.draft_rest}.")
         need(self.context_window * self.num_candidates <= 128,
              "context window x candidates must be <= 128 tokens (one scoring pass).")
 

@@ -106,6 +106,32 @@ class SpeedGuard:
         return self.tripped_at is not None
 
 
+class DraftRest:
+    """The layer-skip draft's verdict, carried across the streams of a task by the caller (like the planner). After a
+    stream in which the speed guard stopped the draft, the next `streams` streams start with it stopped (plain steps;
+    context drafts in the hybrid) and the one after them tries it again; a stream whose guard saw a full window of
+    draft cycles without stopping clears the verdict. A model whose draft does not pay then stops paying, in most
+    streams, the cycles the guard needs to decide (12, each slower than plain steps)."""
+
+    def __init__(self, streams: int):
+        self.streams, self.left = streams, 0
+
+    def begin(self) -> bool:
+        """Whether the stream that starts now leaves the draft out."""
+        if self.left > 0:
+            self.left -= 1
+            return True
+        return False
+
+    def end(self, guard: SpeedGuard) -> None:
+        """After a stream that tried the draft (with no search running): rest after a stop, clear after a window
+        without one; a stream too short to fill the window changes nothing."""
+        if guard.tripped_at is not None:
+            self.left = self.streams
+        elif guard.swift_tps() is not None:
+            self.left = 0
+
+
 class Accelerator:
     """The draft and verify programs of one engine and SWIFT configuration, made once and reused by every stream
     (their graphs read these objects' buffers): see `accelerator`."""
@@ -303,10 +329,11 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
                    sampling: SamplingConfig = SamplingConfig(), eos_ids=(), cfg: SwiftConfig = SwiftConfig(),
                    search: LayerSearch | None = None, skip: LayerSkip | None = None,
                    calibrator: DraftCalibrator | None = None, planner: DraftPlanner | None = None,
-                   profile: "CycleProfile | None" = None) -> GenerationResult:
+                   rest: DraftRest | None = None, profile: "CycleProfile | None" = None) -> GenerationResult:
     """SWIFT generation. Pass `search` (owned by the caller, carried across prompts of a task, or reset) to optimize
     the skip set on the fly, or a fixed `skip` (e.g. from a layer-config cache) to only accelerate. `calibrator`
-    (draft_stop="calibrated") and `planner` (draft_stop="speed") can likewise be carried across prompts."""
+    (draft_stop="calibrated"), `planner` (draft_stop="speed") and `rest` (the guard's verdict on the draft) can
+    likewise be carried across prompts."""
     check_lengths(engine, len(prompt_ids), max_new_tokens)
     acc = accelerator(engine, cfg)
     planner = planner or DraftPlanner(acc.costs, acc.drafter.chunks())
@@ -321,6 +348,11 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     dev, gamma = engine.device, cfg.context_window
     s = _Stream(cfg, frozenset(eos_ids), max_new_tokens)
     guards = {"draft": SpeedGuard(cfg), "context": SpeedGuard(cfg, cfg.context_retry)}  # one per source of chains
+    has_draft = search is not None or (skip is not None and len(skip) > 0)
+    search_done = search is None or not search.active  # a running search keeps the guard from judging the draft
+    rested = bool(cfg.guard and rest is not None and has_draft and search_done and rest.begin())
+    if rested:  # the draft was stopped in a recent stream of the task: this one leaves it out from the start
+        guards["draft"].tripped_at = 0
     drafted, skip_log, captures0 = 0, [], engine.graph_captures
     sync(dev)
     t0 = time.perf_counter()
@@ -422,14 +454,15 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     acc.drafter.vocab.observe(s.new)
     sync(dev)
     wall = time.perf_counter() - t0
-    has_draft = search is not None or (skip is not None and len(skip) > 0)
+    if rest is not None and has_draft and not rested and search_done:
+        rest.end(guards["draft"])
     used = [guards[k] for k, on in (("draft", has_draft), ("context", ctx is not None)) if on] or [guards["draft"]]
     tripped = [g.tripped_at for g in used]
     stats = {"method": "swift", "times": s.times, "skip_changes": skip_log,
              "guard_plain_tps": guards["draft"].plain_tps, "guard_swift_tps": used[0].swift_tps(),
              "fallback_at": None if None in tripped else max(tripped),  # plain decoding from here on
              "guard_tripped_at": {k: g.tripped_at for k, g in guards.items()},
-             "guard_trips": {k: g.trips for k, g in guards.items()}, "cycles": cycles,
+             "guard_trips": {k: g.trips for k, g in guards.items()}, "draft_rested": rested, "cycles": cycles,
              "num_layers": engine.args.n_layers,
              "search": search.summary() if search is not None else None, "cache_hit": search is None,
              "final_skip": (search.best if search is not None else skip).to_dict()
