@@ -321,8 +321,9 @@ class Swift(Method):
             f"> 0 (default {d['guard_margin']})", type=REAL)
         add("draft_rest", f"after an answer in which the guard stopped the layer-skip draft, the task's "
             f"next N answers start without it (plain steps; context drafts with --context-drafts) and "
-            f"the one after them tries it again; 0 = every answer tries it (default {d['draft_rest']})",
-            type=INT)
+            f"the one after them tries it again; 0 = every answer tries it. Only while no search runs "
+            f"and with the guard on, so it does nothing with --no-guard or "
+            f"--reset-search-per-instance (default {d['draft_rest']})", type=INT)
         add("context_retry", f"with --context-drafts: when the guard stops the context continuations, "
             f"they are tried again this many new tokens later, twice as long after each further stop; "
             f"0 = the stop is final (default {d['context_retry']})", type=INT)
@@ -652,8 +653,8 @@ class EarlyExit(_FixedDrafter):
         cls.add_guard_flags(g)
         g.add_argument("--draft-rest", type=INT, default=None,
                        help=f"after an answer in which the guard stopped the draft, the next N answers start "
-                            f"without it and the one after them tries it again; 0 = every answer tries it "
-                            f"(default {d['draft_rest']})")
+                            f"without it and the one after them tries it again; 0 = every answer tries it; "
+                            f"nothing with --no-guard (default {d['draft_rest']})")
 
     @classmethod
     def build_config(cls, args):

@@ -109,9 +109,10 @@ class SpeedGuard:
 class DraftRest:
     """The layer-skip draft's verdict, carried across the streams of a task by the caller (like the planner). After a
     stream in which the speed guard stopped the draft, the next `streams` streams start with it stopped (plain steps;
-    context drafts in the hybrid) and the one after them tries it again; a stream whose guard saw a full window of
-    draft cycles without stopping clears the verdict. A model whose draft does not pay then stops paying, in most
-    streams, the cycles the guard needs to decide (12, each slower than plain steps)."""
+    context drafts in the hybrid) and the one after them tries it again, so a stop is always followed by a rest and a
+    stream that runs its draft without a stop leaves none. A model whose draft does not pay then stops paying, in most
+    streams, the cycles the guard needs to decide (12, each slower than plain steps). A rested stream reports
+    `fallback_at` 0 (with nothing else drafting) and `draft_rested`."""
 
     def __init__(self, streams: int):
         self.streams, self.left = streams, 0
@@ -124,12 +125,9 @@ class DraftRest:
         return False
 
     def end(self, guard: SpeedGuard) -> None:
-        """After a stream that tried the draft (with no search running): rest after a stop, clear after a window
-        without one; a stream too short to fill the window changes nothing."""
+        """After a stream that tried the draft (with no search running): the next `streams` rest if it was stopped."""
         if guard.tripped_at is not None:
             self.left = self.streams
-        elif guard.swift_tps() is not None:
-            self.left = 0
 
 
 class Accelerator:
