@@ -543,19 +543,17 @@ class _FixedDrafter(Method):
                        help=f"the guard falls back when tokens/s < margin x plain tokens/s, > 0 "
                             f"(default {d['guard_margin']})")
 
+    GUARD_FIELDS = ("guard_margin", "context_retry", "draft_rest")  # the guard flags a fixed drafter may have
+
     @classmethod
     def guard_given(cls, args) -> dict[str, str]:
         """The guard flags typed on the command line (field -> flag), so that an error names them."""
-        return {f: "--" + f.replace("_", "-") for f in ("guard_margin", "context_retry", "draft_rest")
-                if getattr(args, f, None) is not None}
+        return {f: "--" + f.replace("_", "-") for f in cls.GUARD_FIELDS if getattr(args, f, None) is not None}
 
     @classmethod
     def swift_values(cls, args) -> dict:
-        values = {"guard": not args.no_guard, "seed": args.seed}
-        for f in ("guard_margin", "context_retry", "draft_rest"):
-            if getattr(args, f, None) is not None:
-                values[f] = getattr(args, f)
-        return values
+        return {"guard": not args.no_guard, "seed": args.seed,
+                **{f: getattr(args, f) for f in cls.guard_given(args)}}
 
     @classmethod
     def record_config(cls, config):
@@ -579,6 +577,12 @@ class _FixedDrafter(Method):
         acc.warm_up(self.run.sampling)
         acc.settle(self.skip())  # the skip set is fixed: its own draft graphs (none for an empty set)
 
+    def __init__(self, config, run):
+        from model.swift.decoding import DraftRest
+
+        super().__init__(config, run)
+        self.rest = DraftRest(self.swift.draft_rest)  # the guard's verdict on the draft, carried across the instances
+
     def _generate(self, prompt_ids, max_new_tokens, rest):
         from model.swift.decoding import swift_generate
 
@@ -590,10 +594,6 @@ class _FixedDrafter(Method):
         self._generate(prompt_ids, max_new_tokens, None)
 
     def generate(self, prompt_ids, max_new_tokens):
-        from model.swift.decoding import DraftRest
-
-        if getattr(self, "rest", None) is None:  # the guard's verdict on the draft, carried across the instances
-            self.rest = DraftRest(self.swift.draft_rest)
         return self._generate(prompt_ids, max_new_tokens, self.rest)
 
 

@@ -28,7 +28,8 @@ Outputs (in --out): bench_peers.jsonl (one row per method x instance, each also 
 evaluation_llama/metrics.py), bench_peers.md (summary), bench_peers.png (speedup bars per task and method; in
 --lengths mode a line plot). A --lengths run writes the same file names: give it its own --out to keep both. Both
 tables come with a breakdown of SWIFT's time (prefill, optimize, draft, verify, plain decoding, other).
---merge DIR... renders one table and plot from several earlier runs (e.g. tasks split over several runs).
+--merge DIR... renders one table and plot from several earlier runs (e.g. tasks split over several runs); a run's rows
+may also be gzipped (bench_peers.jsonl.gz), as the committed reference runs are.
 
 Example (H100): python3 scripts/bench_peers.py --model-path models/llama-2-7b/hf --num-samples 50 --hf-compile
 """
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import json
 import platform
 import sys
@@ -66,6 +68,8 @@ from model.swift.config import SwiftConfig  # noqa: E402
 METHODS = ("vanilla", "pld", "early-exit", "swift", "swift-cached", "hybrid", "hf-generate", "hf-prompt-lookup",
            "hf-early-exit")
 HF_METHODS = ("hf-generate", "hf-early-exit", "hf-prompt-lookup")
+# guard flags of ours -> the methods they apply to: context drafts, and a layer-skip draft judged by the guard
+KNOBS = {"context_retry": ("pld", "hybrid"), "draft_rest": ("swift", "swift-cached", "hybrid", "early-exit")}
 LENGTH_METHODS = ("vanilla", "swift", "swift-cached")
 PROMPT_LOOKUP_TOKENS = 10
 GREEDY = SamplingConfig()
@@ -411,24 +415,23 @@ class Bench:
             return [self._ours("our vanilla decoding", Vanilla(None, run))], ""
         if method == "swift":
             path = Path(self.a.out) / f"layer_config_{task}{state.get('suffix', '')}.json"
-            state["swift"] = m = Swift(SwiftRun(SwiftConfig(**self.rest()), layer_cache=str(path)), run)
+            state["swift"] = m = Swift(SwiftRun(SwiftConfig(**self.knobs(method)), layer_cache=str(path)), run)
             return [self._ours("SWIFT, on-the-fly layer search carried across the task's instances", m)], ""
         if method == "swift-cached":
             config, desc = self._cached(state.get("swift"))
             return [self._ours(desc, Swift(config, run))], ""
         if method == "hybrid":
             path = Path(self.a.out) / f"layer_config_hybrid_{task}{state.get('suffix', '')}.json"
-            m = Swift(SwiftRun(SwiftConfig(context_drafts=True, **self.retry(), **self.rest()),
-                               layer_cache=str(path)), run)
+            m = Swift(SwiftRun(SwiftConfig(context_drafts=True, **self.knobs(method)), layer_cache=str(path)), run)
             return [self._ours("hybrid SWIFT: layer-skip draft chain + prompt-lookup branch in one tree", m)], ""
         if method == "pld":
-            cfg = SwiftConfig(context_drafts=True, max_draft_len=10, max_tree_nodes=16, **self.retry())
+            cfg = SwiftConfig(context_drafts=True, max_draft_len=10, max_tree_nodes=16, **self.knobs(method))
             return [self._ours("prompt lookup on our engine (n-grams of prompt + output, 10 tokens)",
                                PromptLookup(cfg, run))], ""
         if method == "early-exit":
             n = self.early_exit_layer()
             return [self._ours(f"early exit on our engine: the first {n} of {self.margs.n_layers} layers draft",
-                               EarlyExit(EarlyExitRun(SwiftConfig(**self.rest()), n), run))], ""
+                               EarlyExit(EarlyExitRun(SwiftConfig(**self.knobs(method)), n), run))], ""
 
         # transformers methods
         try:
@@ -471,13 +474,10 @@ class Bench:
                             hf_gen({"prompt_lookup_num_tokens": PROMPT_LOOKUP_TOKENS}), setup=eager)], ""
         raise ValueError(method)
 
-    def retry(self) -> dict:
-        """--context-retry for the methods with context drafts, when given."""
-        return {} if self.a.context_retry is None else {"context_retry": self.a.context_retry}
-
-    def rest(self) -> dict:
-        """--draft-rest for the methods with a layer-skip draft, when given."""
-        return {} if self.a.draft_rest is None else {"draft_rest": self.a.draft_rest}
+    def knobs(self, method: str) -> dict:
+        """The guard flags given on the command line that apply to `method` (`KNOBS`), as SwiftConfig fields."""
+        return {f: getattr(self.a, f) for f, methods in KNOBS.items()
+                if method in methods and getattr(self.a, f) is not None}
 
     def early_exit_layer(self) -> int:
         n = self.a.early_exit_layer or max(1, self.margs.n_layers // 2)
@@ -486,7 +486,7 @@ class Bench:
     def _cached(self, swift) -> tuple[SwiftRun, str]:
         """swift-cached's configuration: the layer-config cache the task's swift pass wrote, read back with
         --cache-hit; when that search found no set, a fixed empty one (plain decoding)."""
-        cfg = SwiftConfig(**self.rest())
+        cfg = SwiftConfig(**self.knobs("swift-cached"))
         saved = swift.keeper.saved_to if swift is not None and swift.keeper is not None else None
         if saved is None:
             return SwiftRun(cfg, skip={}), ("SWIFT with a fixed skip set: the search found none (answers too short "
@@ -596,9 +596,12 @@ def merge(dirs: Sequence[str], out: Path) -> int:
     rows: list[dict] = []
     for d in dirs:
         f = Path(d) / "bench_peers.jsonl"
+        if not f.is_file() and f.with_suffix(".jsonl.gz").is_file():  # committed reference rows are compressed
+            f = f.with_suffix(".jsonl.gz")
         if not f.is_file():
             raise SystemExit(f"--merge: {f} not found")
-        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        text = gzip.decompress(f.read_bytes()).decode() if f.suffix == ".gz" else f.read_text()
+        rows += [json.loads(line) for line in text.splitlines() if line.strip()]
     if not rows:
         raise SystemExit("--merge: no rows")
     modes = {r.get("mode") for r in rows}
@@ -617,11 +620,11 @@ def merge(dirs: Sequence[str], out: Path) -> int:
     envs = {tuple(str(r.get(k)) for k in env_keys) for r in rows}
     if len(envs) != 1:
         raise SystemExit(f"--merge: the runs differ in {env_keys}: {sorted(envs)}")
-    for flag, key, methods_of in (("--context-retry", "context_retry", ("pld", "hybrid")),
-                                  ("--draft-rest", "draft_rest", ("swift", "swift-cached", "hybrid", "early-exit"))):
+    for key, methods_of in KNOBS.items():
         values = {r.get(key, 0) for r in rows if r["method"] in methods_of}  # none recorded: the earlier code, 0
         if len(values) > 1:
-            raise SystemExit(f"--merge: the runs' {', '.join(methods_of)} rows differ in {flag}: {sorted(values)}")
+            raise SystemExit(f"--merge: the runs' {', '.join(methods_of)} rows differ in --{key.replace('_', '-')}: "
+                             f"{sorted(values)}")
     r0 = rows[0]
     merged = f" (merged from {len(dirs)} runs)" if len(dirs) > 1 else ""
     lines = [f"# Peer benchmark{' vs generation length' if length_mode else ''}{merged}", "",
@@ -770,10 +773,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     b.env["eos_ids"] = list(b.eos_ids)
     if "hf-early-exit" in methods:
         b.env["early_exit_layer"] = b.early_exit_layer()
-    if {"pld", "hybrid"} & set(methods):
-        b.env["context_retry"] = b.retry().get("context_retry", SwiftConfig().context_retry)
-    if {"swift", "swift-cached", "hybrid", "early-exit"} & set(methods):
-        b.env["draft_rest"] = b.rest().get("draft_rest", SwiftConfig().draft_rest)
+    for key, methods_of in KNOBS.items():  # recorded with the rows of the methods they apply to
+        if set(methods_of) & set(methods):
+            b.env[key] = getattr(a, key) if getattr(a, key) is not None else getattr(SwiftConfig(), key)
 
     rows: list[dict] = []
     t_start = time.perf_counter()

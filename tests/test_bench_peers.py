@@ -110,14 +110,14 @@ def test_peer_samples_flag_all_or_per_method(bench):
 
 def test_context_retry_flag_reaches_the_context_methods(bench):
     a = bench.build_parser().parse_args(["--context-retry", "0"])
-    assert a.context_retry == 0 and bench.Bench.retry(type("B", (), {"a": a})()) == {"context_retry": 0}
+    assert a.context_retry == 0 and bench.Bench.knobs(type("B", (), {"a": a})(), "pld") == {"context_retry": 0}
     default = bench.build_parser().parse_args([])
-    assert bench.Bench.retry(type("B", (), {"a": default})()) == {}
+    assert bench.Bench.knobs(type("B", (), {"a": default})(), "pld") == {}
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["--context-retry", "-1"])
     a = bench.build_parser().parse_args(["--draft-rest", "0"])
-    assert bench.Bench.rest(type("B", (), {"a": a})()) == {"draft_rest": 0}
-    assert bench.Bench.rest(type("B", (), {"a": default})()) == {}
+    assert bench.Bench.knobs(type("B", (), {"a": a})(), "swift") == {"draft_rest": 0}
+    assert bench.Bench.knobs(type("B", (), {"a": default})(), "swift") == {}
 
 
 def _env_row(task, method, qid, tps, times=None, command="run-a"):
@@ -159,6 +159,14 @@ def test_merge_runs_into_one_table_with_time_breakdown(bench, tmp_path):
     with pytest.raises(SystemExit, match="context-retry"):
         bench.main(["--merge", str(tmp_path / "d"), str(tmp_path / "e"), "--out", str(tmp_path / "m3")])
     assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "e"), "--out", str(tmp_path / "m4")]) == 0
+    # a run whose rows were gzipped (as the committed reference runs are) merges alike
+    import gzip
+    raw = tmp_path / "e" / "bench_peers.jsonl"
+    (tmp_path / "e" / "bench_peers.jsonl.gz").write_bytes(gzip.compress(raw.read_bytes()))
+    raw.unlink()
+    assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "e"), "--out", str(tmp_path / "m5")]) == 0
+    assert (tmp_path / "m5" / "bench_peers.md").read_text().replace("m5", "m4") == \
+        (tmp_path / "m4" / "bench_peers.md").read_text()
 
 
 def test_instances_flag_answers_only_the_named_ids(bench, smollm2_path, shared_data_dir, tmp_path):
