@@ -321,7 +321,8 @@ class Swift(Method):
             f"> 0 (default {d['guard_margin']})", type=REAL)
         add("draft_rest", f"after an answer in which the guard stopped the layer-skip draft, the task's "
             f"next N answers start without it (plain steps; context drafts with --context-drafts) and "
-            f"the one after them tries it again; 0 = every answer tries it. Only while no search runs "
+            f"the one after them tries it again, each further stop in a row doubling the rest (up to 16 N); "
+            f"0 = every answer tries it. Only while no search runs "
             f"and with the guard on, so it does nothing with --no-guard or "
             f"--reset-search-per-instance (default {d['draft_rest']})", type=INT)
         add("context_retry", f"with --context-drafts: when the guard stops the context continuations, "
@@ -653,7 +654,8 @@ class EarlyExit(_FixedDrafter):
         cls.add_guard_flags(g)
         g.add_argument("--draft-rest", type=INT, default=None,
                        help=f"after an answer in which the guard stopped the draft, the next N answers start "
-                            f"without it and the one after them tries it again; 0 = every answer tries it; "
+                            f"without it and the one after them tries it again, each further stop in a row doubling the "
+                            f"rest (up to 16 N); 0 = every answer tries it; "
                             f"nothing with --no-guard (default {d['draft_rest']})")
 
     @classmethod

@@ -166,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{SwiftConfig().context_retry})")
     ap.add_argument("--draft-rest", type=NONNEG_INT, default=None, metavar="N",
                     help="swift, swift-cached, hybrid, early-exit: after an answer in which the guard stopped the "
-                         "layer-skip draft, the task's next N answers start without it (the answers' draft_rested); "
-                         "0 = every answer tries it "
+                         "layer-skip draft, the task's next N answers start without it (the answers' draft_rested), "
+                         "doubled for each further stop in a row up to 16 N; 0 = every answer tries it "
                          f"(default: the runners' default, {SwiftConfig().draft_rest})")
     ap.add_argument("--lengths", type=_int_list, default=None, metavar="L1,L2,...",
                     help="length mode: instead of the method comparison, run vanilla and SWIFT (swift-cached too "

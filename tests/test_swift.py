@@ -210,7 +210,8 @@ def test_guard_falls_back_and_stays_lossless():
 
 def test_draft_rest_carries_the_guards_verdict_across_streams():
     """After a stream whose guard stopped the draft, the next `draft_rest` streams leave it out from the start and the
-    one after tries it again; a stream that drafts without a stop leaves no rest; the tokens never change."""
+    one after tries it again; stops in a row double the rest (up to 16x); a stream that drafts without a stop leaves
+    no rest and ends the run; the tokens never change."""
     from model.swift.decoding import DraftRest, SpeedGuard
 
     cfg = SwiftConfig(guard_min_cycles=2)
@@ -225,6 +226,14 @@ def test_draft_rest_carries_the_guards_verdict_across_streams():
         full.observe(3, 1.0)
     rest.end(full)
     assert not rest.begin()
+    rests = []  # stops in a row: each rest twice the one before, up to 16x; a stream without a stop ends the run
+    for _ in range(7):
+        rest.end(stopped)
+        rests.append(sum(iter(rest.begin, False)))
+    assert rests == [2, 4, 8, 16, 32, 32, 32]
+    rest.end(full)
+    rest.end(stopped)
+    assert sum(iter(rest.begin, False)) == 2
 
     eng, _ = tiny_engine(seed=5, scale=6, num_hidden_layers=6)
     prompt = _prompt(seed=5)

@@ -67,7 +67,8 @@ class SwiftConfig:
     # only its verification; the layer-skip draft's trip stays final (trying it again costs draft steps)
     context_retry: int = 64
     # after a stream in which the guard stopped the layer-skip draft, the task's next draft_rest streams start without
-    # it (plain steps; context drafts in the hybrid) and the one after them tries it again (0: every stream tries it)
+    # it (plain steps; context drafts in the hybrid) and the one after them tries it again; each further stop in a row
+    # doubles the rest, up to 16x (0: every stream tries it)
     draft_rest: int = 3
     seed: int = 0
 

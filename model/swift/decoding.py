@@ -109,13 +109,16 @@ class SpeedGuard:
 class DraftRest:
     """The layer-skip draft's verdict, carried across the streams of a task by the caller (like the planner). After a
     stream in which the speed guard stopped the draft, the next `streams` streams start with it stopped (plain steps;
-    context drafts in the hybrid) and the one after them tries it again, so a stop is always followed by a rest and a
-    stream that runs its draft without a stop leaves none. A model whose draft does not pay then stops paying, in most
-    streams, the cycles the guard needs to decide (12, each slower than plain steps). A rested stream reports
-    `fallback_at` 0 (with nothing else drafting) and `draft_rested`."""
+    context drafts in the hybrid) and the one after them tries it again. Each further stop in a row doubles the rest
+    (3, 6, 12, 24, then 48 at most), and a stream that runs its draft without a stop ends the run of stops: its
+    successor tries the draft and the next stop rests `streams` again. A model whose draft does not pay then stops
+    paying, in most streams, the cycles the guard needs to decide (12, each slower than plain steps). A rested stream
+    reports `fallback_at` 0 (with nothing else drafting) and `draft_rested`."""
+
+    MAX_DOUBLINGS = 4  # the longest rest is streams * 2**4
 
     def __init__(self, streams: int):
-        self.streams, self.left = streams, 0
+        self.streams, self.left, self.stops = streams, 0, 0
 
     def begin(self) -> bool:
         """Whether the stream that starts now leaves the draft out."""
@@ -125,9 +128,13 @@ class DraftRest:
         return False
 
     def end(self, guard: SpeedGuard) -> None:
-        """After a stream that tried the draft (with no search running): the next `streams` rest if it was stopped."""
-        if guard.tripped_at is not None:
-            self.left = self.streams
+        """After a stream that tried the draft (with no search running): a rest if it was stopped, doubled for each
+        stop in a row before it; a stream without a stop ends the run."""
+        if guard.tripped_at is None:
+            self.stops = 0
+            return
+        self.left = self.streams << min(self.stops, self.MAX_DOUBLINGS)
+        self.stops += 1
 
 
 class Accelerator:
