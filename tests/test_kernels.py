@@ -296,6 +296,29 @@ def test_a_wider_norm_slice_keeps_rows_batch_invariant(glu, monkeypatch):
         norm_block(160, 32)
 
 
+@pytest.mark.parametrize("glu", [False, True])
+@pytest.mark.parametrize("block", ["", "64"])
+def test_the_row_by_row_norm_pass_keeps_rows_batch_invariant(glu, block, monkeypatch):
+    """SWIFT_GEMM_NORM=rows sums each row's squares on its own (the whole row in one slice, or 64 columns at a time):
+    the same product as the default pass to rounding; each row's bits the same for 1, 9 and 33 rows, with one row
+    block per program or two, wherever the row sits in its block; an unknown mode refused."""
+    from model.kernels.gemm import norm_mode
+    x, product = _normed_product(glu, 33, seed=7)
+    tile = product(x)
+    monkeypatch.setenv("SWIFT_GEMM_NORM", "rows")
+    monkeypatch.setenv("SWIFT_GEMM_NORM_BLOCK", block)
+    assert norm_mode() == "rows"
+    by_row = product(x, rb=2)
+    _close(by_row, tile, torch.float32)
+    assert not torch.equal(by_row, tile)  # another summation order: the mode did change the pass
+    assert torch.equal(product(x, rb=1), by_row)
+    for rows in (slice(4, 5), slice(0, 9), slice(20, 29)):
+        assert torch.equal(product(x[rows]), by_row[rows])
+    monkeypatch.setenv("SWIFT_GEMM_NORM", "fast")
+    with pytest.raises(ValueError, match="SWIFT_GEMM_NORM must be one of two-pass, rows, one-pass"):
+        product(x[:1])
+
+
 def test_attention_reads_expanded_extents_as_their_values():
     """The layer search scores its candidates with one window start for every row, passed as an expanded (stride 0)
     view; the kernels must see that value in every row, as with a materialised copy."""

@@ -22,8 +22,9 @@ order -- the `Config` -- is chosen from the weight shape (N, K) alone, never fro
   workspace, and the last program of a tile to arrive (an atomic counter) adds the partials in range order
   0, 1, .., split-1 and applies the epilogue. More programs for a long K, the same bits for every M;
 * the RMSNorm's sum of squares is a short pass over the row before the weight loop, in the same BLOCK_K slices
-  (or wider ones: `norm_block`; `SWIFT_GEMM_NORM=one-pass` instead accumulates it in the K loop and scales the sums
-  by rstd, as norm(x) @ w.T = rstd * ((x * norm_w) @ w.T); measured slower, see `one_pass_norm`).
+  (or wider ones: `norm_block`; or row by row, `SWIFT_GEMM_NORM=rows`; `SWIFT_GEMM_NORM=one-pass` instead
+  accumulates it in the K loop and scales the sums by rstd, as norm(x) @ w.T = rstd * ((x * norm_w) @ w.T); measured
+  slower; see `norm_mode`).
 
 The SiLU gating is an epilogue of the gate/up product, not a prologue of the down product: a prologue is recomputed
 by every program of the down product at every K step, in the loop that should only stream weights, and it made that
@@ -105,23 +106,38 @@ def config(n: int, k: int) -> Config:
     return _tuned_file().get((n, k)) or TUNED.get((n, k)) or heuristic(n, k)
 
 
-def one_pass_norm() -> bool:
-    """SWIFT_GEMM_NORM=one-pass sums the RMSNorm's squares in the product's own K loop instead of a pass over x
-    before the weights (default: two-pass). Measured slower on an H200 (docs/RESULTS.md): the loop that should only
-    stream weights then also converts and reduces x, and its loads are no longer pipelined as well."""
-    return os.environ.get("SWIFT_GEMM_NORM", "two-pass") == "one-pass"
+NORM_MODES = ("two-pass", "rows", "one-pass")
 
 
-def norm_block(k: int, block_k: int) -> int:
-    """The slice width of the RMSNorm's pass over x (two-pass norm): the product's BLOCK_K by default;
-    SWIFT_GEMM_NORM_BLOCK=W (a power of two) sums W columns per step instead. The pass is a loop of dependent small
-    loads that every program runs before its weights stream (64 steps for K = 4096 at BLOCK_K = 64), which may be
-    what makes the 7B q/k/v product with the norm slower than cuBLAS without it; a wider slice makes it 8 steps. The
-    bits change with W (another summation order) but stay the same for every row count. Measured on the H200: 512
-    made the 7B shape slower (49.9% of the memory roofline against 70.7%; docs/RESULTS.md), so it stays opt-in."""
+def norm_mode() -> str:
+    """How a product with the RMSNorm prologue gets each row's rstd (SWIFT_GEMM_NORM; the bits differ between modes,
+    another summation order, but in every mode a row's bits are the same for every row count):
+
+    * `two-pass` (default): a pass over the 16-row tile of x before the weights, BLOCK_K columns per step
+      (`norm_block`);
+    * `rows`: the same pass one present row at a time, up to 4096 columns per load (`_row_rstd_by_row`): a decode
+      step reads its one row of x in one load instead of K / BLOCK_K dependent ones (64 for K = 4096). Not yet
+      measured on a GPU;
+    * `one-pass`: the squares summed in the product's own K loop and rstd applied to the sums. Measured slower on an
+      H200 (docs/RESULTS.md): the loop that should only stream weights then also converts and reduces x, and its
+      loads are no longer pipelined as well."""
+    mode = os.environ.get("SWIFT_GEMM_NORM") or "two-pass"
+    if mode not in NORM_MODES:
+        raise ValueError(f"SWIFT_GEMM_NORM must be one of {', '.join(NORM_MODES)}, got {mode!r}")
+    return mode
+
+
+def norm_block(k: int, block_k: int, by_row: bool = False) -> int:
+    """The slice width of the RMSNorm's pass over x: the product's BLOCK_K by default (`two-pass`), the whole row up
+    to 4096 columns with `rows`; SWIFT_GEMM_NORM_BLOCK=W (a power of two) sums W columns per step instead. The
+    two-pass norm is a loop of dependent small loads that every program runs before its weights stream (64 steps for
+    K = 4096 at BLOCK_K = 64), which may be what makes the 7B q/k/v product with the norm slower than cuBLAS without
+    it; a wider slice makes it 8 steps. The bits change with W (another summation order) but stay the same for every
+    row count. Measured on the H200: 512 made the 7B shape slower with `two-pass` (49.9% of the memory roofline
+    against 70.7%, a [16, 512] tile per step; docs/RESULTS.md), so it stays opt-in."""
     w = int(os.environ.get("SWIFT_GEMM_NORM_BLOCK", "0") or 0)
     if w <= 0:
-        return block_k
+        return min(4096, max(16, triton.next_power_of_2(k))) if by_row else block_k
     if w & (w - 1):
         raise ValueError(f"SWIFT_GEMM_NORM_BLOCK must be a power of two, got {w}")
     return min(w, max(16, triton.next_power_of_2(k)))
@@ -152,6 +168,22 @@ if triton is not None:
                         other=0.0).to(tl.float32)
             ss += tl.sum(x * x, axis=1)
         return 1.0 / tl.sqrt(ss / K + eps)
+
+    @triton.jit
+    def _row_rstd_by_row(X, row0, M, K, stride_xm, eps, CHUNK: tl.constexpr):
+        """`_row_rstd` one row at a time (SWIFT_GEMM_NORM=rows): each present row of the block [row0, row0 + 16) is
+        read in CHUNK-wide slices (one slice when K <= CHUNK), so a decode step's single row costs one load of x
+        instead of K / BLOCK_K dependent loads of a 16-row tile. The same instructions for a row wherever it sits."""
+        ri = tl.arange(0, 16)
+        rc = tl.arange(0, CHUNK)
+        rstd = tl.full([16], 1.0, tl.float32)
+        for r in range(0, tl.minimum(M - row0, 16)):
+            ss = tl.zeros([CHUNK], tl.float32)
+            for k0 in range(0, K, CHUNK):
+                x = tl.load(X + (row0 + r) * stride_xm + k0 + rc, mask=k0 + rc < K, other=0.0).to(tl.float32)
+                ss += x * x
+            rstd = tl.where(ri == r, 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps), rstd)
+        return rstd
 
     @triton.jit
     def _x_tile(X, NW, rows, rk, rstd, M, K, stride_xm, NORM: tl.constexpr):
@@ -261,8 +293,8 @@ if triton is not None:
     def _gemm_kernel(X, NW, W, B, R, KEEP, Y, WS, LOCK, M, N, K, eps, stride_xm, stride_wn, stride_rm, stride_ym,
                      M_PAD, NORM: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr, RESID: tl.constexpr,
                      GATED: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr,
-                     ONE_PASS: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     NORM_BK: tl.constexpr):
+                     ONE_PASS: tl.constexpr, BY_ROW: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, NORM_BK: tl.constexpr):
         """RB (1 or 2) blocks of 16 rows x BLOCK_N output columns x one K range. Each weight tile is loaded once and
         multiplied into every row block by that block's own [16, BLOCK_K] x [BLOCK_K, BLOCK_N] `tl.dot`, so a row's
         arithmetic is the same whatever RB is. N is the output width (half of w's rows when GLU: the gate rows
@@ -280,7 +312,11 @@ if triton is not None:
         # a pass over x before the weights); so does float16, whose x * nw could overflow where norm(x) * nw does not
         rstd = tl.full([16], 1.0, tl.float32)
         rstd2 = rstd
-        if NORM and not ONE_PASS:
+        if NORM and BY_ROW:
+            rstd = _row_rstd_by_row(X, pid_m * (16 * RB), M, K, stride_xm, eps, NORM_BK)
+            if RB == 2:
+                rstd2 = _row_rstd_by_row(X, pid_m * (16 * RB) + 16, M, K, stride_xm, eps, NORM_BK)
+        elif NORM and not ONE_PASS:
             rstd = _row_rstd(X, rows, M, K, stride_xm, eps, NORM_BK)
             if RB == 2:
                 rstd2 = _row_rstd(X, rows2, M, K, stride_xm, eps, NORM_BK)
@@ -356,7 +392,9 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         assert residual.shape == (M, N) and residual.stride(-1) == 1
         y, stride_ym, r, stride_rm = residual, 0, residual, residual.stride(0)
     even = N % cfg.block_n == 0 and K % cfg.block_k == 0
-    one_pass = norm is not None and cfg.split == 1 and x.dtype != torch.float16 and one_pass_norm()
+    mode = norm_mode() if norm is not None else "two-pass"
+    one_pass = mode == "one-pass" and cfg.split == 1 and x.dtype != torch.float16
+    by_row = mode == "rows"
     rb = 1 if one_pass else (rb or row_blocks(M, w.shape[0], K))
     assert rb in (1, 2), rb
     grid = (triton.cdiv(M, ROWS * rb), triton.cdiv(N, cfg.block_n), cfg.split)
@@ -372,7 +410,7 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
                            w.stride(0), stride_rm, stride_ym, m_pad,
                            NORM=norm is not None, GLU=glu, HAS_BIAS=bias is not None, RESID=residual is not None,
                            GATED=keep is not None, IEEE=w.dtype == torch.float32, EVEN=even, SPLIT=cfg.split,
-                           ONE_PASS=one_pass, RB=rb, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                           NORM_BK=norm_block(K, cfg.block_k), num_warps=cfg.num_warps,
+                           ONE_PASS=one_pass, BY_ROW=by_row, RB=rb, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                           NORM_BK=norm_block(K, cfg.block_k, by_row), num_warps=cfg.num_warps,
                            num_stages=1 if w.dtype == torch.float32 else cfg.num_stages)  # fp32 tiles: no room
     return None if residual is not None else y
