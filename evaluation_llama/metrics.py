@@ -109,6 +109,23 @@ def speedup(records: Sequence[dict], base_records: Sequence[dict]) -> float:
     return mean_tokens_per_second(records) / base
 
 
+def pooled_speedup(records: Sequence[dict], base_records: Sequence[dict]) -> float:
+    """pooled speedup = (sum_r N(r) / sum_r T(r)) / (sum_b N(b) / sum_b T(b)) — all tokens over all seconds, then the
+    ratio: each answer weighs by its time, so a few short, fast answers (a loop that prompt lookup copies) move it
+    less than they move `speedup`. With identical outputs it is the ratio of total times, sum T(b) / sum T(r)."""
+    if not records or not base_records:
+        raise UserError("no answers to pool")
+    rates = []
+    for group in (records, base_records):
+        seconds = sum(wall_time(r) for r in group)
+        if not seconds > 0:
+            raise UserError(f"the answers' total wall_time is {seconds}, so the pooled rate is undefined")
+        rates.append(sum(new_tokens(r) for r in group) / seconds)
+    if not rates[1] > 0:
+        raise UserError("the baseline generated no tokens, so the speedup is undefined")
+    return rates[0] / rates[1]
+
+
 def _output(record: dict) -> Any:
     if record.get("token_ids") is not None:
         return ("ids", record["token_ids"])

@@ -3,8 +3,9 @@
     python -m evaluation_llama.speed --file-path swift.jsonl --base-path vanilla.jsonl [--json]
 
 For every task in the files and overall: number of answers, speedup, tokens/s of each file, mean
-accepted tokens per step, acceptance rate and the share of answers whose output is identical to
-the baseline's. The metric definitions live in evaluation_llama/metrics.py.
+accepted tokens per step, acceptance rate, the share of answers whose output is identical to
+the baseline's, and the pooled speedup (total tokens over total seconds, then the ratio). The metric
+definitions live in evaluation_llama/metrics.py.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def _summary(records: list[dict], base_records: list[dict]) -> dict:
     return {
         "answers": len(records),
         "speedup": metrics.speedup(records, base_records),
+        "pooled_speedup": metrics.pooled_speedup(records, base_records),
         "tokens_per_second": metrics.mean_tokens_per_second(records),
         "base_tokens_per_second": metrics.mean_tokens_per_second(base_records),
         "mean_accept_length": metrics.mean_accept_length(records),
@@ -200,8 +202,8 @@ def to_markdown(result: dict) -> str:
     if "cpu" in result.get("devices", []):
         lines += ["", CPU_NOTE]
     lines += ["", f"| task | answers | speedup | {method} tok/s | {base} tok/s | "
-                  f"mean accepted tokens | acceptance rate | identical outputs |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"mean accepted tokens | acceptance rate | identical outputs | pooled speedup |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = list(result["tasks"].items()) + [(OVERALL, result[OVERALL])]
     for task, s in rows:
         label = f"**{task}**" if task == OVERALL else task
@@ -209,7 +211,7 @@ def to_markdown(result: dict) -> str:
                      f"{fmt(s['tokens_per_second'], 'tps')} | "
                      f"{fmt(s['base_tokens_per_second'], 'tps')} | "
                      f"{fmt(s['mean_accept_length'], 'f')} | {fmt(s['acceptance_rate'], '%')} | "
-                     f"{fmt(s['identical_fraction'], '%')} |")
+                     f"{fmt(s['identical_fraction'], '%')} | {fmt(s['pooled_speedup'], 'x')} |")
     return "\n".join(lines)
 
 
@@ -219,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare the speed of an answer file (e.g. SWIFT) with a baseline answer file "
                     "(e.g. vanilla decoding) of the same model and questions: speedup (mean "
                     "per-answer tokens/s over the baseline's), tokens/s, mean accepted tokens "
-                    "per step, acceptance rate and the share of identical outputs, per task and "
-                    "overall.")
+                    "per step, acceptance rate, the share of identical outputs and the pooled "
+                    "speedup (all tokens over all seconds, then the ratio: each answer weighs by its "
+                    "time), per task and overall.")
     parser.add_argument("--file-path", required=True,
                         help="answer file (.jsonl) of the method to measure, e.g. swift.jsonl")
     parser.add_argument("--base-path", required=True,

@@ -60,6 +60,15 @@ def test_tokens_per_second_and_speedup():
     # not the ratio of pooled rates: (16 / 0.7) / (16 / 1.6) = 2.2857...
     assert metrics.speedup(s[:2], v[:2]) != pytest.approx(16 / 0.7 / 10)
     assert metrics.speedup(s, v) == pytest.approx((70 / 3) / 10)
+    # pooled: all tokens over all seconds, then the ratio: (16 / 0.7) / (16 / 1.6) = 1.6 / 0.7
+    assert metrics.pooled_speedup(s[:2], v[:2]) == pytest.approx(1.6 / 0.7)
+    assert metrics.pooled_speedup(s, v) == pytest.approx((24 / 1.1) / (24 / 2.4))
+    fast_short = [rec("3", "gsm8k", 2, 0.01, [2], 1, [1])]  # one short, fast answer: it moves the mean, not the pool
+    slow = [rec("3", "gsm8k", 2, 0.2, [1, 1], 0, [1], method="vanilla")]
+    assert metrics.speedup(s[:2] + fast_short, v[:2] + slow) > 5 > metrics.pooled_speedup(s[:2] + fast_short,
+                                                                                           v[:2] + slow)
+    with pytest.raises(UserError, match="pooled rate is undefined"):
+        metrics.pooled_speedup([rec("1", "gsm8k", 0, 0.0, [], 0, [])], v)
 
 
 def test_tokens_per_second_sums_turns():
@@ -103,6 +112,7 @@ def test_compare_per_task_and_overall():
     assert (g["answers"], c["answers"], o["answers"]) == (2, 1, 3)
     assert g["speedup"] == pytest.approx(2.5) and c["speedup"] == pytest.approx(2.0)
     assert o["speedup"] == pytest.approx(7 / 3)
+    assert g["pooled_speedup"] == pytest.approx(1.6 / 0.7) and o["pooled_speedup"] == pytest.approx(2.4 / 1.1)
     assert g["tokens_per_second"] == pytest.approx(25) and g["base_tokens_per_second"] == 10
     assert g["mean_accept_length"] == pytest.approx(16 / 7)
     assert c["acceptance_rate"] == pytest.approx(1.0)
@@ -168,6 +178,8 @@ def test_cli_markdown_and_script_mode(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "| gsm8k | 2 | 2.50x | 25.0 | 10.0 | 2.29 | 64.3% | 50.0% |" in res.stdout
     assert "| **overall** | 3 | 2.33x |" in res.stdout
+    assert "| gsm8k | 2 | 2.50x | 25.0 | 10.0 | 2.29 | 64.3% | 50.0% | 2.29x |" in res.stdout
+    assert res.stdout.count("pooled speedup") == 1 and "| 66.7% | 2.18x |" in res.stdout
     res = run_cli("--help")
     assert res.returncode == 0
     for flag in ("--file-path", "--base-path", "--allow-partial", "--json", "--debug"):
