@@ -28,6 +28,9 @@ Outputs (in --out): bench_peers.jsonl (one row per method x instance, each also 
 evaluation_llama/metrics.py), bench_peers.md (summary), bench_peers.png (speedup bars per task and method; in
 --lengths mode a line plot). A --lengths run writes the same file names: give it its own --out to keep both. Both
 tables come with a breakdown of SWIFT's time (prefill, optimize, draft, verify, plain decoding, other).
+--variant LABEL=METHOD:FLAG=VALUE,... adds a row of one of our methods with other guard or draft settings, run in the
+same process beside the method itself and the same vanilla (e.g. swift-rest0=swift:draft-rest=0): an A/B of a
+setting in one run. Its rows carry the label as their method and the settings under "variant".
 --merge DIR... renders one table and plot from several earlier runs (e.g. tasks split over several runs); a run's rows
 may also be gzipped (bench_peers.jsonl.gz), as the committed reference runs are.
 
@@ -41,11 +44,12 @@ import contextlib
 import gzip
 import json
 import platform
+import re
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -68,8 +72,11 @@ from model.swift.config import SwiftConfig  # noqa: E402
 METHODS = ("vanilla", "pld", "early-exit", "swift", "swift-cached", "hybrid", "hf-generate", "hf-prompt-lookup",
            "hf-early-exit")
 HF_METHODS = ("hf-generate", "hf-early-exit", "hf-prompt-lookup")
-# guard flags of ours -> the methods they apply to: context drafts, and a layer-skip draft judged by the guard
-KNOBS = {"context_retry": ("pld", "hybrid"), "draft_rest": ("swift", "swift-cached", "hybrid", "early-exit")}
+# settings of ours -> the methods they apply to: the guard of context drafts, the guard's verdict on a layer-skip
+# draft, and the layer-skip draft's LM head
+KNOBS = {"context_retry": ("pld", "hybrid"), "draft_rest": ("swift", "swift-cached", "hybrid", "early-exit"),
+         "draft_vocab": ("swift", "swift-cached", "hybrid")}
+VARIANT_BASES = ("pld", "early-exit", "swift", "hybrid")  # methods of ours a --variant may change
 LENGTH_METHODS = ("vanilla", "swift", "swift-cached")
 PROMPT_LOOKUP_TOKENS = 10
 GREEDY = SamplingConfig()
@@ -102,6 +109,45 @@ def _peer_samples(text: str) -> dict[str, int]:
                                              f"({', '.join(HF_METHODS)})")
         out[name] = POS_INT(n.strip())
     return out
+
+
+class Variant(NamedTuple):
+    """--variant LABEL=METHOD:FLAG=VALUE,...: `method` of ours run again as `label` with `knobs` (SwiftConfig
+    fields, from `KNOBS`) in place of the command line's."""
+
+    label: str
+    method: str
+    knobs: tuple[tuple[str, int], ...]
+
+    def describe(self) -> str:
+        return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in self.knobs)
+
+
+def _variant(text: str) -> Variant:
+    label, eq, rest = text.partition("=")
+    method, colon, flags = rest.partition(":")
+    label, method = label.strip(), method.strip()
+    if not eq or not colon or not flags.strip():
+        raise argparse.ArgumentTypeError(f"expected LABEL=METHOD:FLAG=VALUE[,FLAG=VALUE...], got {text!r}")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", label) or label in METHODS:
+        raise argparse.ArgumentTypeError(f"variant label {label!r}: use lower-case letters, digits and '-', other "
+                                         f"than a method's name")
+    if method not in VARIANT_BASES:
+        raise argparse.ArgumentTypeError(f"variant {label}: {method!r} is not one of {', '.join(VARIANT_BASES)}")
+    knobs = {}
+    for part in filter(None, (p.strip() for p in flags.split(","))):
+        flag, _, value = part.partition("=")
+        key = flag.strip().lstrip("-").replace("-", "_")
+        if method not in KNOBS.get(key, ()):
+            raise argparse.ArgumentTypeError(
+                f"variant {label}: {method} has no setting {flag.strip()!r} here; it has "
+                f"{', '.join('--' + k.replace('_', '-') for k, ms in KNOBS.items() if method in ms)}")
+        knobs[key] = NONNEG_INT(value.strip())
+    return Variant(label, method, tuple(sorted(knobs.items())))
+
+
+def _variants(args) -> dict[str, Variant]:
+    return {v.label: v for v in getattr(args, "variant", None) or []}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "layer-skip draft, the task's next N answers start without it (the answers' draft_rested), "
                          "doubled for each further stop in a row up to 16 N; 0 = every answer tries it "
                          f"(default: the runners' default, {SwiftConfig().draft_rest})")
+    ap.add_argument("--draft-vocab", type=NONNEG_INT, default=None, metavar="N",
+                    help="swift, swift-cached, hybrid: keep only N token ids in the layer-skip draft's LM head "
+                         "(verification keeps all); 0 = the whole vocabulary "
+                         f"(default: the runners' default, {SwiftConfig().draft_vocab})")
+    ap.add_argument("--variant", type=_variant, action="append", default=[], metavar="LABEL=METHOD:FLAG=VALUE,...",
+                    help=f"also run METHOD (one of {', '.join(VARIANT_BASES)}) as a row named LABEL with these "
+                         f"settings instead of the command line's, in the same run and against the same vanilla: an "
+                         f"A/B of a setting (e.g. swift-rest0=swift:draft-rest=0, "
+                         f"hybrid-r0=hybrid:context-retry=0,draft-rest=0); FLAG is one of "
+                         f"{', '.join('--' + k.replace('_', '-') for k in KNOBS)}; repeat for more rows; "
+                         f"METHOD runs too. Not in --lengths mode")
     ap.add_argument("--lengths", type=_int_list, default=None, metavar="L1,L2,...",
                     help="length mode: instead of the method comparison, run vanilla and SWIFT (swift-cached too "
                          "when selected) on the first task once per max-new-tokens value and report speedup and "
@@ -411,27 +468,34 @@ class Bench:
         """(settings to try, best first; note when there is none). A setting is dict(desc, setup, warm_up, start,
         gen, finish) with gen(ids, max_new) -> dict(tokens, wall, accept, drafted, stats)."""
         run = self.task_run(task)
-        if method == "vanilla":
+        base, knobs = self.base(method), self.knobs(method)
+        variant = self.variants().get(method)
+        tag = f" [{method}: {variant.describe()}]" if variant else ""
+        # a variant keeps its own layer-config cache beside its method's
+        cache = f"{'' if variant is None else method + '_'}{task}{state.get('suffix', '')}.json"
+        if base == "vanilla":
             return [self._ours("our vanilla decoding", Vanilla(None, run))], ""
-        if method == "swift":
-            path = Path(self.a.out) / f"layer_config_{task}{state.get('suffix', '')}.json"
-            state["swift"] = m = Swift(SwiftRun(SwiftConfig(**self.knobs(method)), layer_cache=str(path)), run)
-            return [self._ours("SWIFT, on-the-fly layer search carried across the task's instances", m)], ""
-        if method == "swift-cached":
+        if base == "swift":
+            path = Path(self.a.out) / f"layer_config_{cache}"
+            m = Swift(SwiftRun(SwiftConfig(**knobs), layer_cache=str(path)), run)
+            if variant is None:
+                state["swift"] = m
+            return [self._ours("SWIFT, on-the-fly layer search carried across the task's instances" + tag, m)], ""
+        if base == "swift-cached":
             config, desc = self._cached(state.get("swift"))
             return [self._ours(desc, Swift(config, run))], ""
-        if method == "hybrid":
-            path = Path(self.a.out) / f"layer_config_hybrid_{task}{state.get('suffix', '')}.json"
-            m = Swift(SwiftRun(SwiftConfig(context_drafts=True, **self.knobs(method)), layer_cache=str(path)), run)
-            return [self._ours("hybrid SWIFT: layer-skip draft chain + prompt-lookup branch in one tree", m)], ""
-        if method == "pld":
-            cfg = SwiftConfig(context_drafts=True, max_draft_len=10, max_tree_nodes=16, **self.knobs(method))
-            return [self._ours("prompt lookup on our engine (n-grams of prompt + output, 10 tokens)",
+        if base == "hybrid":
+            path = Path(self.a.out) / f"layer_config_hybrid_{cache}"
+            m = Swift(SwiftRun(SwiftConfig(context_drafts=True, **knobs), layer_cache=str(path)), run)
+            return [self._ours("hybrid SWIFT: layer-skip draft chain + prompt-lookup branch in one tree" + tag, m)], ""
+        if base == "pld":
+            cfg = SwiftConfig(context_drafts=True, max_draft_len=10, max_tree_nodes=16, **knobs)
+            return [self._ours("prompt lookup on our engine (n-grams of prompt + output, 10 tokens)" + tag,
                                PromptLookup(cfg, run))], ""
-        if method == "early-exit":
+        if base == "early-exit":
             n = self.early_exit_layer()
-            return [self._ours(f"early exit on our engine: the first {n} of {self.margs.n_layers} layers draft",
-                               EarlyExit(EarlyExitRun(SwiftConfig(**self.knobs(method)), n), run))], ""
+            return [self._ours(f"early exit on our engine: the first {n} of {self.margs.n_layers} layers draft" + tag,
+                               EarlyExit(EarlyExitRun(SwiftConfig(**knobs), n), run))], ""
 
         # transformers methods
         try:
@@ -474,10 +538,22 @@ class Bench:
                             hf_gen({"prompt_lookup_num_tokens": PROMPT_LOOKUP_TOKENS}), setup=eager)], ""
         raise ValueError(method)
 
+    def variants(self) -> dict[str, Variant]:
+        return _variants(self.a)
+
+    def base(self, method: str) -> str:
+        """The method a row label runs: itself, or a --variant's METHOD."""
+        v = _variants(self.a).get(method)
+        return v.method if v else method
+
     def knobs(self, method: str) -> dict:
-        """The guard flags given on the command line that apply to `method` (`KNOBS`), as SwiftConfig fields."""
-        return {f: getattr(self.a, f) for f, methods in KNOBS.items()
-                if method in methods and getattr(self.a, f) is not None}
+        """The settings given on the command line that apply to `method` (`KNOBS`), as SwiftConfig fields; for a
+        --variant label, its METHOD's with the variant's own in their place."""
+        v = _variants(self.a).get(method)
+        base = v.method if v else method
+        out = {f: getattr(self.a, f) for f, methods in KNOBS.items()
+               if base in methods and getattr(self.a, f, None) is not None}
+        return out | dict(v.knobs) if v else out
 
     def early_exit_layer(self) -> int:
         n = self.a.early_exit_layer or max(1, self.margs.n_layers // 2)
@@ -498,7 +574,11 @@ class Bench:
 
     # ---- rows ------------------------------------------------------------------------------------------------------
     def _base_row(self, method, task, max_new, mode):
-        return dict(self.env, mode=mode, task=task, method=method, max_new_tokens=max_new)
+        row = dict(self.env, mode=mode, task=task, method=method, max_new_tokens=max_new)
+        v = self.variants().get(method)
+        if v is not None:  # the settings it ran with in place of the command line's (the env's)
+            row["variant"] = dict(v.knobs, of=v.method)
+        return row
 
     def _skip_row(self, method, task, max_new, mode, note):
         return dict(self._base_row(method, task, max_new, mode), skipped=True, note=note)
@@ -532,6 +612,11 @@ def _paired_speedup(done: list[dict], base: list[dict]) -> Optional[float]:
                            [r for r in base if r["question_id"] in common])
 
 
+def method_order(methods) -> list[str]:
+    """`METHODS` order, then any --variant labels in the order given."""
+    return [m for m in METHODS if m in methods] + [m for m in methods if m not in METHODS]
+
+
 def summarize(rows: list[dict], key: str) -> list[dict]:
     """One summary per (group, method): key is 'task' (comparison mode) or 'max_new_tokens' (length mode)."""
     groups: dict = {}
@@ -541,7 +626,7 @@ def summarize(rows: list[dict], key: str) -> list[dict]:
     for g, by_method in groups.items():
         base = [r for r in by_method.get("vanilla", []) if not r.get("skipped")]
         hfg = [r for r in by_method.get("hf-generate", []) if not r.get("skipped")]
-        for method in METHODS:
+        for method in method_order(by_method):
             rs = by_method.get(method)
             if not rs:
                 continue
@@ -625,6 +710,14 @@ def merge(dirs: Sequence[str], out: Path) -> int:
         if len(values) > 1:
             raise SystemExit(f"--merge: the runs' {', '.join(methods_of)} rows differ in --{key.replace('_', '-')}: "
                              f"{sorted(values)}")
+    variants: dict = {}
+    for r in rows:  # a variant label means the same settings in every run (and beside the same settings of the rest)
+        if "variant" in r:
+            variants.setdefault(r["method"], set()).add(json.dumps(
+                [r["variant"]] + [r.get(k, 0) for k, ms in KNOBS.items() if r["variant"]["of"] in ms], sort_keys=True))
+    for label, found in variants.items():
+        if len(found) > 1:
+            raise SystemExit(f"--merge: the runs' {label} rows ran with different settings: {sorted(found)}")
     r0 = rows[0]
     merged = f" (merged from {len(dirs)} runs)" if len(dirs) > 1 else ""
     lines = [f"# Peer benchmark{' vs generation length' if length_mode else ''}{merged}", "",
@@ -681,7 +774,7 @@ def plot(summary: list[dict], path: Path, length_mode: bool, title: str) -> None
 
     if not length_mode:
         groups = list(dict.fromkeys(s["group"] for s in summary))
-        methods = [m for m in METHODS if m != "vanilla" and any(s["method"] == m for s in summary)]
+        methods = [m for m in method_order(dict.fromkeys(s["method"] for s in summary)) if m != "vanilla"]
         fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(groups) + 2), 4.5))
         width = 0.8 / max(1, len(methods))
         for j, m in enumerate(methods):
@@ -746,6 +839,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not methods or bad:
         ap.error(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
     methods = set(methods) | {"vanilla"} | ({"swift"} if "swift-cached" in methods else set())
+    labels = [v.label for v in a.variant]
+    if len(set(labels)) < len(labels):
+        ap.error(f"--variant: a label given twice ({', '.join(sorted({x for x in labels if labels.count(x) > 1}))})")
+    if a.variant and a.lengths is not None:
+        ap.error("--variant rows are not run in --lengths mode")
+    methods |= {v.method for v in a.variant}
     try:
         Backends(kernels=a.kernels, compile=a.compile, tails=a.tails)
     except UserError as e:
@@ -757,7 +856,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         dropped = sorted(methods - set(LENGTH_METHODS), key=lambda m: (m not in HF_METHODS, m))
         methods &= set(LENGTH_METHODS)
         tasks = tasks[:1]
-    order = [m for m in METHODS if m in methods]
+    order = [m for m in METHODS if m in methods] + labels
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -120,6 +120,50 @@ def test_context_retry_flag_reaches_the_context_methods(bench):
     assert bench.Bench.knobs(type("B", (), {"a": default})(), "swift") == {}
 
 
+def test_variant_flag_parses_and_overrides_the_command_line(bench):
+    """--variant LABEL=METHOD:FLAG=VALUE,...: the label runs METHOD with its own settings in place of the command
+    line's; labels, methods and flags that cannot work are refused with the reason."""
+    parse = bench.build_parser().parse_args
+    a = parse(["--draft-rest", "5", "--variant", "s0=swift:draft-rest=0,--draft-vocab=64",
+               "--variant", "p0=pld:context-retry=0"])
+    assert [(v.label, v.method, v.knobs) for v in a.variant] == [
+        ("s0", "swift", (("draft_rest", 0), ("draft_vocab", 64))), ("p0", "pld", (("context_retry", 0),))]
+    b = type("B", (), {"a": a})()
+    assert bench.Bench.knobs(b, "s0") == {"draft_rest": 0, "draft_vocab": 64}
+    assert bench.Bench.knobs(b, "swift") == {"draft_rest": 5}
+    assert bench.Bench.knobs(b, "p0") == {"context_retry": 0} and bench.Bench.base(b, "p0") == "pld"
+    assert bench.method_order({"s0": 1, "vanilla": 1, "swift": 1}) == ["vanilla", "swift", "s0"]
+    for bad, why in (("s0=swift", "expected LABEL"), ("swift=swift:draft-rest=0", "other than a method"),
+                     ("S 0=swift:draft-rest=0", "lower-case"), ("v=vanilla:draft-rest=0", "not one of"),
+                     ("c=swift-cached:draft-rest=0", "not one of"), ("p=pld:draft-rest=0", "has no setting"),
+                     ("s=swift:draft-rest=-1", "")):
+        with pytest.raises(SystemExit):
+            parse(["--variant", bad])
+        if why:
+            with pytest.raises(bench.argparse.ArgumentTypeError, match=why):
+                bench._variant(bad)
+    for argv in (["--variant", "x=swift:draft-rest=0", "--variant", "x=pld:context-retry=0"],
+                 ["--variant", "x=swift:draft-rest=0", "--lengths", "8"]):
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+
+
+def test_a_variant_runs_beside_its_method_against_the_same_vanilla(bench, smollm2_path, shared_data_dir, tmp_path):
+    out = tmp_path / "variant"
+    argv = _common(smollm2_path, shared_data_dir, out) + ["--max-new-tokens", "8", "--methods", "vanilla,pld",
+                                                           "--variant", "swift-v=swift:draft-vocab=4096,draft-rest=0"]
+    assert bench.main(argv) == 0
+    by = {r["method"]: r for r in _rows(out)}
+    assert list(by) == ["vanilla", "pld", "swift", "swift-v"]  # the variant's method runs too, the variant last
+    assert by["swift-v"]["variant"] == {"of": "swift", "draft_vocab": 4096, "draft_rest": 0}
+    assert "variant" not in by["swift"] and by["swift"]["draft_vocab"] == 0 and by["swift"]["draft_rest"] == 3
+    assert by["swift-v"]["same_as_vanilla"] is True and by["swift-v"]["token_ids"] == by["vanilla"]["token_ids"]
+    assert "[swift-v: --draft-rest 0, --draft-vocab 4096]" in by["swift-v"]["note"]
+    md = (out / "bench_peers.md").read_text()
+    assert "| gsm8k | swift-v | 1 |" in md and md.index("| gsm8k | swift |") < md.index("| gsm8k | swift-v |")
+    _check_outputs(out)
+
+
 def _env_row(task, method, qid, tps, times=None, command="run-a"):
     r = {"gpu": "G", "torch": "t", "transformers": "x", "dtype": "bfloat16", "model": "m", "our_compile": True,
          "command": command, "max_new_tokens": 8, "mode": "methods", "task": task, "method": method,
@@ -167,6 +211,16 @@ def test_merge_runs_into_one_table_with_time_breakdown(bench, tmp_path):
     assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "e"), "--out", str(tmp_path / "m5")]) == 0
     assert (tmp_path / "m5" / "bench_peers.md").read_text().replace("m5", "m4") == \
         (tmp_path / "m4" / "bench_peers.md").read_text()
+    # a --variant label merges where its settings agree, and is refused where they differ
+    v = dict(_env_row("gsm8k", "swift-v", "q1", 120), variant={"of": "swift", "draft_rest": 0}, draft_rest=3)
+    _write(tmp_path / "f", [_env_row("gsm8k", "vanilla", "q1", 100), v])
+    _write(tmp_path / "g", [_env_row("cnndm", "vanilla", "q1", 100), dict(v, task="cnndm")])
+    assert bench.main(["--merge", str(tmp_path / "f"), str(tmp_path / "g"), "--out", str(tmp_path / "m6")]) == 0
+    assert "| cnndm | swift-v | 1 | 120.0 | 1.20x |" in (tmp_path / "m6" / "bench_peers.md").read_text()
+    _write(tmp_path / "h", [_env_row("humaneval", "vanilla", "q1", 100),
+                            dict(v, task="humaneval", variant={"of": "swift", "draft_rest": 1})])
+    with pytest.raises(SystemExit, match="swift-v rows ran with different settings"):
+        bench.main(["--merge", str(tmp_path / "f"), str(tmp_path / "h"), "--out", str(tmp_path / "m7")])
 
 
 def test_instances_flag_answers_only_the_named_ids(bench, smollm2_path, shared_data_dir, tmp_path):
