@@ -12,7 +12,10 @@ devices. `warm_up_decode` captures the plain-decoding graphs before anything is 
 
 The sub-layer implementation (`ops`, model/ops.py) follows `backends` (model/backends.py): the fused Triton kernels
 when they pass a self-check against the PyTorch ops on this device's real weights, else PyTorch. Prompts are always
-prefilled with the PyTorch ops (any length, SDPA); both methods share the prefill.
+prefilled with the PyTorch ops (any length, SDPA); every method shares the prefill. With CUDA graphs the prefill is
+a graph per prompt-length bucket (`prefill_len`: the prompt padded to 1/8 of its power of two, at least 64 tokens):
+eagerly, its ~20 operations per layer cost a host launch each (12-21 ms per SmolLM2 answer on an H200, against
+well under 1 ms of GPU work), and that host time varied between methods.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ MAX_GRAPHS = 256
 KV_BUCKET = 256  # the PyTorch path attends over the first ceil(used / KV_BUCKET) * KV_BUCKET slots
 ALIGN = 128  # cache slots are allocated in whole attention chunks
 DECODE_CHUNKS = (1, 2, 4, 8)  # plain steps per graph replay (the host looks for EOS between replays)
+PREFILL_STEP = 64  # prompts are prefilled padded to a multiple of max(64, 1/8 of their power of two) (graphs)
+
+
+def prefill_len(prompt_len: int) -> int:
+    """The prompt-length bucket of the prefill graphs: at most 1/8 (at least 64 tokens) more than the prompt."""
+    step = max(PREFILL_STEP, 1 << max(0, prompt_len.bit_length() - 4))
+    return -(-prompt_len // step) * step
 
 
 class Engine:
@@ -59,6 +69,7 @@ class Engine:
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._buffers: dict = {}
         self.graph_captures = 0
+        self.pad_prefill = self.cuda_graphs  # prefill in graphs of `prefill_len` tokens (eagerly: tests)
 
     # ---- backends -------------------------------------------------------------------------------------------------
     def _choose_ops(self, requested: Backends, model):
@@ -163,19 +174,30 @@ class Engine:
     # ---- passes ---------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def start(self, prompt_ids: list[int], sampling: SamplingConfig = SamplingConfig()) -> torch.Tensor:
-        """Prefill the prompt (PyTorch ops, eagerly) and commit the first generated token: seq[P] is the token after
-        the prompt, `cursor` = P (its keys and values come with the next pass), `length` = P + 1. Returns the
-        prompt's last logits [V]."""
+        """Prefill the prompt (PyTorch ops; with `pad_prefill`, padded to its `prefill_len` bucket in that bucket's
+        graph) and commit the first generated token: seq[P] is the token after the prompt, `cursor` = P (its keys
+        and values come with the next pass), `length` = P + 1. Returns the prompt's last logits [V]."""
         P = len(prompt_ids)
         self.seq[:P] = torch.tensor(prompt_ids, dtype=torch.long)
-        ar = self.arange[:P]
-        zeros = torch.zeros_like(ar)
-        x = self.model(Pass(self.seq[:P], self.ext(zeros, zeros, ar, ar)), self.reference)
-        logits = self.model.logits(x[-1:], self.reference).to(self.device)
+        if self.pad_prefill:  # rows past the prompt write keys and values past it: later passes overwrite them
+            B = min(self.max_seq_len, prefill_len(P))  # before any pass reads them, and the prompt never sees them
+            last = self.buffer("prefill_last", (1,), torch.long)
+            last.fill_(P - 1)
+            logits = self.run(("prefill", B), lambda: self._prefill(B, last)).clone()
+        else:
+            logits = self._prefill(P, None)
         self.seq[P:P + 1] = next_token(logits, sampling)
         self.cursor.fill_(P)
         self.length = P + 1
         return logits[0]
+
+    def _prefill(self, n: int, last: torch.Tensor | None) -> torch.Tensor:
+        """The first n slots' pass (PyTorch ops) and the logits [1, V] of row `last` (None: the last row)."""
+        ar = self.arange[:n]
+        zeros = torch.zeros_like(ar)
+        x = self.model(Pass(self.seq[:n], self.ext(zeros, zeros, ar, ar), None if last is None else n),
+                       self.reference)
+        return self.model.logits(x[-1:] if last is None else x.index_select(0, last), self.reference).to(self.device)
 
     def one_step(self, pos: torch.Tensor) -> Pass:
         """The pass of the token at slot `pos` [1] (its own rotary position), attending slots [0, pos]."""
@@ -207,12 +229,14 @@ class Engine:
 
     @torch.inference_mode()
     def warm_up_prefill(self, prompts) -> int:
-        """Prefill each distinct prompt length of `prompts` once, untimed: the prefill runs eager PyTorch ops, whose
-        libraries do lazy work per new input shape (tens of ms on an H200), and that work must not land in the timed
-        answers of whichever method meets a length first. Leaves the stream empty; returns the lengths warmed."""
+        """Prefill each distinct prompt length of `prompts` once, untimed (with graphs: each `prefill_len` bucket,
+        captured here): eager PyTorch ops do lazy work per new input shape (tens of ms on an H200), and that work
+        must not land in the timed answers of whichever method meets a length first. Leaves the stream empty;
+        returns the lengths (buckets) warmed."""
         lengths = {}
         for ids in prompts:
-            lengths.setdefault(len(ids), ids)
+            P = len(ids)
+            lengths.setdefault(min(self.max_seq_len, prefill_len(P)) if self.pad_prefill else P, ids)
         for ids in lengths.values():
             self.start(ids)
         self.length = 0

@@ -10,7 +10,8 @@ Qwen2.5-0.5B and LLaMA-2-7B shapes (bf16). Exits non-zero on any failed check. I
    checks of 1. and 4. then run with the chosen shapes, which go to `tuned.json` in --out (use it with
    SWIFT_GEMM_TUNED=path/tuned.json before the table is in the code);
 4. the engine: decode tokens/s with the Triton kernels vs the PyTorch ops (+ torch.compile); greedy SWIFT with a
-   fixed skip set equal to vanilla token for token; the draft graph with skipped sub-layers switched off equal to an
+   fixed skip set equal to vanilla token for token; the prefill graph of the prompt's length bucket against the
+   eager prefill (the same next token, and the wall time of each); the draft graph with skipped sub-layers switched off equal to an
    eager draft, and its time next to a graph captured for that skip set; the measured draft / verify costs;
    the draft step's tail and the tree's bookkeeping as kernels equal to the PyTorch ops, and the pass costs with each;
    the pass costs with the draft's LM head restricted to 4096 and 16384 token ids (`--draft-vocab`) beside the whole.
@@ -37,7 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 from model import graphs  # noqa: E402
 from model.backends import Backends  # noqa: E402
 from model.config import LLAMA2_7B_SHAPE, QWEN25_05B_SHAPE, SMOLLM2_135M_SHAPE, ModelArgs  # noqa: E402
-from model.engine import Engine  # noqa: E402
+from model.engine import Engine, prefill_len  # noqa: E402
 from model.generate import vanilla_generate  # noqa: E402
 from model.kernels import gemm as G  # noqa: E402
 from model.kernels.attention import Extents, attention, reference_mask  # noqa: E402
@@ -257,6 +258,7 @@ def engine_checks(shape: str, args: ModelArgs, n_new: int, compare_torch: bool) 
         if label != "triton":
             continue
         want = runs[0].tokens
+        prefill_checks(shape, eng, prompt, row)
         n_skip = round(0.4 * 2 * (args.n_layers - 2))
         skip = LayerSkip.of(attn=range(2, 2 + n_skip // 2), mlp=range(3, 3 + n_skip - n_skip // 2))
         cfg = SwiftConfig(guard=False)
@@ -293,6 +295,34 @@ def engine_checks(shape: str, args: ModelArgs, n_new: int, compare_torch: bool) 
         vocabulary_costs(shape, eng, row)
     RESULTS["engine"].append(row)
     print(json.dumps(row), flush=True)
+
+
+def prefill_checks(shape: str, eng: Engine, prompt: list[int], row: dict) -> None:
+    """The prefill graph of the prompt's length bucket (`Engine.pad_prefill`) against the eager prefill: the same
+    next token and logits within bf16 rounding (the padded products may round otherwise), and the wall time of
+    each (host launches included: what an answer pays)."""
+    def wall_ms(reps=7):
+        times = []
+        for _ in range(reps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            eng.start(prompt)
+            torch.cuda.synchronize()
+            times.append(1e3 * (time.perf_counter() - t0))
+        return sorted(times)[reps // 2]
+    got, t_graph = eng.start(prompt).float(), wall_ms()
+    eng.pad_prefill = False
+    try:
+        ref, t_eager = eng.start(prompt).float(), wall_ms()
+    finally:
+        eng.pad_prefill = True
+    err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1.0)).item()
+    check(f"{shape} prefill graph (prompt of {len(prompt)} padded to {prefill_len(len(prompt))}) == eager prefill",
+          int(got.argmax()) == int(ref.argmax()) and err <= 5e-2, max_rel_err=round(err, 5))
+    row["prefill_ms_graph_vs_eager"] = (round(t_graph, 3), round(t_eager, 3))
+    print(f"{shape} prefill of {len(prompt)} tokens: graph {t_graph:.2f} ms, eager {t_eager:.2f} ms", flush=True)
+    eng.length = 0
+    eng.cursor.zero_()
 
 
 def tail_checks(shape: str, eng: Engine, acc, skip: LayerSkip, row: dict) -> None:

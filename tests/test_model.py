@@ -138,6 +138,33 @@ def test_prefill_warm_up_runs_each_prompt_length_once_and_changes_nothing():
     assert vanilla_generate(eng, prompts[1], 24).tokens == before
 
 
+def test_a_padded_prefill_gives_the_prompts_logits_and_the_same_generation():
+    """With CUDA graphs the prompt is prefilled padded to its `prefill_len` bucket (one graph per bucket): the rows
+    past the prompt neither change the prompt's logits nor the tokens that follow (vanilla and SWIFT), whatever the
+    previous stream left in those slots; warm_up_prefill then prefills one prompt per bucket."""
+    from model.engine import prefill_len
+    from model.swift.config import SwiftConfig
+    from model.swift.decoding import swift_generate
+
+    assert [prefill_len(n) for n in (1, 64, 65, 511, 512, 513, 1025, 2049)] == [64, 64, 128, 512, 512, 576, 1152, 2304]
+    assert all(n <= prefill_len(n) <= max(n + 63, n * 9 // 8) for n in range(1, 5000))
+    hf = hf_model(hf_config("llama"), seed=6, scale=4.0)
+    model, _ = ours_from_hf(hf)
+    eng = Engine(model, 512)
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (37, 64, 70, 40)]
+    want = [(eng.start(p).clone(), vanilla_generate(eng, p, 30).tokens) for p in prompts]
+    skip = LayerSkip.of(attn=[1], mlp=[2])
+    swift = swift_generate(eng, prompts[2], 30, cfg=SwiftConfig(guard=False), skip=skip).tokens
+    eng.pad_prefill = True  # eagerly, as the graph runs it
+    for p, (logits, tokens) in zip(prompts, want):
+        got = eng.start(p)
+        assert torch.allclose(got, logits, atol=1e-5, rtol=1e-5)
+        assert vanilla_generate(eng, p, 30).tokens == tokens
+    assert swift_generate(eng, prompts[2], 30, cfg=SwiftConfig(guard=False), skip=skip).tokens == swift == want[2][1]
+    assert eng.warm_up_prefill(prompts) == 2  # buckets 64 and 128
+
+
 def test_tree_logits_equal_sequential_branches():
     hf = hf_model(hf_config("llama"), seed=4)
     model, _ = ours_from_hf(hf)
