@@ -22,7 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from data import TASKS  # noqa: E402
 from evaluation_llama import paths, report, runner, speed  # noqa: E402
+from evaluation_llama.flags import POS_INT  # noqa: E402
 from evaluation_llama.cli import run_cli  # noqa: E402
 from model.loading import model_name  # noqa: E402
 
@@ -34,9 +36,11 @@ VARIANTS = {"vanilla": ("vanilla", []), "swift": ("swift", []), "pld": ("pld", [
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default="cnndm,gsm8k,tinystories,humaneval", help="comma-separated tasks")
-    ap.add_argument("--num-samples", type=int, default=None, help="instances per task (runner default if unset)")
-    ap.add_argument("--max-new-tokens", type=int, default=512, help="new tokens per answer")
+    ap.add_argument("--tasks", default="cnndm,gsm8k,tinystories,humaneval",
+                    help=f"comma-separated tasks, from {', '.join(TASKS)} (default: %(default)s)")
+    ap.add_argument("--num-samples", type=POS_INT, default=None,
+                    help="instances per task (default: the runners' default, the paper's 1000, or all of HumanEval)")
+    ap.add_argument("--max-new-tokens", type=POS_INT, default=512, help="new tokens per answer (default: %(default)s)")
     ap.add_argument("--model-path", default=paths.DEFAULT_MODEL_PATH, help="model folder, .gguf or hub id")
     ap.add_argument("--outputs", default=str(paths.OUTPUTS),
                     help="root of the answer files; report.md and suite_speed.json are written there")
@@ -49,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> int:
-    a = build_parser().parse_args()
+    ap = build_parser()
+    a = ap.parse_args()
+    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASKS]
+    if not tasks or bad:
+        ap.error(f"--tasks: unknown task(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(TASKS)}")
     outputs = Path(a.outputs)
     paths.refuse_reference(outputs, "pass --outputs with a folder of your own")
     if a.assets is not None:
@@ -57,7 +66,7 @@ def main() -> int:
     extra = [x for x in a.rest if x != "--"]
     common = ["--model-path", a.model_path, "--max-new-tokens", str(a.max_new_tokens),
               "--outputs", str(outputs)] + extra
-    if a.num_samples:
+    if a.num_samples is not None:
         common += ["--num-samples", str(a.num_samples)]
     rows = [BASELINE] + [m for m in a.methods.split(",") if m and m != BASELINE]
     unknown = [m for m in rows if m not in VARIANTS]
@@ -65,7 +74,7 @@ def main() -> int:
         raise SystemExit(f"unknown --methods {unknown}; choose from {', '.join(VARIANTS)}")
     model_id = model_name(paths.resolve_model_path(a.model_path)[0])
     results = {}
-    for task in a.tasks.split(","):
+    for task in tasks:
         files = {}
         for row in rows:
             method, flags = VARIANTS[row]

@@ -173,6 +173,18 @@ def test_bad_guard_settings_of_the_fixed_drafters_name_their_flag(method, extra,
     assert not (tmp_path / "a.jsonl").exists()
 
 
+@pytest.mark.parametrize("extra,needle", [(["--num-samples", "0"], "--num-samples: must be >= 1"),
+                                          (["--tasks", "cnndm,gsm8kk"], "--tasks: unknown task(s) gsm8kk"),
+                                          (["--max-new-tokens", "-3"], "--max-new-tokens: must be >= 1")])
+def test_run_suite_refuses_bad_values_before_running_anything(extra, needle, tmp_path):
+    """--num-samples 0 once meant "unset" (the paper's 1000 instances per task), and a misspelt task was found only
+    after the tasks before it had run."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_suite.py"), "--outputs", str(tmp_path / "o"),
+                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "o").exists()
+
+
 def test_debug_shows_the_traceback():
     proc = cli("vanilla", "--task", "tinystories", "--max-new-tokens", "0", "--debug")
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr
