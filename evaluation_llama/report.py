@@ -262,6 +262,16 @@ def _detail_table(rows: dict[tuple[str, str], dict[str, Cell]], tasks: list[str]
 # driver
 
 
+def base_of(method: str, methods, base_method: str = BASE_METHOD) -> str:
+    """The answer file `method` is compared with: for <name>-<setting> the baseline of the same setting,
+    <base_method>-<setting>, when there is one (eval_codellama.sh's sampling runs: swift-t0.6 against vanilla-t0.6),
+    else <base_method>. Such a baseline of a setting is a row of its own only where nothing is compared with it."""
+    for i, ch in enumerate(method):
+        if ch == "-" and f"{base_method}{method[i:]}" in methods and method != f"{base_method}{method[i:]}":
+            return f"{base_method}{method[i:]}"
+    return base_method
+
+
 def build_report(outputs: str | os.PathLike, assets: Optional[str | os.PathLike] = None,
                  base_method: str = BASE_METHOD, out: Optional[str | os.PathLike] = None) -> Report:
     """Read every answer file under ``outputs``, draw the plots into ``assets`` (default
@@ -283,20 +293,27 @@ def build_report(outputs: str | os.PathLike, assets: Optional[str | os.PathLike]
     for model in sorted(tree):
         for task in sorted(tree[model]):
             methods = tree[model][task]
-            base_records = _load(methods[base_method], notes) if base_method in methods else None
-            if base_method not in methods:
-                notes.append(f"{model}/{task}: no {base_method}.jsonl, so no speedup")
-            for method in sorted(m for m in methods if m != base_method):
+            bases = {m: base_of(m, methods, base_method) for m in methods}
+            loaded: dict[str, Optional[list[dict]]] = {}
+            row_methods = [m for m in sorted(methods) if m != base_method and m not in
+                           {bases[x] for x in methods if x != m}]
+            for base in sorted({bases[m] for m in row_methods} - set(methods)):
+                notes.append(f"{model}/{task}: no {base}.jsonl, so no speedup")
+            for method in row_methods:
                 records = _load(methods[method], notes)
                 if records is None:
                     continue
                 label = f"{model}/{task}/{method}"
                 cell = None
+                base = bases[method]
+                if base in methods and base not in loaded:
+                    loaded[base] = _load(methods[base], notes)
+                base_records = loaded.get(base)
                 if base_records is not None:
                     try:
                         result = compare(records, base_records, allow_partial=True,
                                          name=str(methods[method]),
-                                         base_name=str(methods[base_method]))
+                                         base_name=str(methods[base]))
                     except UserError as exc:
                         notes.append(f"{label}: no speedup ({exc})")
                     else:
@@ -304,7 +321,7 @@ def build_report(outputs: str | os.PathLike, assets: Optional[str | os.PathLike]
                             notes.append(
                                 f"{label}: compared only the questions both files answer "
                                 f"({result['only_in_file']} only in {method}, "
-                                f"{result['only_in_base']} only in {base_method})")
+                                f"{result['only_in_base']} only in {base})")
                         cell = _cell_from_summary(result[OVERALL], result["partial"])
                         mine, base = pooled.setdefault((model, method), ([], []))
                         common = {str(r["question_id"]) for r in records} & \
@@ -348,7 +365,9 @@ def build_report(outputs: str | os.PathLike, assets: Optional[str | os.PathLike]
                f"`{outputs}` (expected `<model>/<task>/<method>.jsonl`).", ""]
     else:
         md += [f"Speedup over `{base_method}` = mean per-answer tokens/s of the method divided "
-               f"by that of `{base_method}`, on the questions both answer. α = acceptance rate "
+               f"by that of `{base_method}`, on the questions both answer (a method run with a "
+               f"setting, e.g. `swift-t0.6`, against `{base_method}` of the same setting, "
+               f"`{base_method}-t0.6`, where there is one). α = acceptance rate "
                f"(accepted drafted tokens / drafted tokens); M = mean tokens committed per "
                f"decoding step, bonus token included. `{OVERALL}` pools the answers of all "
                f"tasks with a baseline. * = partial comparison.", ""]

@@ -23,8 +23,10 @@ from evaluation_llama import metrics  # noqa: E402
 from evaluation_llama.answers import file_config, natural_key, read_answer_file  # noqa: E402
 from model.errors import UserError  # noqa: E402
 
-# configuration keys that must agree between the two files for a fair comparison
-MATCHING_CONFIG_KEYS = ("max_new_tokens", "temperature")
+# configuration keys that must agree between the two files for a fair comparison (where both record them): the
+# generation settings and what runs them (the model is compared by model_id, the questions by their ids)
+MATCHING_CONFIG_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "chat_template", "dtype", "device",
+                        "backends")
 OVERALL = "overall"
 CPU_NOTE = ("Measured on a CPU. A small model on a CPU is dominated by per-step overhead (Python, "
             "kernel launches), not by reading weights, so a draft step costs almost as much as a "
@@ -71,8 +73,8 @@ def _config_values(header: Optional[dict], records: list[dict], key: str) -> set
 
 def check_compatible(name: str, header: Optional[dict], records: list[dict],
                      base_name: str, base_header: Optional[dict], base_records: list[dict]) -> None:
-    """Raise UserError unless both files are non-empty, of one model, and generated with the same
-    max_new_tokens and temperature (where recorded)."""
+    """Raise UserError unless both files are non-empty, of one model, and generated with the same settings
+    (`MATCHING_CONFIG_KEYS`, where recorded)."""
     for label, recs in ((name, records), (base_name, base_records)):
         if not recs:
             raise UserError(f"{label} holds no answers")

@@ -131,3 +131,28 @@ def test_report_plots_go_beside_the_report_not_into_committed_folders(tree):
                              capture_output=True, text=True)
         assert res.returncode == 2 and "committed reference results" in res.stderr, res.stderr
     assert {p: p.stat().st_mtime_ns for p in (ROOT / "assets").rglob("*.png")} == before
+
+
+def test_a_method_run_with_a_setting_is_compared_with_the_baseline_of_that_setting(tmp_path):
+    """eval_codellama.sh writes {vanilla,swift}.jsonl (greedy) and {vanilla,swift}-t0.6.jsonl (sampling): swift-t0.6
+    is compared with vanilla-t0.6, which is not a row of its own, and the greedy pair stays as it was."""
+    from evaluation_llama.report import base_of
+    out = tmp_path / "outputs"
+    he = out / MODEL / "humaneval"
+    write(he / "vanilla.jsonl", [rec("1", "humaneval", "vanilla", 10, 1.0, [1] * 10, 0)])
+    write(he / "swift.jsonl", [rec("1", "humaneval", "swift", 10, 0.5, [5, 5], 8)])
+    sampled = [rec("1", "humaneval", "vanilla", 8, 2.0, [1] * 8, 0)]
+    for r in sampled:
+        r["config"]["temperature"] = 0.6
+    write(he / "vanilla-t0.6.jsonl", sampled)
+    swift_sampled = [dict(rec("1", "humaneval", "swift", 8, 0.5, [4, 4], 6))]
+    swift_sampled[0]["config"] = dict(swift_sampled[0]["config"], temperature=0.6)
+    write(he / "swift-t0.6.jsonl", swift_sampled)
+    report = build_report(out, tmp_path / "assets")
+    assert report.rows[(MODEL, "swift")]["humaneval"].speedup == pytest.approx(2.0)
+    assert report.rows[(MODEL, "swift-t0.6")]["humaneval"].speedup == pytest.approx(4.0)  # 16 / 4 tok/s
+    assert (MODEL, "vanilla-t0.6") not in report.rows
+    assert not [n for n in report.notes if "no speedup" in n]
+    methods = {"vanilla", "swift", "vanilla-t0.6", "swift-t0.6", "swift-cached-t0.6", "pld-x"}
+    assert [base_of(m, methods) for m in ("swift-t0.6", "swift-cached-t0.6", "pld-x", "vanilla-t0.6", "swift")] == \
+        ["vanilla-t0.6", "vanilla-t0.6", "vanilla", "vanilla", "vanilla"]

@@ -151,6 +151,20 @@ def test_compare_files_refuses_other_generation_settings(tmp_path):
     assert compare_files(a, b)["overall"]["speedup"] == pytest.approx(7 / 3)
 
 
+@pytest.mark.parametrize("key,mine,base", [("chat_template", True, False), ("dtype", "bfloat16", "float32"),
+                                           ("top_p", 0.95, 1.0), ("top_k", 0, 20), ("device", "cuda", "cpu"),
+                                           ("backends", {"kernels": "triton"}, {"kernels": "torch"})])
+def test_compare_files_refuses_files_that_ran_otherwise(key, mine, base, tmp_path):
+    """A chat-template baseline against plain prompts once gave '0.10x, identical 0%' without a word; each setting
+    that changes the answers or what computes them must agree where both files record it."""
+    a = write(tmp_path / "swift.jsonl", swift_records(), {**CONFIG, key: mine})
+    b = write(tmp_path / "vanilla.jsonl", vanilla_records(), {**CONFIG, key: base})
+    with pytest.raises(UserError, match=f"different {key}"):
+        compare_files(a, b)
+    b = write(tmp_path / "vanilla.jsonl", vanilla_records())  # not recorded on one side: compared as before
+    assert compare_files(a, b)["overall"]["speedup"] == pytest.approx(7 / 3)
+
+
 # ------------------------------------------------------------------ CLI
 
 
