@@ -85,7 +85,7 @@ def build_parser(method) -> argparse.ArgumentParser:
     _model_flags(p.add_argument_group("model"))
     _data_flags(p.add_argument_group("data"))
     _generation_flags(p.add_argument_group("generation"))
-    _output_flags(p.add_argument_group("output"), method.name)
+    _output_flags(p.add_argument_group("output"), method.name, method.answer_names)
     _parallel_flags(p.add_argument_group("parallelism"))
     method.add_flags(p)
     p.add_argument("--debug", action="store_true",
@@ -159,13 +159,13 @@ def _generation_flags(g) -> None:
                         f"pending prompt, at most {WARMUP_MAX_NEW_TOKENS} new tokens)")
 
 
-def _output_flags(g, method_name: str) -> None:
+def _output_flags(g, method_name: str, other_names: str = "") -> None:
     g.add_argument("--outputs", default=str(OUTPUTS),
                    help="root of the default output paths: <outputs>/<model-id>/<task>/")
     g.add_argument("--answer-file", default=None,
                    help=f"answer file (default: <outputs>/<model-id>/<task>/{method_name}"
-                        f"[-t<temperature>].jsonl); an existing file of the same configuration is "
-                        f"resumed")
+                        f"[-t<temperature>].jsonl{'; ' + other_names if other_names else ''}); "
+                        f"an existing file of the same configuration is resumed")
     g.add_argument("--overwrite", action="store_true",
                    help="start the answer file afresh instead of resuming it (also allows replacing "
                         "a file made with another configuration)")

@@ -68,6 +68,7 @@ class Method:
     entry_module: ClassVar[str] = ""  # the runner module that runs this method
     description: ClassVar[str] = ""  # what it does, for --help
     record_keys: ClassVar[tuple[str, ...]] = ()  # its entries in the run config
+    answer_names: ClassVar[str] = ""  # for --answer-file's help: how its flags change the default name (run_name)
 
     # ---- configuration (class level: before any model is loaded) ---------------------------------
     @classmethod
@@ -85,6 +86,12 @@ class Method:
         """The configuration with default file locations filled in; ``folder`` is the run's
         <outputs>/<model-id>/<task>/ folder."""
         return config
+
+    @classmethod
+    def run_name(cls, config: Any) -> str:
+        """The stem of this configuration's default answer file (before any -t<temperature>); `answer_names` says
+        in the --answer-file help which flags change it."""
+        return cls.name
 
     @classmethod
     def record_config(cls, config: Any) -> dict:
@@ -250,6 +257,7 @@ class Swift(Method):
     description = ("SWIFT self-speculative decoding (on-the-fly layer-skip search, then drafting "
                    "with the skipped model and verifying with the full model)")
     record_keys = ("swift", "cache_hit", "reset_search_per_instance")
+    answer_names = "hybrid for --context-drafts, and -cached after it for --cache-hit"
 
     @classmethod
     def add_flags(cls, parser):
@@ -330,10 +338,12 @@ class Swift(Method):
             f"0 = the stop is final (default {d['context_retry']})", type=INT)
         g.add_argument("--layer-cache", default=None,
                        help=f"layer-configuration cache (default: <outputs>/<model-id>/<task>/"
-                            f"{LAYER_CONFIG}): written with the best skip set when the search "
-                            f"stops and at the end of the run; read with --cache-hit")
+                            f"{LAYER_CONFIG}, with --context-drafts layer_config-hybrid.json): written "
+                            f"with the best skip set when the search stops and at the end of the run; read "
+                            f"with --cache-hit")
         g.add_argument("--cache-hit", action="store_true",
-                       help="read the skip set from --layer-cache and skip the optimization phase")
+                       help="read the skip set from --layer-cache and skip the optimization phase; "
+                            "answers go to swift-cached.jsonl (hybrid-cached.jsonl) unless --answer-file")
         g.add_argument("--reset-search-per-instance", action="store_true",
                        help="start the layer search (and the draft-stop calibration) afresh for "
                             "every instance (default: one search carried across all instances of "
@@ -354,9 +364,16 @@ class Swift(Method):
 
     @classmethod
     def place(cls, config, folder):
-        if config.layer_cache is None:
-            config = dataclasses.replace(config, layer_cache=str(folder / LAYER_CONFIG))
+        if config.layer_cache is None:  # the hybrid's search finds its own set: layer_config-hybrid.json
+            name = LAYER_CONFIG if not config.swift.context_drafts else "layer_config-hybrid.json"
+            config = dataclasses.replace(config, layer_cache=str(folder / name))
         return config
+
+    @classmethod
+    def run_name(cls, config):
+        """swift, hybrid (--context-drafts), and swift-cached / hybrid-cached (--cache-hit): the runs of one task
+        keep their answers apart, so a --cache-hit run after the search run needs no --answer-file."""
+        return ("hybrid" if config.swift.context_drafts else cls.name) + ("-cached" if config.cache_hit else "")
 
     @classmethod
     def record_config(cls, config):

@@ -244,7 +244,7 @@ def resolve(args: argparse.Namespace, method: type[methods.Method], config: Any)
     dtype_name = args.dtype if args.dtype != "auto" else (
         "bfloat16" if device.type == "cuda" else "float32")
     answer_file = Path(args.answer_file) if args.answer_file else \
-        paths.answer_file(model_id, args.task, method.name, args.temperature, args.outputs)
+        paths.answer_file(model_id, args.task, method.run_name(config), args.temperature, args.outputs)
     num_shards = args.num_shards or args.num_gpus or 1
     if args.shard is None and num_shards > 1:
         _check_gpus(args, device, num_shards)

@@ -327,6 +327,17 @@ def test_default_answer_file_and_layer_cache(smollm2_path):
         if method == "swift":
             assert Path(s.method_config.layer_cache).as_posix() == f"outputs/{mid}/humaneval/layer_config.json"
 
+    # the runs of one task keep apart by default: a --cache-hit run after the search run (as the README shows it)
+    # reads the search's layer cache and writes its own answers; the hybrid searches into a cache of its own
+    for argv, answers, cache in ((["--cache-hit"], "swift-cached", "layer_config.json"),
+                                 (["--context-drafts"], "hybrid", "layer_config-hybrid.json"),
+                                 (["--context-drafts", "--cache-hit"], "hybrid-cached", "layer_config-hybrid.json")):
+        args = runner.build_parser("swift").parse_args(
+            ["--model-path", str(smollm2_path), "--device", "cpu", "--task", "gsm8k"] + argv)
+        s = settings.resolve(args, methods.get("swift"), settings.check_flags(args, methods.get("swift")))
+        assert s.answer_file.as_posix() == f"outputs/{mid}/gsm8k/{answers}.jsonl"
+        assert Path(s.method_config.layer_cache).as_posix() == f"outputs/{mid}/gsm8k/{cache}"
+
 
 # ----------------------------------------------------------------------------------------------
 # the bash evaluation scripts (run with a stand-in python that records the commands)
