@@ -3,7 +3,7 @@
 # chain of thought) and TinyStories (1-shot continuation), greedy decoding.
 #
 # For every task it runs the baseline (plain autoregressive decoding), then SWIFT, into
-# outputs/<model-id>/<task>/{vanilla,swift}.jsonl, and prints the speed report
+# OUTPUTS/<model-id>/<task>/{vanilla,swift}.jsonl (OUTPUTS: outputs), and prints the speed report
 # (python3 -m evaluation_llama.speed). On a CPU this checks the pipeline, not the speed: a small
 # model there is dominated by per-step overhead and SWIFT is not expected to be faster (the speed
 # report says so); speed is measured on a GPU. Paths are relative to the current directory (run it
@@ -21,6 +21,9 @@
 #   DATA_DIR         folder with the task files (default: $SWIFT_DATA_DIR, ../shared/data, hub)
 #   EXTRA_ARGS       extra flags for both runners, e.g. "--num-gpus 4" or "--dtype float32"
 #   SWIFT_ARGS       extra flags for the SWIFT runner only, e.g. "--skip-ratio 0.45"
+#   OUTPUTS          root of the answer files (default outputs): OUTPUTS/<model-id>/<task>/. A run whose
+#                    settings (NUM_SAMPLES, MAX_NEW_TOKENS, EXTRA_ARGS, ...) differ from the answers already
+#                    there is refused: give it another OUTPUTS, or EXTRA_ARGS="--overwrite" to replace them
 #   TASKS            tasks to run (default "cnndm gsm8k tinystories")
 #
 # Examples:

@@ -7,6 +7,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 DEFAULT_MODEL="models/smollm2-135m/hf"
 MODEL_PATH="${1:-${MODEL_PATH:-$DEFAULT_MODEL}}"
 MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-512}"
+OUTPUTS="${OUTPUTS:-outputs}"
 PYTHON="${PYTHON:-python3}"
 
 # first run on a fresh machine: install what is missing and fetch the default model
@@ -21,14 +22,14 @@ if [[ "$MODEL_PATH" == "$DEFAULT_MODEL" && ! -f "$MODEL_PATH/config.json" \
 fi
 MODEL_ID="$("$PYTHON" -c 'import sys; from model.loading import model_name; print(model_name(sys.argv[1]))' "$MODEL_PATH")"
 
-# task_dir TASK: the folder of this model's answers on TASK (evaluation_llama/paths.py knows the layout)
+# task_dir TASK: the folder of this model's answers on TASK under OUTPUTS (evaluation_llama/paths.py knows the layout)
 task_dir() {
     "$PYTHON" -c 'import sys; from evaluation_llama.paths import task_dir; print(task_dir(*sys.argv[1:]).as_posix())' \
-        "$MODEL_ID" "$1"
+        "$MODEL_ID" "$1" "$OUTPUTS"
 }
 
 # flags shared by both runners
-COMMON=(--model-path "$MODEL_PATH" --model-id "$MODEL_ID" --max-new-tokens "$MAX_NEW_TOKENS")
+COMMON=(--model-path "$MODEL_PATH" --model-id "$MODEL_ID" --max-new-tokens "$MAX_NEW_TOKENS" --outputs "$OUTPUTS")
 if [[ -n "${NUM_SAMPLES:-}" ]]; then COMMON+=(--num-samples "$NUM_SAMPLES"); fi
 if [[ -n "${DATA_DIR:-}" ]]; then COMMON+=(--data-dir "$DATA_DIR"); fi
 read -r -a EXTRA <<< "${EXTRA_ARGS:-}"

@@ -399,6 +399,15 @@ def test_eval_llama_script(tmp_path, smollm2_path):
         assert s.layer_cache == str(Path(s.answer_file).parent / "layer_config.json")
 
 
+def test_eval_scripts_write_under_outputs(tmp_path, smollm2_path):
+    """OUTPUTS moves every answer file and layer cache (EXTRA_ARGS="--outputs ..." could not: the scripts name
+    their files)."""
+    commands = run_script("eval_codellama.sh", tmp_path, smollm2_path, {"OUTPUTS": str(tmp_path / "elsewhere")})
+    for b, s in check_commands(commands, ["humaneval"], suffixes=("", "-t0.6")):
+        for path in (b.answer_file, s.answer_file, s.layer_cache):
+            assert Path(path).is_relative_to(tmp_path / "elsewhere" / model_name(str(smollm2_path)) / "humaneval")
+
+
 def test_eval_codellama_script(tmp_path, smollm2_path):
     commands = run_script("eval_codellama.sh", tmp_path, smollm2_path, {"MAX_NEW_TOKENS": "32"})
     (gb, gs), (sb, ss) = check_commands(commands, ["humaneval"], suffixes=("", "-t0.6"))
