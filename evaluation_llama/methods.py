@@ -234,9 +234,10 @@ class SwiftRun:
                    bool(data.get("reset_search_per_instance")), data.get("skip"))
 
 
-def swift_config(values: dict, given: dict[str, str]) -> SwiftConfig:
-    """SwiftConfig(**values), its UserError worded for the command line: the flag that alone
-    breaks a rule is named (``given``: field -> flag as typed)."""
+def swift_config(values: dict, given: dict[str, str], what: str = "SWIFT settings") -> SwiftConfig:
+    """SwiftConfig(**values), its UserError worded for the command line (``what``: whose settings): the flag that
+    alone breaks a rule, and without which the rest keep them, is named with the message of the values as given
+    (``given``: field -> flag as typed); else the flags given are listed."""
     try:
         return SwiftConfig(**values)
     except UserError as exc:
@@ -244,9 +245,15 @@ def swift_config(values: dict, given: dict[str, str]) -> SwiftConfig:
         for field, flag in given.items():
             try:
                 SwiftConfig(**fixed, **{field: values[field]})
-            except UserError as alone:
-                raise UserError(f"invalid SWIFT settings: {flag} {values[field]}: {alone}") from None
-        raise UserError(f"invalid SWIFT settings: {exc} Adjust the matching flags ("
+                continue
+            except UserError:
+                pass
+            try:
+                SwiftConfig(**{k: v for k, v in values.items() if k != field})
+            except UserError:
+                continue  # the others break a rule too
+            raise UserError(f"invalid {what}: {flag} {values[field]}: {exc}") from None
+        raise UserError(f"invalid {what}: {exc} Adjust the matching flags ("
                         f"{', '.join(given.values()) or 'see --help'}).") from None
 
 
@@ -356,6 +363,10 @@ class Swift(Method):
         given = {f: "--" + f.replace("_", "-") for f in values}
         values.update(guard=not args.no_guard, seed=args.seed,
                       context_drafts=bool(getattr(args, "context_drafts", False)))
+        idle = [given[f] for f in ("context_tree", "context_retry") if f in given and not values["context_drafts"]]
+        if idle:  # they would do nothing, yet enter the run's configuration (a rerun without them: "another one")
+            raise UserError(f"{' and '.join(idle)} only act{'s' if len(idle) == 1 else ''} on the context drafts of "
+                            f"the hybrid: add --context-drafts or drop {'it' if len(idle) == 1 else 'them'}.")
         if args.cache_hit and args.reset_search_per_instance:
             raise UserError("--cache-hit reads a fixed skip set, so there is no search to reset; "
                             "drop --reset-search-per-instance or --cache-hit.")
@@ -645,7 +656,7 @@ class PromptLookup(_FixedDrafter):
         given = {f: "--" + f.replace("_", "-") for f in values} | cls.guard_given(args)
         n = values.get("context_len", 10)
         values.update(cls.swift_values(args), context_drafts=True, max_draft_len=n, max_tree_nodes=max(16, n + 2))
-        return swift_config(values, given)
+        return swift_config(values, given, "prompt lookup settings")
 
     def skip(self):
         from model.llama import NO_SKIP
@@ -682,7 +693,7 @@ class EarlyExit(_FixedDrafter):
         values.update(cls.swift_values(args))
         if args.exit_layer is not None and args.exit_layer < 1:
             raise UserError(f"--exit-layer must be >= 1, got {args.exit_layer}.")
-        return EarlyExitRun(swift_config(values, given), args.exit_layer)
+        return EarlyExitRun(swift_config(values, given, "early exit settings"), args.exit_layer)
 
     @classmethod
     def record_config(cls, config):

@@ -141,6 +141,8 @@ BAD_SWIFT_FLAGS = [
     (["--max-draft-len", "25", "--max-tree-nodes", "10"], "invalid SWIFT settings"),
     (["--context-window", "64", "--num-candidates", "4"], "invalid SWIFT settings"),
     (["--cache-hit", "--reset-search-per-instance"], "--cache-hit"),
+    (["--context-tree", "union"], "--context-tree only acts on the context drafts of the hybrid"),
+    (["--context-retry", "8", "--context-tree", "select"], "add --context-drafts or drop them"),
     (["--search-proposals", "greedy"], "invalid choice"),
 ]
 
@@ -163,7 +165,11 @@ def test_bad_swift_settings_are_one_paragraph_errors(extra, needle, tmp_path):
 @pytest.mark.parametrize("method,extra,needle", [("pld", ["--context-retry", "-1"], "--context-retry"),
                                                  ("pld", ["--guard-margin", "0"], "--guard-margin"),
                                                  ("early_exit", ["--guard-margin", "-1"], "--guard-margin"),
-                                                 ("early_exit", ["--draft-rest", "-1"], "--draft-rest")])
+                                                 ("early_exit", ["--draft-rest", "-1"], "--draft-rest"),
+                                                 ("pld", ["--ngram-min", "4", "--ngram-max", "2"],
+                                                  "invalid prompt lookup settings: --ngram-min 4: n-gram sizes "
+                                                  "must satisfy 1 <= min <= max <= 8, got 4..2"),
+                                                 ("early_exit", ["--max-draft-len", "0"], "early exit settings")])
 def test_bad_guard_settings_of_the_fixed_drafters_name_their_flag(method, extra, needle, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", f"evaluation_llama.inference_{method}", "--task", "tinystories",

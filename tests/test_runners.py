@@ -276,7 +276,7 @@ def test_swift_flags_map_one_to_one_onto_swift_config():
               "guard_margin": 1.2, "context_retry": 32, "draft_rest": 2}
     if "draft_stop" in {f.name for f in dataclasses.fields(SwiftConfig)}:
         values["draft_stop"] = "confidence"
-    argv = ["--task", "gsm8k", "--seed", "5", "--no-guard"]
+    argv = ["--task", "gsm8k", "--seed", "5", "--no-guard", "--context-drafts"]  # (--context-retry acts on them)
     for name, value in values.items():
         argv += ["--" + name.replace("_", "-"), str(value)]
     args = runner.build_parser("swift").parse_args(argv)
