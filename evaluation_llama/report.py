@@ -35,7 +35,8 @@ if __package__ in (None, ""):  # run as a script: python evaluation_llama/report
 
 from evaluation_llama import metrics, paths  # noqa: E402
 from evaluation_llama.answers import read_answer_file  # noqa: E402
-from evaluation_llama.speed import compare, fmt  # noqa: E402
+from evaluation_llama.speed import CPU_NOTE, compare, fmt  # noqa: E402
+from evaluation_llama.speed import devices as speed_devices  # noqa: E402
 from model.errors import UserError  # noqa: E402
 
 BASE_METHOD = "vanilla"
@@ -82,15 +83,17 @@ def discover(outputs: Path, notes: list[str]) -> dict[str, dict[str, dict[str, P
     return found
 
 
-def _load(path: Path, notes: list[str]) -> Optional[list[dict]]:
+def _load(path: Path, notes: list[str], devices: Optional[set] = None) -> Optional[list[dict]]:
     try:
-        _, records = read_answer_file(path, warn=lambda m: notes.append(m))
+        header, records = read_answer_file(path, warn=lambda m: notes.append(m))
     except UserError as exc:
         notes.append(f"skipped {path}: {exc}")
         return None
     if not records:
         notes.append(f"skipped {path}: no answers")
         return None
+    if devices is not None:
+        devices.update(speed_devices(header, records))
     return records
 
 
@@ -283,6 +286,7 @@ def build_report(outputs: str | os.PathLike, assets: Optional[str | os.PathLike]
     if not outputs.is_dir():
         raise UserError(f"outputs directory {outputs} does not exist")
     notes: list[str] = []
+    devices: set[str] = set()  # where the answers were generated (a CPU report says what to expect there)
     files: list[Path] = []
     tree = discover(outputs, notes)
     tasks = sorted({t for per_model in tree.values() for t in per_model})
@@ -300,14 +304,14 @@ def build_report(outputs: str | os.PathLike, assets: Optional[str | os.PathLike]
             for base in sorted({bases[m] for m in row_methods} - set(methods)):
                 notes.append(f"{model}/{task}: no {base}.jsonl, so no speedup")
             for method in row_methods:
-                records = _load(methods[method], notes)
+                records = _load(methods[method], notes, devices)
                 if records is None:
                     continue
                 label = f"{model}/{task}/{method}"
                 cell = None
                 base = bases[method]
                 if base in methods and base not in loaded:
-                    loaded[base] = _load(methods[base], notes)
+                    loaded[base] = _load(methods[base], notes, devices)
                 base_records = loaded.get(base)
                 if base_records is not None:
                     try:
@@ -371,6 +375,8 @@ def build_report(outputs: str | os.PathLike, assets: Optional[str | os.PathLike]
                f"(accepted drafted tokens / drafted tokens); M = mean tokens committed per "
                f"decoding step, bonus token included. `{OVERALL}` pools the answers of all "
                f"tasks with a baseline. * = partial comparison.", ""]
+        if "cpu" in devices:
+            md += [CPU_NOTE, ""]
         md += _main_table(rows, tasks) + ["", "## Details", ""] + _detail_table(rows, tasks)
         md.append("")
     if files:

@@ -214,7 +214,25 @@ def to_markdown(result: dict) -> str:
                      f"{fmt(s['base_tokens_per_second'], 'tps')} | "
                      f"{fmt(s['mean_accept_length'], 'f')} | {fmt(s['acceptance_rate'], '%')} | "
                      f"{fmt(s['identical_fraction'], '%')} | {fmt(s['pooled_speedup'], 'x')} |")
-    return "\n".join(lines)
+    notes = caveats(result)
+    return "\n".join(lines + ([""] + [f"Note: {n}" for n in notes] if notes else []))
+
+
+FEW_ANSWERS = 10
+
+
+def caveats(result: dict) -> list[str]:
+    """What makes this comparison's speedup say little: too few answers, or a method that never drafted."""
+    out, overall = [], result[OVERALL]
+    if overall["answers"] < FEW_ANSWERS:
+        out.append(f"{overall['answers']} answer{'s' if overall['answers'] != 1 else ''} only: an answer's rate "
+                   f"varies by tens of percent from run to run, so a speedup from so few is mostly noise.")
+    if result["method"] != result["base_method"] and overall["acceptance_rate"] is None \
+            and overall["mean_accept_length"] in (None, 1.0):
+        out.append(f"{result['method']} drafted no token in these answers (they were too short for its layer "
+                   f"search, or its guard stopped every draft): it decoded plainly, so its speedup over "
+                   f"{result['base_method']} is noise around 1x.")
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

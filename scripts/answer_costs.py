@@ -14,14 +14,15 @@ import sys
 from pathlib import Path
 
 
-def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
-    """(a, b) of wall = a + b * tokens; (0, mean wall per token) when every answer has the same length."""
+def fit(points: list[tuple[int, float]]) -> tuple[float | None, float]:
+    """(a, b) of wall = a + b * tokens; (None, mean wall per token) when every answer has the same length: the
+    answers then cannot tell a fixed cost from a per-token one (the table prints '-' and says so)."""
     n = len(points)
     mx = sum(x for x, _ in points) / n
     my = sum(y for _, y in points) / n
     sxx = sum((x - mx) ** 2 for x, _ in points)
     if sxx == 0:
-        return 0.0, my / mx
+        return None, my / mx
     b = sum((x - mx) * (y - my) for x, y in points) / sxx
     return my - b * mx, b
 
@@ -36,6 +37,7 @@ def main() -> int:
         return 1
     print("| model | task | method | answers | fixed ms (a) | ms per token (b) | mean tokens |")
     print("|---|---|---|---:|---:|---:|---:|")
+    same_length = False
     for f in files:
         pts = []
         for line in f.open():
@@ -46,8 +48,12 @@ def main() -> int:
             pts.append((sum(c["new_tokens"]), 1e3 * sum(c["wall_time"])))
         if pts:
             fa, fb = fit(pts)
-            print(f"| {f.parts[-3]} | {f.parts[-2]} | {f.stem} | {len(pts)} | {fa:.1f} | {fb:.3f} | "
-                  f"{sum(x for x, _ in pts) / len(pts):.0f} |")
+            same_length |= fa is None
+            print(f"| {f.parts[-3]} | {f.parts[-2]} | {f.stem} | {len(pts)} | {'-' if fa is None else f'{fa:.1f}'} | "
+                  f"{fb:.3f} | {sum(x for x, _ in pts) / len(pts):.0f} |")
+    if same_length:
+        print("\n-: every answer of that file has the same length, so the fit cannot separate a fixed cost from a "
+              "per-token one; its ms per token is the mean wall time per token, fixed cost included.")
     return 0
 
 

@@ -15,9 +15,9 @@ if ! "$PYTHON" -c "import transformers, safetensors, gguf, bayes_opt, tqdm, roug
     "$PYTHON" -m pip install -r requirements.txt
 fi
 if ! "$PYTHON" -c "import triton" 2>/dev/null; then
-    # CUDA builds of torch bring triton; CPU installs get it for its interpreter, which runs the attention
-    # kernel's tests on CPU tensors (tests/test_attention.py). Not needed to run anything on CPU.
-    echo "[setup] installing triton 3.9.0 (for the attention-kernel tests)" >&2
-    "$PYTHON" -m pip install triton==3.9.0 || echo "[setup] triton could not be installed here; the attention-kernel tests will be skipped" >&2
+    # CUDA builds of torch bring triton; CPU installs get it for its interpreter, which runs the kernels'
+    # tests on CPU tensors (tests/test_kernels.py, tests/test_tree_kernels.py). Not needed to run anything on CPU.
+    echo "[setup] installing triton 3.9.0 (for the kernel tests)" >&2
+    "$PYTHON" -m pip install triton==3.9.0 || echo "[setup] triton could not be installed here; the kernel tests will be skipped" >&2
 fi
 "$PYTHON" scripts/fetch_models.py "$@"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # CPU tests run the Triton kernels in Triton's interpreter (test_attention.py)
+if not torch.cuda.is_available():  # CPU tests run the Triton kernels in Triton's interpreter (test_kernels.py)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -156,3 +156,17 @@ def test_a_method_run_with_a_setting_is_compared_with_the_baseline_of_that_setti
     methods = {"vanilla", "swift", "vanilla-t0.6", "swift-t0.6", "swift-cached-t0.6", "pld-x"}
     assert [base_of(m, methods) for m in ("swift-t0.6", "swift-cached-t0.6", "pld-x", "vanilla-t0.6", "swift")] == \
         ["vanilla-t0.6", "vanilla-t0.6", "vanilla", "vanilla", "vanilla"]
+
+
+def test_a_report_of_cpu_answers_says_what_to_expect_there(tmp_path):
+    from evaluation_llama.speed import CPU_NOTE
+    out = tmp_path / "outputs"
+    header = {"header": True, "config": {"device": "cpu", "temperature": 0.0, "max_new_tokens": 16}}
+    for method, seconds in (("vanilla", 1.0), ("swift", 2.0)):
+        path = out / MODEL / "gsm8k" / f"{method}.jsonl"
+        write(path, [header, rec("1", "gsm8k", method, 10, seconds, [1] * 10, 0)])
+    assert CPU_NOTE in build_report(out, tmp_path / "assets").markdown
+    header["config"]["device"] = "cuda"
+    write(out / MODEL / "gsm8k" / "vanilla.jsonl", [header, rec("1", "gsm8k", "vanilla", 10, 1.0, [1] * 10, 0)])
+    write(out / MODEL / "gsm8k" / "swift.jsonl", [header, rec("1", "gsm8k", "swift", 10, 2.0, [1] * 10, 0)])
+    assert CPU_NOTE not in build_report(out, tmp_path / "assets").markdown

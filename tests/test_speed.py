@@ -244,7 +244,7 @@ def test_a_cpu_report_says_what_to_expect_there():
 
 
 def test_answer_cost_fit_separates_fixed_and_per_token_cost():
-    """scripts/answer_costs.py: wall = a + b * tokens recovered exactly; equal lengths give (0, mean per token)."""
+    """scripts/answer_costs.py: wall = a + b * tokens recovered exactly; equal lengths give (None, mean per token)."""
     import importlib.util
     from pathlib import Path
     spec = importlib.util.spec_from_file_location("answer_costs",
@@ -253,4 +253,18 @@ def test_answer_cost_fit_separates_fixed_and_per_token_cost():
     spec.loader.exec_module(mod)
     a, b = mod.fit([(t, 40.0 + 0.9 * t) for t in (50, 200, 512)])
     assert abs(a - 40.0) < 1e-9 and abs(b - 0.9) < 1e-12
-    assert mod.fit([(512, 460.8), (512, 460.8)]) == (0.0, 0.9)
+    assert mod.fit([(512, 460.8), (512, 460.8)]) == (None, 0.9)  # no fixed cost can be told apart: none given
+
+
+def test_the_report_says_when_its_speedup_says_little(tmp_path):
+    """Few answers, or a method that drafted nothing (SWIFT on answers too short for its search), get a note under
+    the table; enough answers of a method that drafted get none."""
+    from evaluation_llama.speed import to_markdown
+    few = to_markdown(compare(swift_records(), vanilla_records()))
+    assert "Note: 3 answers only" in few and "drafted no token" not in few
+    plain = [rec(str(i), "gsm8k", 4, 0.1, [1, 1, 1, 1], 0, [i]) for i in range(12)]
+    base = [rec(str(i), "gsm8k", 4, 0.2, [1, 1, 1, 1], 0, [i], method="vanilla") for i in range(12)]
+    md = to_markdown(compare(plain, base))
+    assert "answers only" not in md and "Note: swift drafted no token in these answers" in md
+    drafted = [rec(str(i), "gsm8k", 4, 0.1, [2, 2], 2, [i]) for i in range(12)]
+    assert "Note:" not in to_markdown(compare(drafted, base))
