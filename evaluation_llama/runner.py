@@ -160,6 +160,14 @@ def _answer(s: Settings, td: TaskData, mine: list, pending: list, sink: Deferred
                 bar.update(1)
     except torch.OutOfMemoryError as exc:
         raise guards.oom_error(s, margs, capacity, longest, model) from exc
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+            bar = None
+        if s.shard is None:  # (a shard's parent says it for all of them)
+            note(f"interrupted: {len(mine) - len(pending) + len(written)} of {len(mine)} answers are kept in "
+                 f"{sink.path}; run the same command again to continue")
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -127,7 +127,8 @@ def run_parent(s: Settings, td: TaskData) -> int:
             open_writer(main, config, overwrite=not has_records(main)).close()
         stale = paths.existing_shards(main)
         if stale:
-            note(f"merging {len(stale)} shard file(s) of an earlier interrupted run into {main}")
+            note(f"merging {len(stale)} shard file(s) into {main} (run with --shard, or left by an interrupted "
+                 f"run)")
             merge_into(main, stale)
         done = existing_ids(main, config)
         if all(inst.question_id in done for inst in td.instances):

@@ -502,6 +502,9 @@ def test_interrupted_run_resumes_without_loss(how, reference, smollm2_path, shar
         assert "Traceback" not in err and "interrupted" in err
         answer_lines(answer)  # every line complete
     kept = records_by_id(answer)
+    if how != "SIGKILL":  # it says how much is kept and how to go on
+        assert f"interrupted: {len(kept)} of {INTERRUPT_N} answers are kept in {answer}; run the same command " \
+               f"again to continue" in err, err[-2000:]
     assert 1 <= len(kept) < INTERRUPT_N
     for qid, r in kept.items():
         assert r["token_ids"] == reference[qid]["token_ids"]
