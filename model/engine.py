@@ -183,7 +183,15 @@ class Engine:
             B = min(self.max_seq_len, prefill_len(P))  # before any pass reads them, and the prompt never sees them
             last = self.buffer("prefill_last", (1,), torch.long)
             last.fill_(P - 1)
-            logits = self.run(("prefill", B), lambda: self._prefill(B, last)).clone()
+            try:
+                logits = self.run(("prefill", B), lambda: self._prefill(B, last)).clone()
+            except RuntimeError as exc:  # a capture this device refuses: the eager prefill, from now on
+                if self.has_graph(("prefill", B)) or not self.cuda_graphs:
+                    raise
+                warnings.warn(f"the prefill graph of {B} tokens could not be captured ({str(exc)[:200]}); "
+                              f"prefilling eagerly", RuntimeWarning)
+                self.pad_prefill = False
+                logits = self._prefill(P, None)
         else:
             logits = self._prefill(P, None)
         self.seq[P:P + 1] = next_token(logits, sampling)

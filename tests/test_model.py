@@ -164,6 +164,13 @@ def test_a_padded_prefill_gives_the_prompts_logits_and_the_same_generation():
     assert swift_generate(eng, prompts[2], 30, cfg=SwiftConfig(guard=False), skip=skip).tokens == swift == want[2][1]
     assert eng.warm_up_prefill(prompts) == 2  # buckets 64 and 128
 
+    def refused(key, fn, track=False):  # a device that refuses the capture: the eager prefill, with a warning
+        raise RuntimeError("capture refused")
+    eng.run, eng.cuda_graphs = refused, True
+    with pytest.warns(RuntimeWarning, match="prefill graph of 64 tokens could not be captured"):
+        got = eng.start(prompts[0])
+    assert torch.equal(got, want[0][0]) and eng.pad_prefill is False
+
 
 def test_tree_logits_equal_sequential_branches():
     hf = hf_model(hf_config("llama"), seed=4)
