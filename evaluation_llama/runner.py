@@ -164,9 +164,12 @@ def _answer(s: Settings, td: TaskData, mine: list, pending: list, sink: Deferred
         if bar is not None:
             bar.close()
             bar = None
-        if s.shard is None:  # (a shard's parent says it for all of them)
-            note(f"interrupted: {len(mine) - len(pending) + len(written)} of {len(mine)} answers are kept in "
-                 f"{sink.path}; run the same command again to continue")
+        kept = len(mine) - len(pending) + len(written)
+        if s.shard is None and kept:  # (a shard's parent says it for all of them)
+            note(f"interrupted: {kept} of {len(mine)} answers are kept in {sink.path}; run the same command "
+                 f"again to continue")
+        elif s.shard is None:
+            note("interrupted before the first answer; run the same command again to start")
         raise
     finally:
         if bar is not None:

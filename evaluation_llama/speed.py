@@ -24,9 +24,9 @@ from evaluation_llama.answers import file_config, natural_key, read_answer_file 
 from model.errors import UserError  # noqa: E402
 
 # configuration keys that must agree between the two files for a fair comparison (where both record them): the
-# generation settings and what runs them (the model is compared by model_id, the questions by their ids)
-MATCHING_CONFIG_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "chat_template", "dtype", "device",
-                        "backends")
+# generation settings and where they ran (the model is compared by model_id, the questions by their ids; the
+# kernels are not: a SWIFT-only ablation such as --tails torch is compared with the shared vanilla run)
+MATCHING_CONFIG_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "chat_template", "dtype", "device")
 OVERALL = "overall"
 CPU_NOTE = ("Measured on a CPU. A small model on a CPU is dominated by per-step overhead (Python, "
             "kernel launches), not by reading weights, so a draft step costs almost as much as a "
@@ -229,8 +229,8 @@ def caveats(result: dict) -> list[str]:
                    f"varies by tens of percent from run to run, so a speedup from so few is mostly noise.")
     if result["method"] != result["base_method"] and overall["acceptance_rate"] is None \
             and overall["mean_accept_length"] in (None, 1.0):
-        out.append(f"{result['method']} drafted no token in these answers (they were too short for its layer "
-                   f"search, or its guard stopped every draft): it decoded plainly, so its speedup over "
+        out.append(f"{result['method']} drafted no token in these answers (too short for a layer search, no "
+                   f"context match, or a guard that stopped every draft): it decoded plainly, so its speedup over "
                    f"{result['base_method']} is noise around 1x.")
     return out
 

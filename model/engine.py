@@ -29,6 +29,7 @@ import torch
 
 from model import graphs, kernels
 from model.backends import Backends
+from model.errors import UserError
 from model.kernels.attention import Extents
 from model.llama import NO_SKIP, LayerSkip, Pass, Transformer
 from model.ops import TorchOps, TritonOps
@@ -89,6 +90,12 @@ class Engine:
         torch_ops = lambda: TorchOps(compile=b.compile == "on", n_devices=n_dev)  # noqa: E731
         if b.kernels == "torch":
             return torch_ops(), b, None
+        from model.kernels import gemm
+        try:
+            gemm.check_settings()
+        except ValueError as exc:
+            raise UserError(f"{exc} (an environment setting of the Triton products; see model/kernels/gemm.py)") \
+                from None
         if not kernels.available(self.device):
             note = f"the Triton kernels do not run on {self.device}; using the PyTorch ops"
             if requested.kernels == "triton":
@@ -165,8 +172,10 @@ class Engine:
             entry = graphs.capture(fn, self._pool, track=track)
             self.graph_captures += 1
             self._graphs[key] = entry
-            if len(self._graphs) > MAX_GRAPHS:
-                self._graphs.popitem(last=False)
+            if len(self._graphs) > MAX_GRAPHS:  # the least recently used, but never a prefill graph: warm-up
+                old = next((k for k in self._graphs if k[0] != "prefill"), None)  # captured those for the
+                if old is not None:  # timed prompts, once per bucket, so they are the least recently used
+                    del self._graphs[old]
         else:
             self._graphs.move_to_end(key)
         return entry
@@ -186,7 +195,7 @@ class Engine:
             try:
                 logits = self.run(("prefill", B), lambda: self._prefill(B, last)).clone()
             except RuntimeError as exc:  # a capture this device refuses: the eager prefill, from now on
-                if self.has_graph(("prefill", B)) or not self.cuda_graphs:
+                if self.has_graph(("prefill", B)) or not self.cuda_graphs or isinstance(exc, torch.OutOfMemoryError):
                     raise
                 warnings.warn(f"the prefill graph of {B} tokens could not be captured ({str(exc)[:200]}); "
                               f"prefilling eagerly", RuntimeWarning)
@@ -245,8 +254,11 @@ class Engine:
         for ids in prompts:
             P = len(ids)
             lengths.setdefault(min(self.max_seq_len, prefill_len(P)) if self.pad_prefill else P, ids)
+        padded = self.pad_prefill
         for ids in lengths.values():
             self.start(ids)
+        if padded and not self.pad_prefill:  # a capture was refused: warm the eager prefill of every length
+            return self.warm_up_prefill(prompts)
         self.length = 0
         self.cursor.zero_()
         return len(lengths)

@@ -676,6 +676,13 @@ def time_breakdown(rows: list[dict], key: str) -> list[str]:
     return lines
 
 
+def _knob(row: dict, key: str):
+    """A setting as a row records it (none recorded: the earlier code's 0); --draft-rest with whether its rest
+    doubles after each further stop (rows from before the doubling have no `draft_rest_doubles`)."""
+    value = row.get(key, 0)
+    return (value, bool(row.get("draft_rest_doubles"))) if key == "draft_rest" else value
+
+
 def merge(dirs: Sequence[str], out: Path) -> int:
     """Merge earlier runs' rows (same mode, same GPU/model/versions) into one bench_peers.{md,png} in `out`."""
     rows: list[dict] = []
@@ -706,15 +713,17 @@ def merge(dirs: Sequence[str], out: Path) -> int:
     if len(envs) != 1:
         raise SystemExit(f"--merge: the runs differ in {env_keys}: {sorted(envs)}")
     for key, methods_of in KNOBS.items():
-        values = {r.get(key, 0) for r in rows if r["method"] in methods_of}  # none recorded: the earlier code, 0
+        values = {_knob(r, key) for r in rows if r["method"] in methods_of}  # none recorded: the earlier code, 0
         if len(values) > 1:
             raise SystemExit(f"--merge: the runs' {', '.join(methods_of)} rows differ in --{key.replace('_', '-')}: "
                              f"{sorted(values)}")
     variants: dict = {}
-    for r in rows:  # a variant label means the same settings in every run (and beside the same settings of the rest)
+    for r in rows:  # a variant label means the same settings in every run
         if "variant" in r:
-            variants.setdefault(r["method"], set()).add(json.dumps(
-                [r["variant"]] + [r.get(k, 0) for k, ms in KNOBS.items() if r["variant"]["of"] in ms], sort_keys=True))
+            v = dict(r["variant"])
+            of = v.pop("of")
+            settings = {k: v[k] if k in v else _knob(r, k) for k, ms in KNOBS.items() if of in ms}
+            variants.setdefault(r["method"], set()).add(json.dumps([of, settings], sort_keys=True, default=str))
     for label, found in variants.items():
         if len(found) > 1:
             raise SystemExit(f"--merge: the runs' {label} rows ran with different settings: {sorted(found)}")
@@ -875,6 +884,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for key, methods_of in KNOBS.items():  # recorded with the rows of the methods they apply to
         if set(methods_of) & set(methods):
             b.env[key] = getattr(a, key) if getattr(a, key) is not None else getattr(SwiftConfig(), key)
+    if "draft_rest" in b.env:
+        b.env["draft_rest_doubles"] = True  # (the rest doubles after each further stop: see _knob)
 
     rows: list[dict] = []
     t_start = time.perf_counter()

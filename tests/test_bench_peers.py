@@ -157,6 +157,7 @@ def test_a_variant_runs_beside_its_method_against_the_same_vanilla(bench, smollm
     assert list(by) == ["vanilla", "pld", "swift", "swift-v"]  # the variant's method runs too, the variant last
     assert by["swift-v"]["variant"] == {"of": "swift", "draft_vocab": 4096, "draft_rest": 0}
     assert "variant" not in by["swift"] and by["swift"]["draft_vocab"] == 0 and by["swift"]["draft_rest"] == 3
+    assert by["swift"]["draft_rest_doubles"] is True
     assert by["swift-v"]["same_as_vanilla"] is True and by["swift-v"]["token_ids"] == by["vanilla"]["token_ids"]
     assert "[swift-v: --draft-rest 0, --draft-vocab 4096]" in by["swift-v"]["note"]
     md = (out / "bench_peers.md").read_text()
@@ -221,6 +222,17 @@ def test_merge_runs_into_one_table_with_time_breakdown(bench, tmp_path):
                             dict(v, task="humaneval", variant={"of": "swift", "draft_rest": 1})])
     with pytest.raises(SystemExit, match="swift-v rows ran with different settings"):
         bench.main(["--merge", str(tmp_path / "f"), str(tmp_path / "h"), "--out", str(tmp_path / "m7")])
+    # the same --draft-rest before and after its rest began to double is not one setting; a variant's own value
+    # of a setting stands for the command line's
+    old_rule = dict(_env_row("gsm8k", "swift", "q2", 110), draft_rest=3)
+    new_rule = dict(_env_row("cnndm", "swift", "q2", 110), draft_rest=3, draft_rest_doubles=True)
+    _write(tmp_path / "i", [_env_row("gsm8k", "vanilla", "q2", 100), old_rule])
+    _write(tmp_path / "j", [_env_row("cnndm", "vanilla", "q2", 100), new_rule])
+    with pytest.raises(SystemExit, match="differ in --draft-rest"):
+        bench.main(["--merge", str(tmp_path / "i"), str(tmp_path / "j"), "--out", str(tmp_path / "m8")])
+    _write(tmp_path / "k", [_env_row("tinystories", "vanilla", "q1", 100),
+                            dict(v, task="tinystories", draft_rest=5)])  # run with --draft-rest 5 beside it
+    assert bench.main(["--merge", str(tmp_path / "f"), str(tmp_path / "k"), "--out", str(tmp_path / "m9")]) == 0
 
 
 def test_instances_flag_answers_only_the_named_ids(bench, smollm2_path, shared_data_dir, tmp_path):

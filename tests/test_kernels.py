@@ -187,6 +187,20 @@ def test_model_tree_logits_equal_sequential_decode_bitwise(dtype):
         assert torch.equal(alone[0], tree[i]), i
 
 
+@pytest.mark.parametrize("name,value,needle", [("SWIFT_GEMM_NORM", "row", "must be one of two-pass, rows"),
+                                               ("SWIFT_GEMM_NORM_BLOCK", "100", "power of two"),
+                                               ("SWIFT_GEMM_NORM_BLOCK", "wide", "power of two")])
+def test_a_mistyped_kernel_setting_is_an_error_not_a_quiet_fallback(name, value, needle, monkeypatch):
+    """The products read these settings on every call; a typo raised inside the engine's kernel self-check, which
+    took it for a kernel failure and, with --kernels auto, ran the whole run on the PyTorch ops with only a note."""
+    from model.errors import UserError
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr(Backends, "resolve", lambda self, device: Backends("triton", "off"))
+    model, _ = ours_from_hf(hf_model(hf_config("llama", num_hidden_layers=2), seed=1))
+    with pytest.raises(UserError, match=needle):
+        Engine(model, 256, Backends(kernels="auto"))
+
+
 def test_engine_refuses_disagreeing_kernels(monkeypatch):
     """The engine compares the kernels with the PyTorch ops on its own weights: `triton` refuses to run wrong
     kernels, `auto` falls back to the PyTorch ops with a warning and records it."""

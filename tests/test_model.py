@@ -170,6 +170,26 @@ def test_a_padded_prefill_gives_the_prompts_logits_and_the_same_generation():
     with pytest.warns(RuntimeWarning, match="prefill graph of 64 tokens could not be captured"):
         got = eng.start(prompts[0])
     assert torch.equal(got, want[0][0]) and eng.pad_prefill is False
+    eng.pad_prefill = True  # refused during warm-up: every prompt length is then warmed eagerly
+    with pytest.warns(RuntimeWarning, match="could not be captured"):
+        assert eng.warm_up_prefill(prompts) == 4
+
+
+def test_graph_eviction_keeps_the_prefill_graphs(monkeypatch):
+    """Warm-up captures one prefill graph per bucket of the timed prompts; they are then the least recently used,
+    and evicting them would put a capture into a timed answer: the oldest other graph goes instead."""
+    from model import engine as engine_mod
+    from model import graphs
+
+    monkeypatch.setattr(graphs, "capture", lambda fn, pool=None, track=False: object())
+    monkeypatch.setattr(engine_mod, "MAX_GRAPHS", 4)
+    hf = hf_model(hf_config("llama"), seed=1)
+    model, _ = ours_from_hf(hf)
+    eng = Engine(model, 256)
+    for key in [("prefill", 64), ("prefill", 128)] + [("decode", n) for n in range(6)]:
+        eng.graph(key, None)
+    assert list(eng._graphs) == [("prefill", 64), ("prefill", 128), ("decode", 4), ("decode", 5)]
+    assert eng.graph_captures == 8
 
 
 def test_tree_logits_equal_sequential_branches():

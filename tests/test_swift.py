@@ -234,6 +234,12 @@ def test_draft_rest_carries_the_guards_verdict_across_streams():
     rest.end(full)
     rest.end(stopped)
     assert sum(iter(rest.begin, False)) == 2
+    unjudged = SpeedGuard(cfg)  # fewer draft cycles than the guard's window: no verdict either way
+    unjudged.observe(3, 1.0)
+    rest.end(unjudged)
+    assert not rest.begin()
+    rest.end(stopped)
+    assert sum(iter(rest.begin, False)) == 4  # the run of stops went on
 
     eng, _ = tiny_engine(seed=5, scale=6, num_hidden_layers=6)
     prompt = _prompt(seed=5)

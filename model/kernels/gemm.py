@@ -143,6 +143,19 @@ def norm_block(k: int, block_k: int, by_row: bool = False) -> int:
     return min(w, max(16, triton.next_power_of_2(k)))
 
 
+def check_settings() -> None:
+    """Raise ValueError for a SWIFT_GEMM_NORM or SWIFT_GEMM_NORM_BLOCK this module cannot use (the engine checks
+    this before its kernels' self-check, which would take the error for a kernel failure and quietly fall back)."""
+    norm_mode()
+    block = os.environ.get("SWIFT_GEMM_NORM_BLOCK", "0") or "0"
+    try:
+        w = int(block)
+    except ValueError:
+        raise ValueError(f"SWIFT_GEMM_NORM_BLOCK must be a power of two (or 0), got {block!r}") from None
+    if w > 0 and w & (w - 1):
+        raise ValueError(f"SWIFT_GEMM_NORM_BLOCK must be a power of two, got {w}")
+
+
 _locks: dict[torch.device, torch.Tensor] = {}
 
 

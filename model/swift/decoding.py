@@ -110,8 +110,9 @@ class DraftRest:
     """The layer-skip draft's verdict, carried across the streams of a task by the caller (like the planner). After a
     stream in which the speed guard stopped the draft, the next `streams` streams start with it stopped (plain steps;
     context drafts in the hybrid) and the one after them tries it again. Each further stop in a row doubles the rest
-    (3, 6, 12, 24, then 48 at most), and a stream that runs its draft without a stop ends the run of stops: its
-    successor tries the draft and the next stop rests `streams` again. A model whose draft does not pay then stops
+    (3, 6, 12, 24, then 48 at most), and a stream whose guard judges the draft without a stop ends the run of stops:
+    its successor tries the draft and the next stop rests `streams` again (a stream too short for a verdict changes
+    nothing). A model whose draft does not pay then stops
     paying, in most streams, the cycles the guard needs to decide (12, each slower than plain steps). A rested stream
     reports `fallback_at` 0 (with nothing else drafting) and `draft_rested`."""
 
@@ -129,9 +130,11 @@ class DraftRest:
 
     def end(self, guard: SpeedGuard) -> None:
         """After a stream that tried the draft (with no search running): a rest if it was stopped, doubled for each
-        stop in a row before it; a stream without a stop ends the run."""
+        stop in a row before it; a stream whose guard judged the draft (a full window of cycles) without a stop
+        ends the run. A stream too short for a verdict (fewer draft cycles than the window) changes nothing."""
         if guard.tripped_at is None:
-            self.stops = 0
+            if guard.swift_tps() is not None:
+                self.stops = 0
             return
         self.left = self.streams << min(self.stops, self.MAX_DOUBLINGS)
         self.stops += 1
