@@ -797,7 +797,8 @@ def plot(summary: list[dict], path: Path, length_mode: bool, title: str) -> None
         ax.axhline(1.0, color="black", lw=0.8, ls="--")
         ax.set_xticks(range(len(groups)), groups)
         ax.set_ylabel("speedup over our vanilla decoding")
-        ax.legend(fontsize=8, ncol=min(len(methods), 3))
+        if methods:  # (a run of vanilla alone has no bars)
+            ax.legend(fontsize=8, ncol=min(len(methods), 3))
     else:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for m in ("swift", "swift-cached"):
