@@ -412,10 +412,10 @@ class DeferredWriter:
 
 
 def has_records(path: Path) -> bool:
-    """Whether ``path`` holds at least one answer."""
+    """Whether ``path`` holds at least one answer (quietly: the writer that resumes it reports a cut last line)."""
     if not path.exists() or path.stat().st_size == 0:
         return False
-    return bool(read_answer_file(path)[1])
+    return bool(read_answer_file(path, warn=lambda m: None)[1])
 
 
 def existing_ids(path: Path, config: dict) -> set[str]:

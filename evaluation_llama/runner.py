@@ -165,10 +165,12 @@ def _answer(s: Settings, td: TaskData, mine: list, pending: list, sink: Deferred
             bar.close()
             bar = None
         kept = len(mine) - len(pending) + len(written)
-        if s.shard is None and kept:  # (a shard's parent says it for all of them)
+        if shards.SETTINGS_ENV in os.environ:  # a shard its parent started: the parent says it for all of them
+            pass
+        elif kept:
             note(f"interrupted: {kept} of {len(mine)} answers are kept in {sink.path}; run the same command "
                  f"again to continue")
-        elif s.shard is None:
+        else:
             note("interrupted before the first answer; run the same command again to start")
         raise
     finally:

@@ -125,6 +125,19 @@ def test_writer_resumes_with_done_ids(tmp_path):
     assert [o.get("question_id") for o in lines_of(p)] == [None, 1, 2]
 
 
+def test_a_cut_last_line_is_reported_once_on_resume(tmp_path, capsys):
+    """The runner asks has_records, then resumes through the writer: the cut line was reported by both."""
+    from evaluation_llama.answers import has_records, open_writer
+    p = tmp_path / "a.jsonl"
+    with AnswerWriter(p, CONFIG) as w:
+        w.write(rec(1))
+    with open(p, "a") as fh:
+        fh.write(json.dumps(rec(2))[:30])
+    assert has_records(p)
+    open_writer(p, CONFIG).close()
+    assert capsys.readouterr().err.count("incomplete last line") == 1
+
+
 def test_writer_drops_truncated_last_line(tmp_path):
     p = tmp_path / "a.jsonl"
     with AnswerWriter(p, CONFIG) as w:
