@@ -321,6 +321,12 @@ def prefill_checks(shape: str, eng: Engine, prompt: list[int], row: dict) -> Non
           int(got.argmax()) == int(ref.argmax()) and err <= 5e-2, max_rel_err=round(err, 5))
     row["prefill_ms_graph_vs_eager"] = (round(t_graph, 3), round(t_eager, 3))
     print(f"{shape} prefill of {len(prompt)} tokens: graph {t_graph:.2f} ms, eager {t_eager:.2f} ms", flush=True)
+    other = prompt[: len(prompt) // 2 + 7]  # another bucket: warm-up captures it, the timed answer captures nothing
+    eng.warm_up_prefill([other])
+    captures = eng.graph_captures
+    vanilla_generate(eng, other, 16)
+    check(f"{shape} no prefill capture in an answer after warm_up_prefill", eng.graph_captures == captures,
+          bucket=prefill_len(len(other)), captures=eng.graph_captures - captures)
     eng.length = 0
     eng.cursor.zero_()
 
