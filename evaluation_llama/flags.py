@@ -71,6 +71,16 @@ INT = number(int, what="a whole number")
 REAL = number(float, what="a number")
 
 
+def task_list(text: str) -> list[str]:
+    """argparse type of the scripts' --tasks: comma-separated task names, each one of `data.TASKS`."""
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASKS]
+    if not tasks or bad:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {', '.join(bad) or '(none given)'}; choose from "
+                                         f"{', '.join(TASKS)}")
+    return tasks
+
+
 def build_parser(method) -> argparse.ArgumentParser:
     """The parser of the runner of ``method`` (a `evaluation_llama.methods.Method` class): the
     shared flags, then the method's own group (``method.add_flags``)."""

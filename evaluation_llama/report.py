@@ -299,8 +299,8 @@ def build_report(outputs: str | os.PathLike, assets: Optional[str | os.PathLike]
             methods = tree[model][task]
             bases = {m: base_of(m, methods, base_method) for m in methods}
             loaded: dict[str, Optional[list[dict]]] = {}
-            row_methods = [m for m in sorted(methods) if m != base_method and m not in
-                           {bases[x] for x in methods if x != m}]
+            used = set(bases.values())  # (base_of never names the method itself)
+            row_methods = [m for m in sorted(methods) if m != base_method and m not in used]
             for base in sorted({bases[m] for m in row_methods} - set(methods)):
                 notes.append(f"{model}/{task}: no {base}.jsonl, so no speedup")
             for method in row_methods:

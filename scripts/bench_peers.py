@@ -57,7 +57,7 @@ import torch  # noqa: E402
 
 from data import TASKS, default_data_dir, load_task  # noqa: E402
 from evaluation_llama import metrics, paths  # noqa: E402
-from evaluation_llama.flags import NONNEG_INT, POS_INT, WARMUP_MAX_NEW_TOKENS  # noqa: E402
+from evaluation_llama.flags import NONNEG_INT, POS_INT, WARMUP_MAX_NEW_TOKENS, task_list  # noqa: E402
 from evaluation_llama.methods import (EarlyExit, EarlyExitRun, PromptLookup, Swift, SwiftRun, TaskRun,  # noqa: E402
                                       Vanilla, instance_seed)
 from evaluation_llama.prompting import PromptTooLong, tokenize_prompt  # noqa: E402
@@ -150,6 +150,12 @@ def _variants(args) -> dict[str, Variant]:
     return {v.label: v for v in getattr(args, "variant", None) or []}
 
 
+def _base(args, method: str) -> str:
+    """The method a row label runs: itself, or a --variant's METHOD."""
+    v = _variants(args).get(method)
+    return v.method if v else method
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bench_peers.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", default=None,
                     help="folder with the tasks' JSON Lines files (default: $SWIFT_DATA_DIR, else ../shared/data "
                          "beside the repository, else the Hugging Face hub)")
-    ap.add_argument("--tasks", default="cnndm,gsm8k,tinystories,humaneval",
+    ap.add_argument("--tasks", type=task_list, default="cnndm,gsm8k,tinystories,humaneval",
                     help=f"comma-separated tasks, from {', '.join(TASKS)} (default: %(default)s); "
                          f"--lengths uses the first one")
     ap.add_argument("--num-samples", type=POS_INT, default=50,
@@ -542,18 +548,15 @@ class Bench:
         return _variants(self.a)
 
     def base(self, method: str) -> str:
-        """The method a row label runs: itself, or a --variant's METHOD."""
-        v = _variants(self.a).get(method)
-        return v.method if v else method
+        return _base(self.a, method)
 
     def knobs(self, method: str) -> dict:
         """The settings given on the command line that apply to `method` (`KNOBS`), as SwiftConfig fields; for a
         --variant label, its METHOD's with the variant's own in their place."""
-        v = _variants(self.a).get(method)
-        base = v.method if v else method
+        base = _base(self.a, method)
         out = {f: getattr(self.a, f) for f, methods in KNOBS.items()
                if base in methods and getattr(self.a, f, None) is not None}
-        return out | dict(v.knobs) if v else out
+        return out | dict(_variants(self.a)[method].knobs) if base != method else out
 
     def early_exit_layer(self) -> int:
         n = self.a.early_exit_layer or max(1, self.margs.n_layers // 2)
@@ -840,10 +843,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = ap.parse_args(argv)
     if a.merge:
         return merge(a.merge, Path(a.out))
-    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
-    bad = [t for t in tasks if t not in TASKS]
-    if not tasks or bad:
-        ap.error(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
+    tasks = a.tasks
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if not methods or bad:

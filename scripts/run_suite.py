@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from data import TASKS  # noqa: E402
 from evaluation_llama import paths, report, runner, speed  # noqa: E402
-from evaluation_llama.flags import POS_INT  # noqa: E402
+from evaluation_llama.flags import POS_INT, task_list  # noqa: E402
 from evaluation_llama.cli import run_cli  # noqa: E402
 from model.loading import model_name  # noqa: E402
 
@@ -36,7 +36,7 @@ VARIANTS = {"vanilla": ("vanilla", []), "swift": ("swift", []), "pld": ("pld", [
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default="cnndm,gsm8k,tinystories,humaneval",
+    ap.add_argument("--tasks", type=task_list, default="cnndm,gsm8k,tinystories,humaneval",
                     help=f"comma-separated tasks, from {', '.join(TASKS)} (default: %(default)s)")
     ap.add_argument("--num-samples", type=POS_INT, default=None,
                     help="instances per task (default: the runners' default, the paper's 1000, or all of HumanEval)")
@@ -53,12 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> int:
-    ap = build_parser()
-    a = ap.parse_args()
-    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
-    bad = [t for t in tasks if t not in TASKS]
-    if not tasks or bad:
-        ap.error(f"--tasks: unknown task(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(TASKS)}")
+    a = build_parser().parse_args()
     outputs = Path(a.outputs)
     paths.refuse_reference(outputs, "pass --outputs with a folder of your own")
     if a.assets is not None:
@@ -74,7 +69,7 @@ def main() -> int:
         raise SystemExit(f"unknown --methods {unknown}; choose from {', '.join(VARIANTS)}")
     model_id = model_name(paths.resolve_model_path(a.model_path)[0])
     results = {}
-    for task in tasks:
+    for task in a.tasks:
         files = {}
         for row in rows:
             method, flags = VARIANTS[row]

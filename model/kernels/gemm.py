@@ -135,25 +135,29 @@ def norm_block(k: int, block_k: int, by_row: bool = False) -> int:
     it; a wider slice makes it 8 steps. The bits change with W (another summation order) but stay the same for every
     row count. Measured on the H200: 512 made the 7B shape slower with `two-pass` (49.9% of the memory roofline
     against 70.7%, a [16, 512] tile per step; docs/RESULTS.md), so it stays opt-in."""
-    w = int(os.environ.get("SWIFT_GEMM_NORM_BLOCK", "0") or 0)
-    if w <= 0:
+    w = _norm_block_setting()
+    if w == 0:
         return min(4096, max(16, triton.next_power_of_2(k))) if by_row else block_k
+    return min(w, max(16, triton.next_power_of_2(k)))
+
+
+def _norm_block_setting() -> int:
+    """SWIFT_GEMM_NORM_BLOCK: a power of two, or 0 (unset: the mode's own width); ValueError otherwise."""
+    block = os.environ.get("SWIFT_GEMM_NORM_BLOCK", "0") or "0"
+    try:
+        w = max(0, int(block))
+    except ValueError:
+        raise ValueError(f"SWIFT_GEMM_NORM_BLOCK must be a power of two (or 0), got {block!r}") from None
     if w & (w - 1):
         raise ValueError(f"SWIFT_GEMM_NORM_BLOCK must be a power of two, got {w}")
-    return min(w, max(16, triton.next_power_of_2(k)))
+    return w
 
 
 def check_settings() -> None:
     """Raise ValueError for a SWIFT_GEMM_NORM or SWIFT_GEMM_NORM_BLOCK this module cannot use (the engine checks
     this before its kernels' self-check, which would take the error for a kernel failure and quietly fall back)."""
     norm_mode()
-    block = os.environ.get("SWIFT_GEMM_NORM_BLOCK", "0") or "0"
-    try:
-        w = int(block)
-    except ValueError:
-        raise ValueError(f"SWIFT_GEMM_NORM_BLOCK must be a power of two (or 0), got {block!r}") from None
-    if w > 0 and w & (w - 1):
-        raise ValueError(f"SWIFT_GEMM_NORM_BLOCK must be a power of two, got {w}")
+    _norm_block_setting()
 
 
 _locks: dict[torch.device, torch.Tensor] = {}
