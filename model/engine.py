@@ -93,20 +93,22 @@ class Engine:
         from model.kernels import gemm
         try:
             gemm.check_settings()
+            kernels.pdl_requested()
         except ValueError as exc:
-            raise UserError(f"{exc} (an environment setting of the Triton products; see model/kernels/gemm.py)") \
-                from None
+            raise UserError(f"{exc} (an environment setting of the Triton kernels; see model/kernels/)") from None
         if not kernels.available(self.device):
-            note = f"the Triton kernels do not run on {self.device}; using the PyTorch ops"
             if requested.kernels == "triton":
-                raise RuntimeError(note)
+                raise UserError(f"--kernels triton: the Triton kernels do not run on {self.device} (they need a CUDA "
+                                f"GPU and the triton package); use --kernels auto or torch.")
+            note = f"the Triton kernels do not run on {self.device}; using the PyTorch ops"
             return torch_ops(), replace(b, kernels="torch", tails="torch"), note
         problem = self._kernels_disagree(TritonOps())
         if problem is None:
             return TritonOps(), b, None
         note = f"the Triton kernels disagree with the PyTorch ops on this device ({problem}); using the PyTorch ops"
         if requested.kernels == "triton":
-            raise RuntimeError(note)
+            raise UserError(f"--kernels triton: the Triton kernels disagree with the PyTorch ops on this device "
+                            f"({problem}); use --kernels auto (which then runs the PyTorch ops) or torch.")
         warnings.warn(note, RuntimeWarning)
         return torch_ops(), replace(b, kernels="torch", tails="torch"), note
 

@@ -9,16 +9,21 @@ on or off in the instantiated graph (`cudaGraphNodeSetEnabled`: a disabled kerne
 how one captured draft graph serves every skip set of the layer search: the kernels of a skipped sub-layer are
 switched off, so a new skip set costs a few hundred host calls instead of a new capture. It needs the runtime's
 graph API through ctypes and a PyTorch that keeps the raw graph (`CUDAGraph(keep_graph=True)`); `tracking_works()`
-says whether both are there, else callers capture one graph per skip set instead.
+says whether both are there, else callers capture one graph per skip set instead. A tracked graph's kernels are
+launched one after the other (no programmatic dependent launch, model/kernels/__init__.py): a kernel that waits
+for the one before it through a switched-off node would not wait at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 from typing import Callable, Hashable
 
 import torch
+
+from model.kernels import independent_launches
 
 _RT = None
 
@@ -123,7 +128,8 @@ def capture(fn: Callable, pool=None, track: bool = False) -> Graph:
     gc.collect()
     gc.disable()
     try:
-        return _capture(fn, pool, track)
+        with independent_launches() if track else contextlib.nullcontext():
+            return _capture(fn, pool, track)
     finally:
         gc.enable()
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from model.kernels import settings as kernel_settings  # noqa: E402
 from model.backends import Backends  # noqa: E402
 from model.config import LLAMA2_7B_SHAPE, LLAMA2_13B_SHAPE, ModelArgs  # noqa: E402
 from model.engine import Engine  # noqa: E402
@@ -93,6 +94,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",
+               kernel_settings=kernel_settings(),
                python=platform.python_version(), command=" ".join(["scripts/bench_engine.py", *sys.argv[1:]]))
     print(json.dumps(env), flush=True)
     bw = copy_bandwidth(dev)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from model.kernels import settings as kernel_settings  # noqa: E402
 from model.backends import TAILS, Backends  # noqa: E402
 from model.config import LLAMA2_7B_SHAPE, LLAMA2_13B_SHAPE, ModelArgs  # noqa: E402
 from model.engine import Engine  # noqa: E402
@@ -227,7 +228,7 @@ def main() -> int:
         raise SystemExit("this benchmark needs a GPU")
     out.mkdir(parents=True, exist_ok=True)
     env = dict(settings={k: getattr(a, k) for k in DEFAULTS}, tails=a.tails, gpu=torch.cuda.get_device_name(),
-               torch=torch.__version__, dtype="bfloat16",
+               torch=torch.__version__, dtype="bfloat16", kernel_settings=kernel_settings(),
                python=platform.python_version(), command=" ".join(["scripts/bench_scale.py", *sys.argv[1:]]),
                weights="synthetic (planted redundancy, model/planted.py)")
     print(json.dumps(env), flush=True)

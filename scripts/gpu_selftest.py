@@ -9,12 +9,14 @@ Qwen2.5-0.5B and LLaMA-2-7B shapes (bf16). Exits non-zero on any failed check. I
    weights cycled beyond the L2 cache) next to cuBLAS: the table `model/kernels/gemm.py` TUNED comes from; the
    checks of 1. and 4. then run with the chosen shapes, which go to `tuned.json` in --out (use it with
    SWIFT_GEMM_TUNED=path/tuned.json before the table is in the code);
-4. the engine: decode tokens/s with the Triton kernels vs the PyTorch ops (+ torch.compile); greedy SWIFT with a
-   fixed skip set equal to vanilla token for token; the prefill graph of the prompt's length bucket against the
-   eager prefill (the same next token, and the wall time of each); the draft graph with skipped sub-layers switched off equal to an
-   eager draft, and its time next to a graph captured for that skip set; the measured draft / verify costs;
-   the draft step's tail and the tree's bookkeeping as kernels equal to the PyTorch ops, and the pass costs with each;
-   the pass costs with the draft's LM head restricted to 4096 and 16384 token ids (`--draft-vocab`) beside the whole.
+4. the engine: decode tokens/s with the Triton kernels vs the PyTorch ops (+ torch.compile), and on Hopper with
+   the Triton kernels launched dependently (SWIFT_PDL=1) between two runs without: the same tokens, and greedy
+   SWIFT equal to vanilla with them too. With the plain launches: greedy SWIFT with a fixed skip set equal to
+   vanilla token for token; the prefill graph of the prompt's length bucket against the eager prefill (the same
+   next token, and the wall time of each); the draft graph with skipped sub-layers switched off equal to an eager
+   draft, and its time next to a graph captured for that skip set; the measured draft / verify costs; the draft
+   step's tail and the tree's bookkeeping as kernels equal to the PyTorch ops, and the pass costs with each; the
+   pass costs with the draft's LM head restricted to 4096 and 16384 token ids (`--draft-vocab`) beside the whole.
 
 Example: python3 scripts/gpu_selftest.py --out outputs/selftest --tune
 """
@@ -22,8 +24,10 @@ Example: python3 scripts/gpu_selftest.py --out outputs/selftest --tune
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import os
 import platform
 import sys
 import time
@@ -35,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from model import graphs  # noqa: E402
+from model import graphs, kernels  # noqa: E402
 from model.backends import Backends  # noqa: E402
 from model.config import LLAMA2_7B_SHAPE, QWEN25_05B_SHAPE, SMOLLM2_135M_SHAPE, ModelArgs  # noqa: E402
 from model.engine import Engine, prefill_len  # noqa: E402
@@ -243,58 +247,99 @@ def engine_checks(shape: str, args: ModelArgs, n_new: int, compare_torch: bool) 
     model = build_model(args, None, device="cuda", dtype=torch.bfloat16)
     prompt = torch.randint(0, args.vocab_size, (200,), generator=torch.Generator().manual_seed(1)).tolist()
     row = dict(shape=shape)
-    variants = [("triton", Backends("triton"))] + ([("torch+compile", Backends("torch", "on"))] if compare_torch else [])
-    for label, backends in variants:
-        t0 = time.perf_counter()
-        eng = Engine(model, len(prompt) + n_new + 200, backends)
-        vanilla_generate(eng, prompt, 32)
-        eng.warm_up_decode()
-        setup = time.perf_counter() - t0
-        runs = [vanilla_generate(eng, prompt, n_new) for _ in range(3)]
-        tps = sorted(r.num_new_tokens / r.wall_time_s for r in runs)[1]
-        row[f"decode_tps_{label}"] = round(tps, 1)
-        row[f"setup_s_{label}"] = round(setup, 1)
-        print(f"{shape} vanilla [{label}]: {tps:.1f} tok/s (setup {setup:.1f} s)", flush=True)
-        if label != "triton":
-            continue
-        want = runs[0].tokens
-        prefill_checks(shape, eng, prompt, row)
-        n_skip = round(0.4 * 2 * (args.n_layers - 2))
-        skip = LayerSkip.of(attn=range(2, 2 + n_skip // 2), mlp=range(3, 3 + n_skip - n_skip // 2))
-        cfg = SwiftConfig(guard=False)
-        acc = accelerator(eng, cfg)
-        acc.warm_up(SamplingConfig())
-        row["costs"] = acc.costs.to_dict()
-        captures = eng.graph_captures
-        res = swift_generate(eng, prompt, n_new, cfg=cfg, skip=skip)
-        check(f"{shape} greedy SWIFT (bf16, fixed skip set) == vanilla", res.tokens == want,
-              same_prefix=next((i for i, (a, b) in enumerate(zip(res.tokens, want)) if a != b), len(want)),
-              mean_accept=round(sum(res.accept_lengths) / len(res.accept_lengths), 3),
-              captures_in_timed_run=eng.graph_captures - captures)
-        row["swift_tps_fixed_skip"] = round(res.num_new_tokens / res.wall_time_s, 1)
-        dr = acc.drafter
-        row["draft_tracked"] = dr.tracked
-        if dr.tracked:
-            dr.set_skip(skip)
-            acc._at(300)
-            dr.draft(8)
-            tracked = dr.table[:8].clone()
-            eng.cuda_graphs = False
-            acc._at(300)
-            dr.draft(8)
-            eng.cuda_graphs = True
-            check(f"{shape} draft graph with skipped kernels switched off == eager draft",
-                  torch.equal(tracked, dr.table[:8]))
-            g_set = graphs.capture(lambda: dr._steps(8, skip))
-            t_set = _time(lambda: (acc._at(300), g_set.replay()))
-            t_tog = _time(lambda: (acc._at(300), dr.draft(8)))
-            row["draft8_ms_tracked_vs_per_set_graph"] = (round(t_tog, 4), round(t_set, 4))
-            print(f"{shape} draft of 8 with {len(skip)} sub-layers skipped: switched-off graph {t_tog:.3f} ms, "
-                  f"graph captured for the set {t_set:.3f} ms", flush=True)
-        tail_checks(shape, eng, acc, skip, row)
-        vocabulary_costs(shape, eng, row)
+    variants = [("triton", Backends("triton"), "0")]
+    if kernels.pdl_supported(f"cuda:{torch.cuda.current_device()}"):  # the same kernels, launched dependently
+        variants += [("triton+pdl", Backends("triton"), "1"), ("triton-again", Backends("triton"), "0")]
+    variants += [("torch+compile", Backends("torch", "on"), "0")] if compare_torch else []
+    want = None
+    for label, backends, pdl in variants:
+        with setting(kernels.PDL_ENV, pdl):  # read at every launch, so captured into this engine's graphs
+            eng, tokens = engine_variant(shape, model, prompt, n_new, label, backends, row)
+            if label not in ("triton", "triton+pdl"):
+                continue
+            if want is not None:  # the dependent launches: the same kernels, the same bits
+                check(f"{shape} vanilla with dependent launches == without", tokens == want)
+            want = tokens
+            swift_checks(shape, eng, args, prompt, n_new, want, row, label)
     RESULTS["engine"].append(row)
     print(json.dumps(row), flush=True)
+
+
+@contextlib.contextmanager
+def setting(name: str, value: str):
+    """The environment variable `name` set to `value` inside, as it was after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = before
+
+
+def engine_variant(shape, model, prompt, n_new, label, backends, row) -> tuple[Engine, list[int]]:
+    """An engine of `backends` with its decode graphs captured, its vanilla decode speed (median of 3) in `row`,
+    and the tokens it decoded."""
+    t0 = time.perf_counter()
+    eng = Engine(model, len(prompt) + n_new + 200, backends)
+    vanilla_generate(eng, prompt, 32)
+    eng.warm_up_decode()
+    setup = time.perf_counter() - t0
+    runs = [vanilla_generate(eng, prompt, n_new) for _ in range(3)]
+    tps = sorted(r.num_new_tokens / r.wall_time_s for r in runs)[1]
+    row[f"decode_tps_{label}"] = round(tps, 1)
+    row[f"setup_s_{label}"] = round(setup, 1)
+    print(f"{shape} vanilla [{label}]: {tps:.1f} tok/s (setup {setup:.1f} s)", flush=True)
+    return eng, runs[0].tokens
+
+
+def swift_checks(shape, eng, args, prompt, n_new, want, row, label) -> None:
+    """Greedy SWIFT with a fixed skip set against vanilla, and (for the plain launches) the draft graph, prefill,
+    tail and vocabulary checks and costs."""
+    pdl = label == "triton+pdl"
+    pdl = label == "triton+pdl"
+    key = "_pdl" if pdl else ""
+    if not pdl:
+        prefill_checks(shape, eng, prompt, row)
+    n_skip = round(0.4 * 2 * (args.n_layers - 2))
+    skip = LayerSkip.of(attn=range(2, 2 + n_skip // 2), mlp=range(3, 3 + n_skip - n_skip // 2))
+    cfg = SwiftConfig(guard=False)
+    acc = accelerator(eng, cfg)
+    acc.warm_up(SamplingConfig())
+    row["costs" + key] = acc.costs.to_dict()
+    captures = eng.graph_captures
+    res = swift_generate(eng, prompt, n_new, cfg=cfg, skip=skip)
+    check(f"{shape} greedy SWIFT (bf16, fixed skip set{', dependent launches' if pdl else ''}) == vanilla",
+          res.tokens == want,
+          same_prefix=next((i for i, (a, b) in enumerate(zip(res.tokens, want)) if a != b), len(want)),
+          mean_accept=round(sum(res.accept_lengths) / len(res.accept_lengths), 3),
+          captures_in_timed_run=eng.graph_captures - captures)
+    row["swift_tps_fixed_skip" + key] = round(res.num_new_tokens / res.wall_time_s, 1)
+    if pdl:
+        return
+    dr = acc.drafter
+    row["draft_tracked"] = dr.tracked
+    if dr.tracked:
+        dr.set_skip(skip)
+        acc._at(300)
+        dr.draft(8)
+        tracked = dr.table[:8].clone()
+        eng.cuda_graphs = False
+        acc._at(300)
+        dr.draft(8)
+        eng.cuda_graphs = True
+        check(f"{shape} draft graph with skipped kernels switched off == eager draft",
+              torch.equal(tracked, dr.table[:8]))
+        g_set = graphs.capture(lambda: dr._steps(8, skip))
+        t_set = _time(lambda: (acc._at(300), g_set.replay()))
+        t_tog = _time(lambda: (acc._at(300), dr.draft(8)))
+        row["draft8_ms_tracked_vs_per_set_graph"] = (round(t_tog, 4), round(t_set, 4))
+        print(f"{shape} draft of 8 with {len(skip)} sub-layers skipped: switched-off graph {t_tog:.3f} ms, "
+              f"graph captured for the set {t_set:.3f} ms", flush=True)
+    tail_checks(shape, eng, acc, skip, row)
+    vocabulary_costs(shape, eng, row)
 
 
 def prefill_checks(shape: str, eng: Engine, prompt: list[int], row: dict) -> None:
@@ -409,7 +454,7 @@ def main() -> int:
     assert torch.cuda.is_available(), "needs a GPU"
     RESULTS["env"] = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                           triton=__import__("triton").__version__, python=platform.python_version(),
-                          graph_node_switching=graphs.tracking_works())
+                          graph_node_switching=graphs.tracking_works(), kernel_settings=kernels.settings())
     print(json.dumps(RESULTS["env"]), flush=True)
     for shape in a.shapes.split(","):
         args = ModelArgs.from_hf_config(SHAPES[shape])

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from data import default_data_dir, load_task  # noqa: E402
 from evaluation_llama.prompting import tokenize_all  # noqa: E402
+from model.kernels import settings as kernel_settings  # noqa: E402
 from model.backends import KERNELS, TAILS, Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.errors import UserError  # noqa: E402
@@ -163,7 +164,7 @@ def main() -> int:
     engine.warm_up_prefill([ids for task_prompts in prompts.values() for ids in task_prompts])
     static = tree_overhead_ms(engine, acc)
     env = dict(gpu=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", torch=torch.__version__,
-               model=a.model_path, backends=engine.backends.to_dict(), tracked_draft_graph=acc.drafter.tracked,
+               model=a.model_path, backends=engine.backends.to_dict(), kernel_settings=kernel_settings(), tracked_draft_graph=acc.drafter.tracked,
                command=" ".join(["scripts/profile_swift.py", *sys.argv[1:]]), costs=acc.costs.to_dict(), **static)
     print(json.dumps(env), flush=True)
     out = Path(a.out)

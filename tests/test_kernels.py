@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from model import kernels
 from model.backends import Backends
 from model.engine import Engine
+from model.errors import UserError
 from model.kernels.attention import Extents, attention, reference_mask
 from model.kernels.gemm import Config, gemm
 from model.kernels.gemm import gemm as _gemm
@@ -189,16 +190,56 @@ def test_model_tree_logits_equal_sequential_decode_bitwise(dtype):
 
 @pytest.mark.parametrize("name,value,needle", [("SWIFT_GEMM_NORM", "row", "must be one of two-pass, rows"),
                                                ("SWIFT_GEMM_NORM_BLOCK", "100", "power of two"),
-                                               ("SWIFT_GEMM_NORM_BLOCK", "wide", "power of two")])
+                                               ("SWIFT_GEMM_NORM_BLOCK", "wide", "power of two"),
+                                               ("SWIFT_PDL", "yes", "must be 0 or 1")])
 def test_a_mistyped_kernel_setting_is_an_error_not_a_quiet_fallback(name, value, needle, monkeypatch):
     """The products read these settings on every call; a typo raised inside the engine's kernel self-check, which
     took it for a kernel failure and, with --kernels auto, ran the whole run on the PyTorch ops with only a note."""
-    from model.errors import UserError
     monkeypatch.setenv(name, value)
     monkeypatch.setattr(Backends, "resolve", lambda self, device: Backends("triton", "off"))
     model, _ = ours_from_hf(hf_model(hf_config("llama", num_hidden_layers=2), seed=1))
     with pytest.raises(UserError, match=needle):
         Engine(model, 256, Backends(kernels="auto"))
+
+
+def test_dependent_launch_is_asked_for_and_only_given_where_it_runs(monkeypatch):
+    """SWIFT_PDL=1 adds the launch attribute and the kernels' wait (model/kernels/__init__.py) only on a GPU that
+    has it; unset, 0, or any other device: the plain launch. tests/compile_sm90.py checks the compiled kernels."""
+    from model import kernels as K
+    monkeypatch.delenv("SWIFT_PDL", raising=False)
+    monkeypatch.setattr(K, "pdl_supported", lambda device: True)
+    assert K.launch("cuda:0") == dict(PDL=False) and K.settings().get("SWIFT_PDL") is None
+    monkeypatch.setenv("SWIFT_PDL", "0")
+    assert K.launch("cuda:0") == dict(PDL=False)
+    monkeypatch.setenv("SWIFT_PDL", "1")
+    assert K.launch("cuda:0") == dict(PDL=True, launch_pdl=True) and K.settings()["SWIFT_PDL"] == "1"
+    with K.independent_launches():
+        assert K.launch("cuda:0") == dict(PDL=False)
+    assert K.launch("cuda:0") == dict(PDL=True, launch_pdl=True)
+    monkeypatch.setattr(K, "pdl_supported", lambda device: False)
+    assert K.launch("cuda:0") == dict(PDL=False)
+    monkeypatch.undo()
+    monkeypatch.setenv("SWIFT_PDL", "1")
+    K.pdl_supported.cache_clear()
+    assert not K.pdl_supported("cpu") and K.launch(torch.device("cpu")) == dict(PDL=False)
+    # on the CPU the interpreter runs the kernels as before with the setting on
+    x, w = torch.randn(3, 64), torch.randn(32, 64)
+    assert torch.allclose(gemm(x, w), x @ w.T, atol=1e-4)
+
+
+def test_graphs_with_switchable_nodes_are_captured_with_plain_launches(monkeypatch):
+    """A switched-off graph node is an empty node: a dependently launched kernel after it would not wait for the
+    kernel before it. So a tracked capture (model/graphs.py) launches its kernels without PDL; other captures keep
+    the setting."""
+    from model import graphs
+    from model import kernels as K
+    monkeypatch.setenv("SWIFT_PDL", "1")
+    monkeypatch.setattr(K, "pdl_supported", lambda device: True)
+    seen = {}
+    monkeypatch.setattr(graphs, "_capture", lambda fn, pool, track: seen.setdefault(track, K.launch("cuda:0")))
+    graphs.capture(lambda: None, track=True)
+    graphs.capture(lambda: None, track=False)
+    assert seen == {True: dict(PDL=False), False: dict(PDL=True, launch_pdl=True)}
 
 
 def test_engine_refuses_disagreeing_kernels(monkeypatch):
@@ -209,7 +250,7 @@ def test_engine_refuses_disagreeing_kernels(monkeypatch):
     monkeypatch.setattr(O.TritonOps, "mlp", lambda self, block, x, gate=None: real(self, block, x, gate).mul_(1.5))
     hf = hf_model(hf_config("llama", num_hidden_layers=2), seed=1)
     model, _ = ours_from_hf(hf)
-    with pytest.raises(RuntimeError, match="disagree"):
+    with pytest.raises(UserError, match="disagree"):
         Engine(model, 256, Backends(kernels="triton"))
     monkeypatch.setattr(Backends, "resolve", lambda self, device: Backends("triton", "off"))
     with pytest.warns(RuntimeWarning, match="disagree"):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.kernels import tl, triton
+from model.kernels import enter, launch, tl, triton
 
 CHUNK = 128  # prefix slots per split program: fixed, part of the reduction order
 BLOCK_N = 64
@@ -59,7 +59,8 @@ if triton is not None:
     @triton.jit
     def _split_kernel(Q, K, V, PREFIX, POS, Op, Mp, Lp, R, g, n_chunks, window, scale,
                       sk_h, sk_s, sv_h, sv_s, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr):
+        enter(PDL)
         h = tl.program_id(0)
         rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
         c = tl.program_id(2)
@@ -104,7 +105,9 @@ if triton is not None:
 
     @triton.jit
     def _combine_kernel(Q, K, V, PREFIX, RUN_LO, SLOT, POS, Op, Mp, Lp, O, R, g, n_chunks, window, scale,
-                        sk_h, sk_s, sv_h, sv_s, so_t, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr):
+                        sk_h, sk_s, sv_h, sv_s, so_t, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
+                        PDL: tl.constexpr):
+        enter(PDL)
         h = tl.program_id(0)
         r = tl.program_id(1)
         t = r // g
@@ -164,12 +167,14 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ext
     scale = 1.0 / math.sqrt(D)
     common = (n_chunks, int(ext.window), scale, k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
               v_cache.stride(1))
+    pdl = launch(dev)
     with torch.cuda.device(dev) if q.is_cuda else contextlib.nullcontext():
         _split_kernel[(n_kv, triton.cdiv(R, BLOCK_M), n_chunks)](
             q, k_cache, v_cache, ext.prefix, ext.pos, op, mp, lp, R, g, *common,
-            HEAD_DIM=D, CHUNK=CHUNK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IEEE=q.dtype == torch.float32, num_warps=4)
+            HEAD_DIM=D, CHUNK=CHUNK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IEEE=q.dtype == torch.float32, num_warps=4,
+            **pdl)
         _combine_kernel[(n_kv, R)](q, k_cache, v_cache, ext.prefix, ext.run_lo, ext.slot, ext.pos, op, mp, lp, o,
-                                   R, g, *common, o.stride(0), HEAD_DIM=D, CHUNK=CHUNK, num_warps=1)
+                                   R, g, *common, o.stride(0), HEAD_DIM=D, CHUNK=CHUNK, num_warps=1, **pdl)
     return o
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.kernels import interpreting, tl, triton
+from model.kernels import enter, interpreting, launch, tl, triton
 
 ROWS = 16  # rows per tensor-core block: fixed, so a row's arithmetic never depends on the call's row count
 LOCKS = 1 << 18  # arrival counters of split products: (row blocks x column tiles) of one call at most
@@ -311,12 +311,13 @@ if triton is not None:
                      M_PAD, NORM: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr, RESID: tl.constexpr,
                      GATED: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr,
                      ONE_PASS: tl.constexpr, BY_ROW: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, NORM_BK: tl.constexpr):
+                     BLOCK_K: tl.constexpr, NORM_BK: tl.constexpr, PDL: tl.constexpr):
         """RB (1 or 2) blocks of 16 rows x BLOCK_N output columns x one K range. Each weight tile is loaded once and
         multiplied into every row block by that block's own [16, BLOCK_K] x [BLOCK_K, BLOCK_N] `tl.dot`, so a row's
         arithmetic is the same whatever RB is. N is the output width (half of w's rows when GLU: the gate rows
         [0, N) and the up rows [N, 2N) are multiplied side by side)."""
         tl.static_assert(not (ONE_PASS and RB == 2), "the one-pass norm takes one row block per program")
+        enter(PDL)
         pid_m = tl.program_id(0)  # the programs of one weight tile are neighbours: its later reads hit L2
         pid_n = tl.program_id(1)
         pid_s = tl.program_id(2)
@@ -429,5 +430,6 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
                            GATED=keep is not None, IEEE=w.dtype == torch.float32, EVEN=even, SPLIT=cfg.split,
                            ONE_PASS=one_pass, BY_ROW=by_row, RB=rb, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                            NORM_BK=norm_block(K, cfg.block_k, by_row), num_warps=cfg.num_warps,
-                           num_stages=1 if w.dtype == torch.float32 else cfg.num_stages)  # fp32 tiles: no room
+                           num_stages=1 if w.dtype == torch.float32 else cfg.num_stages,  # fp32 tiles: no room
+                           **launch(x.device))
     return None if residual is not None else y

@@ -13,12 +13,13 @@ import contextlib
 
 import torch
 
-from model.kernels import tl, triton
+from model.kernels import enter, launch, tl, triton
 
 if triton is not None:
     @triton.jit
     def _rope_kernel(QKV, POS, SLOTS, INV, Q, K, V, stride_t, n_q, n_kv, g, T,
-                     sk_h, sk_s, sv_h, sv_s, HALF: tl.constexpr):
+                     sk_h, sk_s, sv_h, sv_s, HALF: tl.constexpr, PDL: tl.constexpr):
+        enter(PDL)
         t = tl.program_id(0)
         h = tl.program_id(1)  # 0..n_q-1: q heads, n_q..n_q+n_kv-1: k heads, then v heads
         d = tl.arange(0, HALF)
@@ -58,5 +59,5 @@ def rope_write(qkv: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, inv_fr
     with torch.cuda.device(qkv.device) if qkv.is_cuda else contextlib.nullcontext():
         _rope_kernel[(T, n_q + 2 * n_kv)](qkv, pos, slots, inv_freq, q, k_cache, v_cache, qkv.stride(0), n_q, n_kv,
                                           g, T, k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
-                                          v_cache.stride(1), HALF=D // 2, num_warps=1)
+                                          v_cache.stride(1), HALF=D // 2, num_warps=1, **launch(qkv.device))
     return q

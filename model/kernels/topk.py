@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import torch
 
-from model.kernels import interpreting, tl, triton
+from model.kernels import enter, interpreting, launch, tl, triton
 
 BLOCK_V = 2048  # vocabulary entries per program of the first kernel
 
 
 if triton is not None:
     @triton.jit
-    def _block_kernel(LOGITS, V, PV, PI, PM, PS, K: tl.constexpr, K_P: tl.constexpr, BLOCK: tl.constexpr):
+    def _block_kernel(LOGITS, V, PV, PI, PM, PS, K: tl.constexpr, K_P: tl.constexpr, BLOCK: tl.constexpr,
+                      PDL: tl.constexpr):
+        enter(PDL)
         p = tl.program_id(0)
         i = p * BLOCK + tl.arange(0, BLOCK)
         x = tl.load(LOGITS + i, mask=i < V, other=-float("inf")).to(tl.float32)
@@ -44,7 +46,9 @@ if triton is not None:
 
     @triton.jit
     def _merge_kernel(PV, PI, PM, PS, P, V, MAP, TABLE, TOP1, TOK, OFFSET, d, stride_t,
-                      HAS_MAP: tl.constexpr, K: tl.constexpr, K_P: tl.constexpr, P_P: tl.constexpr):
+                      HAS_MAP: tl.constexpr, K: tl.constexpr, K_P: tl.constexpr, P_P: tl.constexpr,
+                      PDL: tl.constexpr):
+        enter(PDL)
         q = tl.arange(0, P_P)
         kk = tl.arange(0, K_P)
         ok = (q < P)[:, None] & (kk < K)[None, :]
@@ -84,8 +88,9 @@ def draft_topk(logits: torch.Tensor, k: int, table: torch.Tensor, top1: torch.Te
     pm = torch.empty(P, dtype=torch.float32, device=dev)
     ps = torch.empty(P, dtype=torch.float32, device=dev)
     tok = torch.empty(1, dtype=torch.long, device=dev)
-    _block_kernel[(P,)](logits, V, pv, pi, pm, ps, K=k, K_P=k_p, BLOCK=block)
+    pdl = launch(dev)
+    _block_kernel[(P,)](logits, V, pv, pi, pm, ps, K=k, K_P=k_p, BLOCK=block, **pdl)
     has_map = vocab_map is not None
     _merge_kernel[(1,)](pv, pi, pm, ps, P, V, vocab_map if has_map else pi, table, top1, tok, offset, d,
-                        table.stride(0), HAS_MAP=has_map, K=k, K_P=k_p, P_P=max(2, triton.next_power_of_2(P)))
+                        table.stride(0), HAS_MAP=has_map, K=k, K_P=k_p, P_P=max(2, triton.next_power_of_2(P)), **pdl)
     return tok

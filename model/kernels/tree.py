@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from model.kernels import tl, triton
+from model.kernels import enter, launch, tl, triton
 from model.tree import DeviceTree, DeviceTreeTensors
 
 
@@ -34,7 +34,8 @@ if triton is not None:
                       TOKENS, DEPTH, PREFIX, RUN_LO, EXT, CAND, CTOK, BNODE, META,
                       D, K, B, N_RULE, max_nodes, n,
                       D_P: tl.constexpr, K_P: tl.constexpr, B_P: tl.constexpr, N_P: tl.constexpr,
-                      R_P: tl.constexpr):
+                      R_P: tl.constexpr, PDL: tl.constexpr):
+        enter(PDL)
         R = tl.load(CURSOR)
         C = tl.load(CHAIN)
         clen = tl.load(CLEN)
@@ -116,7 +117,8 @@ if triton is not None:
     @triton.jit
     def _accept_kernel(PRED, TOKENS, TABLE, CAND, CTOK, BNODE, BLEN, CHAIN, CURSOR, SEQ, REPORT, MOVES,
                        D, K, B, n,
-                       D_P: tl.constexpr, K_P: tl.constexpr, B_P: tl.constexpr, O_P: tl.constexpr):
+                       D_P: tl.constexpr, K_P: tl.constexpr, B_P: tl.constexpr, O_P: tl.constexpr, PDL: tl.constexpr):
+        enter(PDL)
         R = tl.load(CURSOR)
         C = tl.load(CHAIN)
         blen = tl.load(BLEN)
@@ -187,7 +189,7 @@ def build(tree: DeviceTree, table, top1, chain, ctx, clen, seq, cursor) -> tuple
     R_n = tree.counts.shape[0]
     _build_kernel[(1,)](table, top1, chain, ctx, clen, seq, cursor, tree.thresholds, tree.counts, *nodes, ext, cand,
                         ctok, bnode, meta, D, K, B, R_n, tree.max_nodes, n,
-                        D_P=_p2(D), K_P=_p2(K + 1), B_P=_p2(B), N_P=_p2(n), R_P=_p2(R_n))
+                        D_P=_p2(D), K_P=_p2(K + 1), B_P=_p2(B), N_P=_p2(n), R_P=_p2(R_n), **launch(dev))
     return DeviceTreeTensors(*nodes, cand, ctok, bnode, meta[:1], meta[1:]), ext
 
 
@@ -200,5 +202,6 @@ def accept_greedy(pred, t: DeviceTreeTensors, table, chain, cursor, seq, report)
     B = t.bnode.shape[0]
     moves = torch.empty(2, B, dtype=torch.long, device=table.device)
     _accept_kernel[(1,)](pred, t.tokens, table, t.cand, t.ctok, t.bnode, t.blen, chain, cursor, seq, report, moves,
-                         D, K, B, t.size, D_P=_p2(D), K_P=_p2(K + 1), B_P=_p2(B), O_P=_p2(D + B + 1))
+                         D, K, B, t.size, D_P=_p2(D), K_P=_p2(K + 1), B_P=_p2(B), O_P=_p2(D + B + 1),
+                         **launch(table.device))
     return moves
