@@ -206,7 +206,8 @@ def _resolve_layer_devices(args: argparse.Namespace) -> Optional[tuple]:
         try:
             devices.append(_resolve_device(name))
         except UserError as exc:
-            raise UserError(str(exc).replace("--device", "--layer-devices", 1)) from None
+            raise UserError(str(exc).replace("--device", "--layer-devices", 1)
+                            .replace("use --device cpu", "leave out --layer-devices")) from None
     if args.device.strip().lower() != "auto" and _resolve_device(args.device) != devices[0]:
         raise UserError(f"--device {args.device} and --layer-devices {args.layer_devices} disagree; "
                         f"drop --device (the first of --layer-devices is where inputs and outputs "

@@ -290,6 +290,10 @@ def _download(repo_id: str) -> Path:
     return folder
 
 
+META_HINT = ("params.json and consolidated.*.pth are Meta's original checkpoint format: convert it to a Hugging Face "
+             "folder first, with transformers' convert_llama_weights_to_hf.py")
+
+
 def resolve_checkpoint(path: str) -> tuple[Path, str | None]:
     """Return (folder, gguf_file) for a local folder, a .gguf file, or a hub id (downloaded)."""
     p = Path(path).expanduser()
@@ -298,7 +302,9 @@ def resolve_checkpoint(path: str) -> tuple[Path, str | None]:
     if p.is_dir():
         return p, None
     if p.exists():
-        raise UserError(f"'{path}' is a file but not a .gguf model; pass a model folder, a .gguf file or a hub id.")
+        hint = f" ({META_HINT})" if p.suffix == ".pth" else ""
+        raise UserError(f"'{path}' is a file but not a .gguf model; pass a model folder, a .gguf file or a hub "
+                        f"id{hint}.")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not path.startswith((".", "/")):
         try:
             return _download(path), None
@@ -327,25 +333,55 @@ def _check_sentencepiece_backend(folder: Path) -> None:
                             f"in requirements.txt).")
 
 
+def _check_tokenizer_files(folder: Path) -> None:
+    """A sentencepiece tokenizer.model alone (no tokenizer.json, no tokenizer_config.json) loads, but transformers
+    then cannot tell how the model uses it: LLaMA-2's `<s>` at the start of every prompt is silently left out."""
+    if (folder / "tokenizer.model").is_file() and not (folder / "tokenizer.json").is_file() \
+            and not (folder / "tokenizer_config.json").is_file():
+        raise UserError(f"'{folder}' has a sentencepiece tokenizer.model but no tokenizer_config.json, which says how "
+                        f"the model uses it (for LLaMA-2, the <s> that starts every prompt). Copy "
+                        f"tokenizer_config.json from the model's Hugging Face repository into the folder.")
+
+
+def _check_tokenizer_size(folder: Path, tokenizer) -> None:
+    """A tokenizer far smaller than the model's vocabulary is a tokenizer whose files are missing (transformers
+    builds an almost empty one from tokenizer_config.json alone, and every prompt becomes one token)."""
+    try:
+        vocab = int(json.loads((folder / "config.json").read_text()).get("vocab_size") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return
+    if vocab and len(tokenizer) < vocab // 2:
+        have = sorted(f.name for f in folder.iterdir() if f.name.startswith(("tokenizer", "vocab", "merges")))
+        raise UserError(f"the tokenizer in '{folder}' has {len(tokenizer)} tokens but the model's vocabulary has "
+                        f"{vocab}: its files are missing (found: {', '.join(have) or 'none'}). The folder needs "
+                        f"tokenizer.json, or tokenizer.model with tokenizer_config.json, from the model's "
+                        f"repository.")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
     folder, gguf = resolve_checkpoint(path)
     if not gguf:
         _check_sentencepiece_backend(folder)
+        _check_tokenizer_files(folder)
     try:
-        return AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf) if gguf else \
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf) if gguf else \
             AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:  # noqa: BLE001
         raise UserError(f"could not load a tokenizer from '{path}' ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200] if str(e) else ''}). The folder needs tokenizer.json or "
                         f"tokenizer.model with tokenizer_config.json.") from e
+    if not gguf:
+        _check_tokenizer_size(folder, tokenizer)
+    return tokenizer
 
 
 def _read_config(folder: Path) -> ModelArgs:
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
+        meta = (folder / "params.json").is_file() or any(folder.glob("consolidated.*.pth"))
         raise UserError(f"'{folder}' is not a model folder: it has no config.json. Pass a Hugging Face model "
-                        f"folder, a .gguf file or a hub id.")
+                        f"folder, a .gguf file or a hub id{f' ({META_HINT})' if meta else ''}.")
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
@@ -409,10 +445,13 @@ def load_model(path: str, device="cpu", dtype=torch.float32, devices=None) -> tu
 
 
 def model_name(path: str) -> str:
-    """A short id for output files: the folder or file name (the parent's when the folder is called `hf`)."""
+    """A short id for output files: the folder or file name (the parent's when the folder is called `hf`; the
+    model's name for a snapshot folder of the Hugging Face cache, `models--owner--name/snapshots/<commit>`)."""
     p = Path(path.rstrip("/"))
     if p.suffix == ".gguf":
         return p.stem
+    if p.parent.name == "snapshots" and p.parent.parent.name.startswith("models--"):
+        return p.parent.parent.name.split("--")[-1]
     return p.parent.name if p.name == "hf" and p.parent.name else p.name
 
 

@@ -61,6 +61,7 @@ from evaluation_llama.flags import NONNEG_INT, POS_INT, WARMUP_MAX_NEW_TOKENS, t
 from evaluation_llama.methods import (EarlyExit, EarlyExitRun, PromptLookup, Swift, SwiftRun, TaskRun,  # noqa: E402
                                       Vanilla, instance_seed)
 from evaluation_llama.prompting import PromptTooLong, tokenize_prompt  # noqa: E402
+from model.kernels import settings as kernel_settings  # noqa: E402
 from model.backends import COMPILE, KERNELS, TAILS, Backends  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.errors import UserError  # noqa: E402
@@ -75,7 +76,8 @@ HF_METHODS = ("hf-generate", "hf-early-exit", "hf-prompt-lookup")
 # settings of ours -> the methods they apply to: the guard of context drafts, the guard's verdict on a layer-skip
 # draft, and the layer-skip draft's LM head
 KNOBS = {"context_retry": ("pld", "hybrid"), "draft_rest": ("swift", "swift-cached", "hybrid", "early-exit"),
-         "draft_vocab": ("swift", "swift-cached", "hybrid")}
+         "draft_vocab": ("swift", "swift-cached", "hybrid"),
+         "guard": ("pld", "early-exit", "swift", "swift-cached", "hybrid")}
 VARIANT_BASES = ("pld", "early-exit", "swift", "hybrid")  # methods of ours a --variant may change
 LENGTH_METHODS = ("vanilla", "swift", "swift-cached")
 PROMPT_LOOKUP_TOKENS = 10
@@ -143,6 +145,8 @@ def _variant(text: str) -> Variant:
                 f"variant {label}: {method} has no setting {flag.strip()!r} here; it has "
                 f"{', '.join('--' + k.replace('_', '-') for k, ms in KNOBS.items() if method in ms)}")
         knobs[key] = NONNEG_INT(value.strip())
+        if key == "guard":
+            knobs[key] = bool(knobs[key])
     return Variant(label, method, tuple(sorted(knobs.items())))
 
 
@@ -225,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="swift, swift-cached, hybrid: keep only N token ids in the layer-skip draft's LM head "
                          "(verification keeps all); 0 = the whole vocabulary "
                          f"(default: the runners' default, {SwiftConfig().draft_vocab})")
+    ap.add_argument("--no-guard", dest="guard", action="store_const", const=False, default=None,
+                    help="our drafting methods never fall back to plain decoding (SwiftConfig guard off): for "
+                         "checks that every method drafts, not for speed; a --variant sets it as guard=0")
     ap.add_argument("--variant", type=_variant, action="append", default=[], metavar="LABEL=METHOD:FLAG=VALUE,...",
                     help=f"also run METHOD (one of {', '.join(VARIANT_BASES)}) as a row named LABEL with these "
                          f"settings instead of the command line's, in the same run and against the same vanilla: an "
@@ -313,7 +320,7 @@ class Bench:
         gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         self.env = dict(gpu=gpu or "none (cpu)", device=str(self.device), torch=torch.__version__,
                         transformers=transformers.__version__, python=platform.python_version(),
-                        dtype=name, model=args.model_path, command=" ".join(["scripts/bench_peers.py", *argv]))
+                        kernel_settings=kernel_settings(), dtype=name, model=args.model_path, command=" ".join(["scripts/bench_peers.py", *argv]))
         self.load_path = paths.resolve_model_path(args.model_path)[1]
         self.model_id = model_name(args.model_path)
         self.tok = load_tokenizer(self.load_path)
@@ -680,9 +687,9 @@ def time_breakdown(rows: list[dict], key: str) -> list[str]:
 
 
 def _knob(row: dict, key: str):
-    """A setting as a row records it (none recorded: the earlier code's 0); --draft-rest with whether its rest
-    doubles after each further stop (rows from before the doubling have no `draft_rest_doubles`)."""
-    value = row.get(key, 0)
+    """A setting as a row records it (none recorded: the earlier code's 0, or for the guard, on); --draft-rest with
+    whether its rest doubles after each further stop (rows from before the doubling have no `draft_rest_doubles`)."""
+    value = bool(row.get(key, True)) if key == "guard" else row.get(key, 0)
     return (value, bool(row.get("draft_rest_doubles"))) if key == "draft_rest" else value
 
 

@@ -1,8 +1,9 @@
 """CPU smoke test of scripts/bench_peers.py on the real SmolLM2-135M (fp32, so every greedy method is exact).
 
-One gsm8k instance, 8 new tokens, every method, the prompt cut to its last 32 tokens and no warm-up (the 600-token
-few-shot prompt's prefill and the warm-up calls would otherwise dominate on 2 CPU cores); then one --lengths 8,16 run
-(at 16 tokens SWIFT's layer search runs after its 8-token plain probe).
+One gsm8k instance, 16 new tokens, every method, the prompt cut to its last 32 tokens and no warm-up (the 600-token
+few-shot prompt's prefill and the warm-up calls would otherwise dominate on 2 CPU cores), without the speed guard (its
+8-token plain probe would leave nothing to draft), so that every drafting method accepts drafted tokens; then one
+--lengths 8,16 run (at 16 tokens SWIFT's layer search runs after its 8-token plain probe).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _check_outputs(out: Path) -> None:
 
 def test_all_methods_match_vanilla(bench, smollm2_path, shared_data_dir, tmp_path):
     out = tmp_path / "methods"
-    assert bench.main(_common(smollm2_path, shared_data_dir, out) + ["--max-new-tokens", "8"]) == 0
+    assert bench.main(_common(smollm2_path, shared_data_dir, out) + ["--max-new-tokens", "16", "--no-guard"]) == 0
     rows = _rows(out)
     by = {r["method"]: r for r in rows}
     assert len(rows) == len(bench.METHODS) and set(by) == set(bench.METHODS)
@@ -50,12 +51,16 @@ def test_all_methods_match_vanilla(bench, smollm2_path, shared_data_dir, tmp_pat
         assert r["task"] == "gsm8k" and r["dtype"] == "float32" and r["model"] == str(smollm2_path)
         for key in ("gpu", "torch", "transformers", "command"):
             assert r[key]
-        assert 1 <= r["new_tokens"] <= 8 and r["wall_time_s"] > 0 and r["prompt_tokens"] == 32
+        assert 1 <= r["new_tokens"] <= 16 and r["wall_time_s"] > 0 and r["prompt_tokens"] == 32
     ref = by["vanilla"]["token_ids"][0]
     assert len(ref) == by["vanilla"]["new_tokens"]
-    for m in ("hf-generate", "hf-prompt-lookup", "swift", "swift-cached", "pld", "early-exit", "hybrid"):  # fp32
+    for m in ("hf-generate", "hf-prompt-lookup", "hf-early-exit", "swift", "swift-cached", "pld", "early-exit",
+              "hybrid"):  # fp32: every greedy method gives vanilla's tokens
         assert by[m]["token_ids"][0] == ref, m
         assert by[m]["same_as_vanilla"] is True
+    for m in ("swift", "swift-cached", "pld", "early-exit", "hybrid"):  # each accepted drafted tokens
+        assert max(by[m]["choices"][0]["accept_lengths"]) > 1, m
+        assert by[m]["guard"] is False
     assert by["swift"]["choices"][0]["accept_lengths"] and "accept_lengths" not in by["hf-generate"]["choices"][0]
     assert "static cache" in by["hf-generate"]["note"]
     assert "assistant_early_exit=15" in by["hf-early-exit"]["note"]  # default: half of SmolLM2's 30 layers

@@ -19,16 +19,10 @@ from data import prompts
 from model.errors import UserError
 
 
-def shared_data_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 @pytest.fixture(scope="module")
-def data_dir() -> str:
-    folder = shared_data_dir()
-    if not (folder / "gsm8k_test.jsonl").is_file():
-        pytest.skip(f"offline data folder not found beside the repository ({folder.name})")
-    return str(folder)
+def data_dir(shared_data_dir) -> str:
+    """The shared data folder (conftest: beside the repository, or $SWIFT_DATA_DIR; a missing one fails)."""
+    return str(shared_data_dir)
 
 
 @pytest.fixture(autouse=True)

@@ -157,28 +157,35 @@ def test_verification_runs_on_the_smallest_tree_that_holds_the_cycle():
     assert expected_speedup(1.0, 0.1, v, (15, 16))[1] == 15
 
 
-def test_hybrid_tree_sampling_matches_exact_distribution():
-    """The chi-square test of tests/test_swift.py with a context branch in every tree (the union tree; prompt lookup
-    on an 8-token vocabulary always finds one), and its wrong-rule control."""
+@pytest.mark.parametrize("tree", ["union", "select", "pld"])
+def test_context_draft_sampling_matches_exact_distribution(tree):
+    """The chi-square test of tests/test_swift.py with context drafts in the trees (prompt lookup on an 8-token
+    vocabulary always finds a continuation): the hybrid's union tree (and its wrong-rule control), the hybrid that
+    verifies one chain per cycle, and prompt lookup alone (no skip set)."""
     from model import sampling as rules
+    from model.llama import NO_SKIP
     from tests.test_swift import _exact_joint
 
     eng, _ = tiny_engine(seed=8, scale=25, vocab_size=VOCAB, max_seq_len=256)
     prompt = _prompt(12, VOCAB, seed=8)
     exact = _exact_joint(eng, prompt)
     cfg = SwiftConfig(guard=False, tree_rule=((0.95, 1), (0.0, 3)), max_draft_len=3, context_drafts=True,
-                      context_len=2, context_tree="union")
+                      context_len=2, context_tree="select" if tree == "select" else "union")
+    skip = NO_SKIP if tree == "pld" else LayerSkip.of(mlp=[1], attn=[2])
 
     def samples(n):
-        counts = np.zeros(VOCAB * VOCAB)
+        counts, drafted = np.zeros(VOCAB * VOCAB), 0
         for i in range(n):
             torch.manual_seed(2000 + i)
-            t = swift_generate(eng, prompt, 3, SamplingConfig(temperature=1.0), cfg=cfg,
-                               skip=LayerSkip.of(mlp=[1], attn=[2])).tokens
-            counts[t[1] * VOCAB + t[2]] += 1
+            res = swift_generate(eng, prompt, 3, SamplingConfig(temperature=1.0), cfg=cfg, skip=skip)
+            counts[res.tokens[1] * VOCAB + res.tokens[2]] += 1
+            drafted += res.num_drafted
+        assert drafted > 0
         return counts
 
     assert _chi2_pvalue(samples(1500), exact) > 1e-3
+    if tree != "union":
+        return
     real = rules.accept_probability
     rules.accept_probability = lambda p, mass: p  # forgets to renormalise the residual
     try:

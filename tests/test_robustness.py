@@ -520,6 +520,37 @@ def test_interrupted_run_resumes_without_loss(how, reference, smollm2_path, shar
         assert final[qid]["tstamp"] == kept[qid]["tstamp"]
 
 
+def test_interrupted_swift_run_resumes_to_the_vanilla_answers(reference, smollm2_path, shared_data_dir, tmp_path):
+    """SWIFT without the guard (so it drafts from its first answer) stopped after an answer: the kept answers, the
+    resumed ones and an uninterrupted vanilla run's are the same tokens, none twice, and the layer cache is kept."""
+    answer, cache = tmp_path / "swift.jsonl", tmp_path / "layers.json"
+    argv = interrupt_args(smollm2_path, shared_data_dir, answer) + [
+        "--no-guard", "--layer-cache", str(cache), "--context-window", "8", "--num-candidates", "2",
+        "--max-opt-iter", "6"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "evaluation_llama.inference_swift", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_answers(answer, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err, err[-2000:]
+    kept = records_by_id(answer)
+    assert 1 <= len(kept) < INTERRUPT_N
+    assert inference_swift.main(argv) == 0  # resume
+    final = records_by_id(answer)
+    assert set(final) == set(reference) and len(answer_lines(answer)) == INTERRUPT_N + 1  # header + no duplicates
+    for qid, r in final.items():
+        assert r["token_ids"] == reference[qid]["token_ids"], qid
+    for qid in kept:
+        assert final[qid]["tstamp"] == kept[qid]["tstamp"]
+    assert sum(n for r in final.values() for n in r["choices"][0]["num_drafted"]) > 0  # it drafted
+    assert json.loads(cache.read_text())["skip"] is not None
+
+
 # ----------------------------------------------------------------------------------------------
 # determinism
 

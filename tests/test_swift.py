@@ -12,7 +12,7 @@ from model.engine import Engine
 from model.errors import UserError
 from model.generate import vanilla_generate
 from model.llama import LayerSkip
-from model.sampling import SamplingConfig
+from model.sampling import SamplingConfig, logits_to_probs
 from model.swift.config import SwiftConfig
 from model.swift.decoding import score_candidates, swift_generate
 from model.swift.layer_cache import load_layer_config, save_layer_config
@@ -37,6 +37,23 @@ def test_greedy_swift_equals_vanilla_tiny(seed, ratio):
     assert res.num_drafted > 0 and res.stats["search"]["n_iter"] > 0
 
 
+@pytest.mark.parametrize("arch,window", [("mistral", dict(sliding_window=12)),
+                                         ("qwen2", dict(use_sliding_window=True, sliding_window=12,
+                                                        max_window_layers=0))])
+def test_greedy_swift_equals_vanilla_with_a_sliding_window(arch, window):
+    """A 40-token prompt and 80 new tokens under a 12-token window: the draft, the verified tree and the hybrid's
+    context branch see the window as plain decoding does."""
+    eng, _ = tiny_engine(arch, seed=5, scale=6, num_hidden_layers=6, **window)
+    assert eng.args.sliding_window == 12
+    prompt = _prompt(seed=5)
+    want = vanilla_generate(eng, prompt, 80).tokens
+    for context in (False, True):
+        cfg = SwiftConfig(skip_ratio=0.25, context_window=16, guard=False, seed=5, context_drafts=context)
+        res = swift_generate(eng, prompt, 80, cfg=cfg, search=LayerSearch(6, cfg))
+        assert res.tokens == want, context
+        assert res.num_drafted > 0 and max(res.accept_lengths) > 1
+
+
 def test_greedy_swift_stops_at_eos_like_vanilla():
     eng, _ = tiny_engine(seed=4, scale=6, num_hidden_layers=6)
     prompt = _prompt(seed=4)
@@ -52,12 +69,15 @@ def test_greedy_swift_stops_at_eos_like_vanilla():
 VOCAB = 8
 
 
-def _exact_joint(eng, prompt):
-    """Exact distribution of generated tokens 2 and 3 under vanilla sampling at T=1 (token 1 summed out)."""
+WARPED = SamplingConfig(temperature=1.6, top_p=0.9, top_k=5)  # each warp removes tokens from some steps
+
+
+def _exact_joint(eng, prompt, sampling=SamplingConfig(temperature=1.0)):
+    """Exact distribution of generated tokens 2 and 3 under vanilla sampling with `sampling` (token 1 summed out)."""
 
     def dist(seq):
         with torch.inference_mode():
-            return torch.softmax(eng.start(seq), -1).double()  # the prefill's logits of the last position
+            return logits_to_probs(eng.start(seq), sampling).double()  # the prefill's logits of the last position
     p1 = dist(prompt)
     joint = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
     for a in range(VOCAB):
@@ -67,12 +87,12 @@ def _exact_joint(eng, prompt):
     return joint.reshape(-1)  # index b*VOCAB + c
 
 
-def _swift_samples(eng, prompt, n, cfg):
+def _swift_samples(eng, prompt, n, cfg, sampling=SamplingConfig(temperature=1.0)):
     counts = np.zeros(VOCAB * VOCAB)
     skip = LayerSkip.of(mlp=[1], attn=[2])
     for i in range(n):
         torch.manual_seed(1000 + i)
-        t = swift_generate(eng, prompt, 3, SamplingConfig(temperature=1.0), cfg=cfg, skip=skip).tokens
+        t = swift_generate(eng, prompt, 3, sampling, cfg=cfg, skip=skip).tokens
         counts[t[1] * VOCAB + t[2]] += 1
     return counts
 
@@ -98,6 +118,32 @@ def test_sampling_matches_exact_distribution(sampling_setup):
     eng, prompt, cfg, exact = sampling_setup
     counts = _swift_samples(eng, prompt, 1500, cfg)
     assert _chi2_pvalue(counts, exact) > 1e-3
+
+
+def test_sampling_with_temperature_top_p_and_top_k_matches_exact_distribution(sampling_setup):
+    """The verifier warps the full model's logits as vanilla sampling does; a token the warps remove never
+    appears."""
+    eng, prompt, cfg, _ = sampling_setup
+    exact = _exact_joint(eng, prompt, WARPED)
+    assert (exact == 0).sum() > 0  # precondition: the warps remove some pairs
+    counts = _swift_samples(eng, prompt, 1500, cfg, WARPED)
+    assert counts[exact.numpy() == 0].sum() == 0
+    assert _chi2_pvalue(counts, exact) > 1e-3
+
+
+def test_logits_to_probs_warps_by_hand():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    e = torch.exp(logits)
+    assert torch.allclose(logits_to_probs(logits, SamplingConfig(temperature=1.0)), e / e.sum())
+    e2 = torch.exp(logits / 2)
+    assert torch.allclose(logits_to_probs(logits, SamplingConfig(temperature=2.0)), e2 / e2.sum())
+    # top-p 0.7: p = [.644, .237, .087, .032]; the smallest prefix reaching 0.7 is ids {0, 1}
+    assert torch.allclose(logits_to_probs(logits, SamplingConfig(temperature=1.0, top_p=0.7)),
+                          torch.cat([e[:2] / e[:2].sum(), torch.zeros(2)]))
+    assert torch.equal(logits_to_probs(logits, SamplingConfig(temperature=1.0, top_k=1)),
+                       torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert torch.allclose(logits_to_probs(logits, SamplingConfig(temperature=1.0, top_k=3)),
+                          torch.cat([e[:3] / e[:3].sum(), torch.zeros(1)]))
 
 
 def test_wrong_acceptance_rule_is_detected(sampling_setup, monkeypatch):
