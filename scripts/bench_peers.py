@@ -74,7 +74,7 @@ METHODS = ("vanilla", "pld", "early-exit", "swift", "swift-cached", "hybrid", "h
            "hf-early-exit")
 HF_METHODS = ("hf-generate", "hf-early-exit", "hf-prompt-lookup")
 # settings of ours -> the methods they apply to: the guard of context drafts, the guard's verdict on a layer-skip
-# draft, and the layer-skip draft's LM head
+# draft, the layer-skip draft's LM head, and the speed guard itself (--no-guard; guard=0 in a --variant)
 KNOBS = {"context_retry": ("pld", "hybrid"), "draft_rest": ("swift", "swift-cached", "hybrid", "early-exit"),
          "draft_vocab": ("swift", "swift-cached", "hybrid"),
          "guard": ("pld", "early-exit", "swift", "swift-cached", "hybrid")}
@@ -122,7 +122,8 @@ class Variant(NamedTuple):
     knobs: tuple[tuple[str, int], ...]
 
     def describe(self) -> str:
-        return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in self.knobs)
+        return ", ".join(("--no-guard" if not v else "guard on") if k == "guard" else f"--{k.replace('_', '-')} {v}"
+                         for k, v in self.knobs)
 
 
 def _variant(text: str) -> Variant:
@@ -143,7 +144,7 @@ def _variant(text: str) -> Variant:
         if method not in KNOBS.get(key, ()):
             raise argparse.ArgumentTypeError(
                 f"variant {label}: {method} has no setting {flag.strip()!r} here; it has "
-                f"{', '.join('--' + k.replace('_', '-') for k, ms in KNOBS.items() if method in ms)}")
+                f"{', '.join(k.replace('_', '-') for k, ms in KNOBS.items() if method in ms)}")
         knobs[key] = NONNEG_INT(value.strip())
         if key == "guard":
             knobs[key] = bool(knobs[key])
@@ -237,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                          f"settings instead of the command line's, in the same run and against the same vanilla: an "
                          f"A/B of a setting (e.g. swift-rest0=swift:draft-rest=0, "
                          f"hybrid-r0=hybrid:context-retry=0,draft-rest=0); FLAG is one of "
-                         f"{', '.join('--' + k.replace('_', '-') for k in KNOBS)}; repeat for more rows; "
+                         f"{', '.join(k.replace('_', '-') for k in KNOBS)} (guard=0: --no-guard); repeat for more "
+                         f"rows; "
                          f"METHOD runs too. Not in --lengths mode")
     ap.add_argument("--lengths", type=_int_list, default=None, metavar="L1,L2,...",
                     help="length mode: instead of the method comparison, run vanilla and SWIFT (swift-cached too "
@@ -320,7 +322,8 @@ class Bench:
         gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         self.env = dict(gpu=gpu or "none (cpu)", device=str(self.device), torch=torch.__version__,
                         transformers=transformers.__version__, python=platform.python_version(),
-                        kernel_settings=kernel_settings(), dtype=name, model=args.model_path, command=" ".join(["scripts/bench_peers.py", *argv]))
+                        kernel_settings=kernel_settings(), dtype=name, model=args.model_path,
+                        command=" ".join(["scripts/bench_peers.py", *argv]))
         self.load_path = paths.resolve_model_path(args.model_path)[1]
         self.model_id = model_name(args.model_path)
         self.tok = load_tokenizer(self.load_path)
@@ -718,8 +721,8 @@ def merge(dirs: Sequence[str], out: Path) -> int:
             raise SystemExit(f"--merge: {ident} appears in more than one run")
         seen.add(ident)
     out.mkdir(parents=True, exist_ok=True)  # the raw rows stay in the parts' jsonl files
-    env_keys = ("gpu", "torch", "transformers", "dtype", "model", "our_compile")
-    envs = {tuple(str(r.get(k)) for k in env_keys) for r in rows}
+    env_keys = ("gpu", "torch", "transformers", "dtype", "model", "our_compile", "kernel_settings")
+    envs = {tuple(str(r.get(k, {} if k == "kernel_settings" else None)) for k in env_keys) for r in rows}
     if len(envs) != 1:
         raise SystemExit(f"--merge: the runs differ in {env_keys}: {sorted(envs)}")
     for key, methods_of in KNOBS.items():

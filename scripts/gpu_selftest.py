@@ -2,6 +2,8 @@
 """GPU self-test of the batch-invariant kernels and the SWIFT graphs, on random-weight models of the SmolLM2-135M,
 Qwen2.5-0.5B and LLaMA-2-7B shapes (bf16). Exits non-zero on any failed check. It checks and measures:
 
+0. once: every kernel builds for sm_90 with this machine's Triton, and with dependent launches none touches global
+   memory before its wait (tests/compile_sm90.py);
 1. every weight product of each shape (q/k/v, output, gate/up, down, LM head): each row's result for one row equals,
    bit for bit, its result among 2..64 rows with other neighbours; error against a float32 reference;
 2. attention: each node of a token tree equals the same query decoded alone, bit for bit; error against SDPA;
@@ -10,8 +12,9 @@ Qwen2.5-0.5B and LLaMA-2-7B shapes (bf16). Exits non-zero on any failed check. I
    checks of 1. and 4. then run with the chosen shapes, which go to `tuned.json` in --out (use it with
    SWIFT_GEMM_TUNED=path/tuned.json before the table is in the code);
 4. the engine: decode tokens/s with the Triton kernels vs the PyTorch ops (+ torch.compile), and on Hopper with
-   the Triton kernels launched dependently (SWIFT_PDL=1) between two runs without: the same tokens, and greedy
-   SWIFT equal to vanilla with them too. With the plain launches: greedy SWIFT with a fixed skip set equal to
+   the Triton kernels launched dependently (SWIFT_PDL=1) between two runs without: the same tokens, the draft graphs
+   of a skip set equal to an eager draft, and greedy SWIFT equal to vanilla with the same acceptances. (The engine
+   check sets SWIFT_PDL itself; parts 1-3 run with the environment's setting.) With the plain launches: greedy SWIFT with a fixed skip set equal to
    vanilla token for token; the prefill graph of the prompt's length bucket against the eager prefill (the same
    next token, and the wall time of each); the draft graph with skipped sub-layers switched off equal to an eager
    draft, and its time next to a graph captured for that skip set; the measured draft / verify costs; the draft
@@ -29,6 +32,7 @@ import functools
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import astuple
@@ -251,17 +255,23 @@ def engine_checks(shape: str, args: ModelArgs, n_new: int, compare_torch: bool) 
     if kernels.pdl_supported(f"cuda:{torch.cuda.current_device()}"):  # the same kernels, launched dependently
         variants += [("triton+pdl", Backends("triton"), "1"), ("triton-again", Backends("triton"), "0")]
     variants += [("torch+compile", Backends("torch", "on"), "0")] if compare_torch else []
-    want = None
+    RESULTS["engine"].append(row)  # filled in as the variants run: a failing variant keeps the others' numbers
+    want, accepted = None, None
     for label, backends, pdl in variants:
-        with setting(kernels.PDL_ENV, pdl):  # read at every launch, so captured into this engine's graphs
-            eng, tokens = engine_variant(shape, model, prompt, n_new, label, backends, row)
-            if label not in ("triton", "triton+pdl"):
-                continue
-            if want is not None:  # the dependent launches: the same kernels, the same bits
-                check(f"{shape} vanilla with dependent launches == without", tokens == want)
-            want = tokens
-            swift_checks(shape, eng, args, prompt, n_new, want, row, label)
-    RESULTS["engine"].append(row)
+        try:
+            with setting(kernels.PDL_ENV, pdl):  # read at every launch, so captured into this engine's graphs
+                eng, tokens = engine_variant(shape, model, prompt, n_new, label, backends, row)
+                if label == "torch+compile":
+                    continue
+                if want is not None:  # the dependent launches: the same kernels, the same bits
+                    check(f"{shape} vanilla [{label}] == vanilla [triton]", tokens == want)
+                want = want or tokens
+                if label != "triton-again":
+                    accepted = swift_checks(shape, eng, args, prompt, n_new, want, row, label, accepted)
+        except Exception as e:  # noqa: BLE001 - report and go on with the next variant
+            import traceback
+            traceback.print_exc()
+            check(f"{shape} engine [{label}] raised", False, error=f"{type(e).__name__}: {e}")
     print(json.dumps(row), flush=True)
 
 
@@ -295,10 +305,12 @@ def engine_variant(shape, model, prompt, n_new, label, backends, row) -> tuple[E
     return eng, runs[0].tokens
 
 
-def swift_checks(shape, eng, args, prompt, n_new, want, row, label) -> None:
+def swift_checks(shape, eng, args, prompt, n_new, want, row, label, accepted=None) -> list[int]:
     """Greedy SWIFT with a fixed skip set against vanilla, and (for the plain launches) the draft graph, prefill,
-    tail and vocabulary checks and costs."""
-    pdl = label == "triton+pdl"
+    tail and vocabulary checks and costs. With dependent launches: the draft graphs captured for the skip set alone
+    (`settle`; the shared graph with switched-off kernels is captured without them) against an eager draft, then
+    the same SWIFT run, whose acceptances must equal those of the plain launches (`accepted`). Returns the
+    acceptances."""
     pdl = label == "triton+pdl"
     key = "_pdl" if pdl else ""
     if not pdl:
@@ -309,6 +321,9 @@ def swift_checks(shape, eng, args, prompt, n_new, want, row, label) -> None:
     acc = accelerator(eng, cfg)
     acc.warm_up(SamplingConfig())
     row["costs" + key] = acc.costs.to_dict()
+    if pdl:  # graphs of the skip set alone (settled, or one per set without node switching): dependent launches
+        acc.drafter.settle(skip)
+        check(f"{shape} draft graph of the skip set (dependent launches) == eager draft", same_draft(eng, acc, skip))
     captures = eng.graph_captures
     res = swift_generate(eng, prompt, n_new, cfg=cfg, skip=skip)
     check(f"{shape} greedy SWIFT (bf16, fixed skip set{', dependent launches' if pdl else ''}) == vanilla",
@@ -318,20 +333,13 @@ def swift_checks(shape, eng, args, prompt, n_new, want, row, label) -> None:
           captures_in_timed_run=eng.graph_captures - captures)
     row["swift_tps_fixed_skip" + key] = round(res.num_new_tokens / res.wall_time_s, 1)
     if pdl:
-        return
+        if accepted is not None:
+            check(f"{shape} SWIFT's acceptances with dependent launches == without", res.accept_lengths == accepted)
+        return res.accept_lengths
     dr = acc.drafter
     row["draft_tracked"] = dr.tracked
     if dr.tracked:
-        dr.set_skip(skip)
-        acc._at(300)
-        dr.draft(8)
-        tracked = dr.table[:8].clone()
-        eng.cuda_graphs = False
-        acc._at(300)
-        dr.draft(8)
-        eng.cuda_graphs = True
-        check(f"{shape} draft graph with skipped kernels switched off == eager draft",
-              torch.equal(tracked, dr.table[:8]))
+        check(f"{shape} draft graph with skipped kernels switched off == eager draft", same_draft(eng, acc, skip))
         g_set = graphs.capture(lambda: dr._steps(8, skip))
         t_set = _time(lambda: (acc._at(300), g_set.replay()))
         t_tog = _time(lambda: (acc._at(300), dr.draft(8)))
@@ -340,6 +348,21 @@ def swift_checks(shape, eng, args, prompt, n_new, want, row, label) -> None:
               f"graph captured for the set {t_set:.3f} ms", flush=True)
     tail_checks(shape, eng, acc, skip, row)
     vocabulary_costs(shape, eng, row)
+    return res.accept_lengths
+
+
+def same_draft(eng, acc, skip) -> bool:
+    """A draft of 8 tokens with `skip` from the drafter's graphs equals the same draft run eagerly, bit for bit."""
+    dr = acc.drafter
+    dr.set_skip(skip)
+    acc._at(300)
+    dr.draft(8)
+    graphed = dr.table[:8].clone()
+    with_graphs, eng.cuda_graphs = eng.cuda_graphs, False
+    acc._at(300)
+    dr.draft(8)
+    eng.cuda_graphs = with_graphs
+    return torch.equal(graphed, dr.table[:8])
 
 
 def prefill_checks(shape: str, eng: Engine, prompt: list[int], row: dict) -> None:
@@ -437,6 +460,19 @@ def vocabulary_costs(shape: str, eng: Engine, row: dict, sizes=(4096, 16384)) ->
               f"{c.fixed + (c.attn + c.mlp) * (L - 2):.3f}, its fixed part {c.fixed:.3f} of a full step", flush=True)
 
 
+def compile_checks() -> None:
+    """tests/compile_sm90.py with this machine's Triton: every kernel builds for sm_90 and, with dependent launches,
+    none touches global memory before its wait (the generated code depends on the Triton version)."""
+    script = Path(__file__).resolve().parents[1] / "tests" / "compile_sm90.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900)
+    lines = out.stdout.splitlines()
+    bad = [line for line in lines if not line.startswith("ok ")]
+    check("every kernel builds for sm_90, and none touches global memory before its dependent-launch wait",
+          out.returncode == 0 and bool(lines) and not bad, kernels=len(lines), failed=bad[:5],
+          stderr=out.stderr[-500:] if bad or not lines else "")
+
+
 def _time(fn, reps=20) -> float:
     return graphs.gpu_ms(fn, reps)
 
@@ -456,6 +492,7 @@ def main() -> int:
                           triton=__import__("triton").__version__, python=platform.python_version(),
                           graph_node_switching=graphs.tracking_works(), kernel_settings=kernels.settings())
     print(json.dumps(RESULTS["env"]), flush=True)
+    compile_checks()
     for shape in a.shapes.split(","):
         args = ModelArgs.from_hf_config(SHAPES[shape])
         for part in (([gemm_tuning] if a.tune else []) + [gemm_checks, row_block_timing, attention_checks]

@@ -164,7 +164,8 @@ def main() -> int:
     engine.warm_up_prefill([ids for task_prompts in prompts.values() for ids in task_prompts])
     static = tree_overhead_ms(engine, acc)
     env = dict(gpu=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", torch=torch.__version__,
-               model=a.model_path, backends=engine.backends.to_dict(), kernel_settings=kernel_settings(), tracked_draft_graph=acc.drafter.tracked,
+               model=a.model_path, backends=engine.backends.to_dict(), kernel_settings=kernel_settings(),
+               tracked_draft_graph=acc.drafter.tracked,
                command=" ".join(["scripts/profile_swift.py", *sys.argv[1:]]), costs=acc.costs.to_dict(), **static)
     print(json.dumps(env), flush=True)
     out = Path(a.out)

@@ -77,8 +77,13 @@ for has_map in (False, True):
              P_P="constexpr", PDL="constexpr"),
         dict(HAS_MAP=has_map, K=8, K_P=8, P_P=128))
 
-MEMORY = re.compile(r"^(@!?%p\d+\s+)?(ld|st|atom|red|cp\.async|cp\.reduce|prefetch)\.")
+MEMORY = re.compile(r"^(@!?%p\d+\s+)?(ld|ldu|st|atom|red|prefetch|cp\.async|cp\.reduce)\.")
+COPY = re.compile(r"^(@!?%p\d+\s+)?cp\.")  # copies (cp.async, TMA) read or write global memory on one side
 PRIVATE = (".param", ".shared", ".local", ".const")
+
+
+def global_access(line: str) -> bool:
+    return bool(MEMORY.match(line)) and (bool(COPY.match(line)) or not any(p in line for p in PRIVATE))
 
 
 def dependency_problem(ptx: str, pdl: bool) -> str | None:
@@ -90,7 +95,7 @@ def dependency_problem(ptx: str, pdl: bool) -> str | None:
         return "grid dependency control without PDL" if wait or trigger else None
     if not wait or not trigger:
         return "no griddepcontrol.wait or launch_dependents"
-    early = [line for line in lines[:wait[0]] if MEMORY.match(line) and not any(p in line for p in PRIVATE)]
+    early = [line for line in lines[:wait[0]] if global_access(line)]
     if early:
         return f"memory accessed before the wait: {early[0]}"
     if trigger[0] < wait[0]:

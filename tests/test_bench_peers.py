@@ -238,6 +238,16 @@ def test_merge_runs_into_one_table_with_time_breakdown(bench, tmp_path):
     _write(tmp_path / "k", [_env_row("tinystories", "vanilla", "q1", 100),
                             dict(v, task="tinystories", draft_rest=5)])  # run with --draft-rest 5 beside it
     assert bench.main(["--merge", str(tmp_path / "f"), str(tmp_path / "k"), "--out", str(tmp_path / "m9")]) == 0
+    # runs with other kernel settings (rows without them: none) or with the guard off are not one comparison
+    pdl = [dict(r, kernel_settings={"SWIFT_PDL": "1"}) for r in (_env_row("cnndm", "vanilla", "q3", 100),
+                                                                  _env_row("cnndm", "swift", "q3", 150))]
+    _write(tmp_path / "l", pdl)
+    with pytest.raises(SystemExit, match="differ in"):
+        bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "l"), "--out", str(tmp_path / "m10")])
+    _write(tmp_path / "n", [_env_row("cnndm", "vanilla", "q3", 100),
+                            dict(_env_row("cnndm", "swift", "q3", 150), guard=False)])
+    with pytest.raises(SystemExit, match="differ in --guard"):
+        bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "n"), "--out", str(tmp_path / "m11")])
 
 
 def test_instances_flag_answers_only_the_named_ids(bench, smollm2_path, shared_data_dir, tmp_path):
