@@ -12,7 +12,7 @@ Qwen2.5-0.5B and LLaMA-2-7B shapes (bf16). Exits non-zero on any failed check. I
    checks of 1. and 4. then run with the chosen shapes, which go to `tuned.json` in --out (use it with
    SWIFT_GEMM_TUNED=path/tuned.json before the table is in the code);
 4. the engine: decode tokens/s with the Triton kernels vs the PyTorch ops (+ torch.compile), and on Hopper with
-   the Triton kernels launched dependently (SWIFT_PDL=1) between two runs without: the same tokens, the draft graphs
+   the Triton kernels launched dependently (SWIFT_PDL=1, the default) between two runs without: the same tokens, the draft graphs
    of a skip set equal to an eager draft, and greedy SWIFT equal to vanilla with the same acceptances. (The engine
    check sets SWIFT_PDL itself; parts 1-3 run with the environment's setting.) With the plain launches: greedy SWIFT with a fixed skip set equal to
    vanilla token for token; the prefill graph of the prompt's length bucket against the eager prefill (the same

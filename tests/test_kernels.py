@@ -203,14 +203,15 @@ def test_a_mistyped_kernel_setting_is_an_error_not_a_quiet_fallback(name, value,
 
 
 def test_dependent_launch_is_asked_for_and_only_given_where_it_runs(monkeypatch):
-    """SWIFT_PDL=1 adds the launch attribute and the kernels' wait (model/kernels/__init__.py) only on a GPU that
-    has it; unset, 0, or any other device: the plain launch. tests/compile_sm90.py checks the compiled kernels."""
+    """Dependent launches (unset or SWIFT_PDL=1) add the launch attribute and the kernels' wait
+    (model/kernels/__init__.py) only on a GPU that has them; SWIFT_PDL=0, or any other device: the plain launch.
+    tests/compile_sm90.py checks the compiled kernels."""
     from model import kernels as K
     monkeypatch.delenv("SWIFT_PDL", raising=False)
     monkeypatch.setattr(K, "pdl_supported", lambda device: True)
-    assert K.launch("cuda:0") == dict(PDL=False) and K.settings().get("SWIFT_PDL") is None
+    assert K.launch("cuda:0") == dict(PDL=True, launch_pdl=True) and K.settings()["SWIFT_PDL"] == "1"
     monkeypatch.setenv("SWIFT_PDL", "0")
-    assert K.launch("cuda:0") == dict(PDL=False)
+    assert K.launch("cuda:0") == dict(PDL=False) and K.settings()["SWIFT_PDL"] == "0"
     monkeypatch.setenv("SWIFT_PDL", "1")
     assert K.launch("cuda:0") == dict(PDL=True, launch_pdl=True) and K.settings()["SWIFT_PDL"] == "1"
     with K.independent_launches():
