@@ -23,7 +23,7 @@ from typing import Callable, Hashable
 
 import torch
 
-from model.kernels import independent_launches
+from model.kernels import dependent_launches
 
 _RT = None
 
@@ -128,7 +128,7 @@ def capture(fn: Callable, pool=None, track: bool = False) -> Graph:
     gc.collect()
     gc.disable()
     try:
-        with independent_launches() if track else contextlib.nullcontext():
+        with dependent_launches(False) if track else contextlib.nullcontext():
             return _capture(fn, pool, track)
     finally:
         gc.enable()

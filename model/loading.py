@@ -317,9 +317,11 @@ def resolve_checkpoint(path: str) -> tuple[Path, str | None]:
                     f"id (owner/name); `python3 scripts/fetch_models.py` fetches the small default model.")
 
 
-def _check_sentencepiece_backend(folder: Path) -> None:
+def _check_sentencepiece_only(folder: Path) -> None:
     """A tokenizer given only as a sentencepiece tokenizer.model (LLaMA-2, CodeLLaMA) is converted by transformers,
-    which needs the sentencepiece and protobuf packages: say so instead of failing deep inside the conversion."""
+    which needs the sentencepiece and protobuf packages: say so instead of failing deep inside the conversion. Without
+    tokenizer_config.json it loads, but transformers cannot tell how the model uses it: LLaMA-2's `<s>` at the start
+    of every prompt is silently left out, so that is refused too."""
     if not (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file():
         return
     for module, package in (("sentencepiece", "sentencepiece"), ("google.protobuf", "protobuf")):
@@ -331,13 +333,7 @@ def _check_sentencepiece_backend(folder: Path) -> None:
             raise UserError(f"the tokenizer in '{folder}' is a sentencepiece tokenizer.model (no tokenizer.json); "
                             f"reading it needs the '{package}' package: `python3 -m pip install {package}` (it is "
                             f"in requirements.txt).")
-
-
-def _check_tokenizer_files(folder: Path) -> None:
-    """A sentencepiece tokenizer.model alone (no tokenizer.json, no tokenizer_config.json) loads, but transformers
-    then cannot tell how the model uses it: LLaMA-2's `<s>` at the start of every prompt is silently left out."""
-    if (folder / "tokenizer.model").is_file() and not (folder / "tokenizer.json").is_file() \
-            and not (folder / "tokenizer_config.json").is_file():
+    if not (folder / "tokenizer_config.json").is_file():
         raise UserError(f"'{folder}' has a sentencepiece tokenizer.model but no tokenizer_config.json, which says how "
                         f"the model uses it (for LLaMA-2, the <s> that starts every prompt). Copy "
                         f"tokenizer_config.json from the model's Hugging Face repository into the folder.")
@@ -362,8 +358,7 @@ def load_tokenizer(path: str):
     from transformers import AutoTokenizer
     folder, gguf = resolve_checkpoint(path)
     if not gguf:
-        _check_sentencepiece_backend(folder)
-        _check_tokenizer_files(folder)
+        _check_sentencepiece_only(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf) if gguf else \
             AutoTokenizer.from_pretrained(str(folder))

@@ -14,7 +14,7 @@ Qwen2.5-0.5B and LLaMA-2-7B shapes (bf16). Exits non-zero on any failed check. I
 4. the engine: decode tokens/s with the Triton kernels vs the PyTorch ops (+ torch.compile), and on Hopper with
    the Triton kernels launched dependently (SWIFT_PDL=1, the default) between two runs without: the same tokens, the draft graphs
    of a skip set equal to an eager draft, and greedy SWIFT equal to vanilla with the same acceptances. (The engine
-   check sets SWIFT_PDL itself; parts 1-3 run with the environment's setting.) With the plain launches: greedy SWIFT with a fixed skip set equal to
+   check chooses the launches itself; parts 1-3 run with SWIFT_PDL's setting.) With the plain launches: greedy SWIFT with a fixed skip set equal to
    vanilla token for token; the prefill graph of the prompt's length bucket against the eager prefill (the same
    next token, and the wall time of each); the draft graph with skipped sub-layers switched off equal to an eager
    draft, and its time next to a graph captured for that skip set; the measured draft / verify costs; the draft
@@ -27,7 +27,6 @@ Example: python3 scripts/gpu_selftest.py --out outputs/selftest --tune
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
@@ -251,15 +250,15 @@ def engine_checks(shape: str, args: ModelArgs, n_new: int, compare_torch: bool) 
     model = build_model(args, None, device="cuda", dtype=torch.bfloat16)
     prompt = torch.randint(0, args.vocab_size, (200,), generator=torch.Generator().manual_seed(1)).tolist()
     row = dict(shape=shape)
-    variants = [("triton", Backends("triton"), "0")]
+    variants = [("triton", Backends("triton"), False)]
     if kernels.pdl_supported(f"cuda:{torch.cuda.current_device()}"):  # the same kernels, launched dependently
-        variants += [("triton+pdl", Backends("triton"), "1"), ("triton-again", Backends("triton"), "0")]
-    variants += [("torch+compile", Backends("torch", "on"), "0")] if compare_torch else []
+        variants += [("triton+pdl", Backends("triton"), True), ("triton-again", Backends("triton"), False)]
+    variants += [("torch+compile", Backends("torch", "on"), False)] if compare_torch else []
     RESULTS["engine"].append(row)  # filled in as the variants run: a failing variant keeps the others' numbers
     want, accepted = None, None
     for label, backends, pdl in variants:
         try:
-            with setting(kernels.PDL_ENV, pdl):  # read at every launch, so captured into this engine's graphs
+            with kernels.dependent_launches(pdl):  # read at every launch, so captured into this engine's graphs
                 eng, tokens = engine_variant(shape, model, prompt, n_new, label, backends, row)
                 if label == "torch+compile":
                     continue
@@ -273,20 +272,6 @@ def engine_checks(shape: str, args: ModelArgs, n_new: int, compare_torch: bool) 
             traceback.print_exc()
             check(f"{shape} engine [{label}] raised", False, error=f"{type(e).__name__}: {e}")
     print(json.dumps(row), flush=True)
-
-
-@contextlib.contextmanager
-def setting(name: str, value: str):
-    """The environment variable `name` set to `value` inside, as it was after."""
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name)
-        else:
-            os.environ[name] = before
 
 
 def engine_variant(shape, model, prompt, n_new, label, backends, row) -> tuple[Engine, list[int]]:

@@ -214,7 +214,7 @@ def test_dependent_launch_is_asked_for_and_only_given_where_it_runs(monkeypatch)
     assert K.launch("cuda:0") == dict(PDL=False) and K.settings()["SWIFT_PDL"] == "0"
     monkeypatch.setenv("SWIFT_PDL", "1")
     assert K.launch("cuda:0") == dict(PDL=True, launch_pdl=True) and K.settings()["SWIFT_PDL"] == "1"
-    with K.independent_launches():
+    with K.dependent_launches(False):
         assert K.launch("cuda:0") == dict(PDL=False)
     assert K.launch("cuda:0") == dict(PDL=True, launch_pdl=True)
     monkeypatch.setattr(K, "pdl_supported", lambda device: False)

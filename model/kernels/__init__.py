@@ -27,7 +27,7 @@ computes changes, nor the order in which kernels read and write memory; what ove
 its programs' start-up. Measured on an H100 (docs/RESULTS.md): SmolLM2-135M decodes 16% faster (1334 against 1152
 tok/s), the Qwen2.5-0.5B shape 10%; the LLaMA-2-7B shape, bound by its weight bytes, is unchanged (-0.7%). Graphs whose
 kernel nodes are switched off after capture (model/graphs.py) are captured with plain launches
-(`independent_launches`): a switched-off node is an empty node, and the kernel after it would no longer wait for
+(`dependent_launches(False)`): a switched-off node is an empty node, and the kernel after it would no longer wait for
 the one before it.
 """
 
@@ -50,8 +50,8 @@ except ImportError:  # pragma: no cover - older Triton, or none
     gdc_launch_dependents = gdc_wait = None
 
 PDL_ENV = "SWIFT_PDL"
-_launches = threading.local()  # .independent: inside `independent_launches`
-SETTINGS_ENV = ("SWIFT_GEMM_NORM", "SWIFT_GEMM_NORM_BLOCK", "SWIFT_GEMM_TUNED", PDL_ENV)
+_launches = threading.local()  # .dependent: True or False inside `dependent_launches`, else SWIFT_PDL decides
+SETTINGS_ENV = ("SWIFT_GEMM_NORM", "SWIFT_GEMM_NORM_BLOCK", "SWIFT_GEMM_TUNED")  # recorded when set
 
 
 def interpreting() -> bool:
@@ -93,20 +93,22 @@ def launch(device) -> dict:
         import torch
 
         dev = f"cuda:{torch.cuda.current_device()}"
-    on = not getattr(_launches, "independent", False) and pdl_requested() and pdl_supported(dev)
+    asked = getattr(_launches, "dependent", None)
+    on = (pdl_requested() if asked is None else asked) and pdl_supported(dev)
     return dict(PDL=True, launch_pdl=True) if on else dict(PDL=False)
 
 
 @contextlib.contextmanager
-def independent_launches():
-    """Kernels launched inside (on this thread) are launched without PDL, each after the one before it has finished:
-    for graphs whose kernel nodes are switched off after capture."""
-    before = getattr(_launches, "independent", False)
-    _launches.independent = True
+def dependent_launches(on: bool):
+    """Kernels launched inside (on this thread) are launched dependently (where the GPU can) or each after the one
+    before it has finished, whatever SWIFT_PDL says: off for graphs whose kernel nodes are switched off after
+    capture; on and off for an A/B in one process (scripts/gpu_selftest.py)."""
+    before = getattr(_launches, "dependent", None)
+    _launches.dependent = on
     try:
         yield
     finally:
-        _launches.independent = before
+        _launches.dependent = before
 
 
 def settings() -> dict:
