@@ -396,3 +396,77 @@ def test_planner_starts_again_from_the_prior_for_a_new_skip_set():
         planner.observe(k := planner.length(25, new), k)
         planned.append(k)
     assert planned[0] > 1 and planned[-1] == 25
+
+
+def test_planner_choice_is_reused_only_while_nothing_it_depends_on_changes():
+    """`DraftPlanner.best` answers repeated questions from memory (a hybrid stream asks every cycle and observes only
+    its draft cycles). Every answer equals the expression computed afresh: after observed cycles, a new skip set,
+    another limit or extra branch, a settled cost, new verification costs."""
+    from model.swift.planner import CostModel, DraftPlanner, expected_speedup
+
+    costs = CostModel(fixed=0.1, attn=0.01, mlp=0.01, verify=((16, 1.05), (32, 1.4)), n_layers=32, measured=True)
+    a, b = LayerSkip.of(attn=range(1, 15), mlp=range(1, 14)), LayerSkip.of(attn=range(1, 14), mlp=range(1, 15))
+    planner = DraftPlanner(costs, (1, 2, 3, 4, 6, 8, 12, 16, 25))
+
+    def fresh(limit, skip, extra=0):
+        allowed = [k for k in planner.lengths if k <= limit] or [planner.lengths[0]]
+        return expected_speedup(planner.rates(), planner.costs.draft_for(skip), planner.costs.verify_chain(extra),
+                                allowed)
+
+    seen = set()
+
+    def check(limit, skip, extra=0):
+        got = planner.best(limit, skip, extra)
+        assert got == fresh(limit, skip, extra)
+        seen.add(got)
+
+    planner.use(a)
+    check(25, a)
+    for accepted in (0, 1, 5, 5, 12, 2):  # each observed cycle changes the answer
+        before = planner.best(25, a)
+        planner.observe(12, accepted)
+        check(25, a)
+        assert planner.best(25, a) != before
+    check(25, a, extra=10)  # a context branch beside the chain moves it to the larger tree
+    check(3, a)
+    planner.use(b)  # a new skip set: its counts start from the prior
+    check(25, b)
+    costs.settled[b] = 0.9  # a measured cost for the set
+    check(25, b)
+    costs.verify = ((16, 1.2), (32, 1.3))
+    check(25, b)
+    planner.costs = CostModel.default(32)
+    check(25, b)
+    assert len(seen) >= 10
+
+
+def test_speed_guard_judges_the_last_full_window_only():
+    """The guard's SWIFT speed is that of the last `guard_min_cycles` cycles: none before the window is full, and the
+    cycles before the window no longer count."""
+    g = SpeedGuard(SwiftConfig(guard_min_cycles=3))
+    g.plain_tps = 10.0
+    for tokens in (30, 30):
+        g.observe(tokens, 1.0)
+    assert g.swift_tps() is None and not g.check(5)
+    g.observe(30, 1.0)
+    assert g.swift_tps() == 30.0 and not g.check(6)
+    for tokens, seconds in ((1, 1.0), (2, 1.0), (3, 2.0)):  # the fast cycles leave the window one by one
+        g.observe(tokens, seconds)
+    assert g.swift_tps() == 6 / 4 and g.check(9) and g.tripped_at == 9
+
+
+def test_cycle_host_benchmark_runs_and_refuses_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "bench_cycle_host.py")
+    out = subprocess.run([sys.executable, script, "--number", "20", "--repeat", "1"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert [line.split(":")[0].strip() for line in out.stdout.splitlines()[1:]] == [
+        "hybrid context cycle", "draft cycle", "two guard checks"]
+    for bad in (["--number", "0"], ["--repo", str(tmp_path)]):
+        err = subprocess.run([sys.executable, script, *bad], capture_output=True, text=True, timeout=120)
+        assert err.returncode == 2 and "Traceback" not in err.stderr

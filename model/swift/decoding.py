@@ -73,16 +73,17 @@ class SpeedGuard:
         self.cfg = cfg
         self.plain_tps: float | None = None
         self.cycles: deque = deque(maxlen=cfg.guard_min_cycles)
+        self._tps: float | None = None  # of the full window, computed once per observed cycle (checked every cycle)
         self.tripped_at: int | None = None
         self.trips, self.retry, self.hold = 0, retry, retry
 
     def observe(self, tokens: int, seconds: float) -> None:
         self.cycles.append((tokens, seconds))
+        if len(self.cycles) == self.cycles.maxlen:
+            self._tps = sum(t for t, _ in self.cycles) / max(sum(s for _, s in self.cycles), 1e-9)
 
     def swift_tps(self) -> float | None:
-        if len(self.cycles) < self.cycles.maxlen:
-            return None
-        return sum(t for t, _ in self.cycles) / max(sum(s for _, s in self.cycles), 1e-9)
+        return self._tps
 
     def rearm(self, n_generated: int) -> bool:
         """Arm a tripped guard again once its hold is over; returns whether it did (the source starts afresh)."""
@@ -90,6 +91,7 @@ class SpeedGuard:
             return False
         self.tripped_at, self.hold = None, self.hold * 2
         self.cycles.clear()
+        self._tps = None
         return True
 
     def until_rearm(self, n_generated: int) -> int | None:
@@ -361,7 +363,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     rested = bool(cfg.guard and rest is not None and has_draft and search_done and rest.begin())
     if rested:  # the draft was stopped in a recent stream of the task: this one leaves it out from the start
         guards["draft"].tripped_at = 0
-    drafted, skip_log, captures0 = 0, [], engine.graph_captures
+    drafted, skip_log, logged, captures0 = 0, [], None, engine.graph_captures
     sync(dev)
     t0 = time.perf_counter()
     acc.drafter.vocab.observe(prompt_ids)                                  # the draft head learns the prompt's ids
@@ -411,8 +413,9 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             plain_steps(engine, s, n, sampling)
             s.times["plain"] += time.perf_counter() - t
             continue
-        if layers and (not skip_log or skip_log[-1][1] != current.to_dict()):
+        if layers and current != logged:
             skip_log.append((len(s.new), current.to_dict()))
+            logged = current
         captures = engine.graph_captures
         t = time.perf_counter()
         if profile:

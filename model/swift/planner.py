@@ -26,10 +26,16 @@ DRAFT_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 16, 20, 25, 32)
 def expected_speedup(rates, c: float, v, lengths) -> tuple[float, int]:
     """(best speedup, its k) over the draft lengths `lengths`; `rates` is a per-depth list or one float, `v` the
     verification cost, one float or a function of k."""
+    ks = sorted(lengths)
+    depth = ks[-1] if ks else 0
+    if isinstance(rates, float):
+        rates = [rates] * depth
+    elif len(rates) < depth:  # depths past the list take its last rate
+        rates = list(rates) + [rates[-1]] * (depth - len(rates))
     best, best_k, tokens, p, k_done = 0.0, 0, 1.0, 1.0, 0
-    for k in sorted(lengths):
-        for j in range(k_done, k):
-            p *= rates if isinstance(rates, float) else rates[min(j, len(rates) - 1)]
+    for k in ks:
+        for r in rates[k_done:k]:
+            p *= r
             tokens += p
         k_done = k
         s = tokens / (k * c + (v(k) if callable(v) else v))
@@ -54,7 +60,10 @@ class CostModel:
 
     def verify_of(self, nodes: int) -> float:
         """The cost of verifying a tree of `nodes` nodes: that of the smallest measured size holding them."""
-        return next((c for size, c in self.verify if nodes <= size), self.verify[-1][1])
+        for size, c in self.verify:
+            if nodes <= size:
+                return c
+        return self.verify[-1][1]
 
     def verify_chain(self, extra: int = 0):
         """v(k): the cost of verifying a chain of k tokens (plus `extra` nodes) and the root."""
@@ -103,6 +112,9 @@ class DraftPlanner:
         self.n = [0.0] * depth
         self.alpha, self.prior, self.decay = alpha, prior, decay
         self.skip = None  # the skip set the counts belong to (`use`)
+        # `best` per (limit, extra, draft cost, verification costs), valid until the counts change: a hybrid stream
+        # asks every cycle and observes only its draft cycles, so most cycles' choice costs one lookup
+        self._best: dict = {}
 
     def use(self, skip) -> None:
         """Plan for the skip set `skip` from now on. Acceptance belongs to a skip set: when the search moves to a new
@@ -111,6 +123,7 @@ class DraftPlanner:
         if skip != self.skip:
             if self.skip is not None:
                 self.acc, self.n = [0.0] * len(self.acc), [0.0] * len(self.n)
+                self._best.clear()
             self.skip = skip
 
     def rates(self) -> list[float]:
@@ -120,8 +133,13 @@ class DraftPlanner:
     def best(self, limit: int, skip, extra: int = 0) -> tuple[float, int]:
         """(expected speedup, draft length) of the fastest length (one of `lengths`, at most `limit`) for the skip set
         `skip`; `extra`: tree nodes verified beside the chain (a context branch)."""
-        allowed = [k for k in self.lengths if k <= limit] or [self.lengths[0]]
-        return expected_speedup(self.rates(), self.costs.draft_for(skip), self.costs.verify_chain(extra), allowed)
+        c, costs = self.costs.draft_for(skip), self.costs
+        key = (limit, extra, c, costs.verify)
+        out = self._best.get(key)
+        if out is None:
+            allowed = [k for k in self.lengths if k <= limit] or [self.lengths[0]]
+            out = self._best[key] = expected_speedup(self.rates(), c, costs.verify_chain(extra), allowed)
+        return out
 
     def length(self, limit: int, skip, extra: int = 0) -> int:
         """The draft length (one of `lengths`, at most `limit`) with the highest expected speed."""
@@ -134,6 +152,7 @@ class DraftPlanner:
         pooled rate, so that a few early failures (a noisy search phase, a hard passage) cannot keep the chain
         short for good once the draft has become better."""
         tested = min(drafted, accepted + 1)
+        self._best.clear()
         for j in range(len(self.n)):
             self.acc[j] = self.acc[j] * self.decay + (j < accepted)
             self.n[j] = self.n[j] * self.decay + (j < tested)
