@@ -427,8 +427,13 @@ def test_planner_choice_is_reused_only_while_nothing_it_depends_on_changes():
         planner.observe(12, accepted)
         check(25, a)
         assert planner.best(25, a) != before
+    for _ in range(5):
+        planner.observe(12, 12)  # long chains accepted: the best length grows past what a small limit allows
+    check(25, a)
     check(25, a, extra=10)  # a context branch beside the chain moves it to the larger tree
     check(3, a)
+    answers = {planner.best(25, a), planner.best(25, a, extra=10), planner.best(3, a)}
+    assert len(answers) == 3 and planner.best(25, a)[1] > 3
     planner.use(b)  # a new skip set: its counts start from the prior
     check(25, b)
     costs.settled[b] = 0.9  # a measured cost for the set
@@ -453,6 +458,10 @@ def test_speed_guard_judges_the_last_full_window_only():
     for tokens, seconds in ((1, 1.0), (2, 1.0), (3, 2.0)):  # the fast cycles leave the window one by one
         g.observe(tokens, seconds)
     assert g.swift_tps() == 6 / 4 and g.check(9) and g.tripped_at == 9
+    from model.errors import UserError
+
+    with pytest.raises(UserError, match="guard window"):
+        SwiftConfig(guard_min_cycles=0)  # a window of no cycles could never judge
 
 
 def test_cycle_host_benchmark_runs_and_refuses_bad_input(tmp_path):
@@ -470,3 +479,36 @@ def test_cycle_host_benchmark_runs_and_refuses_bad_input(tmp_path):
     for bad in (["--number", "0"], ["--repo", str(tmp_path)]):
         err = subprocess.run([sys.executable, script, *bad], capture_output=True, text=True, timeout=120)
         assert err.returncode == 2 and "Traceback" not in err.stderr
+
+
+def test_expected_speedup_equals_the_plain_loop_over_depths():
+    """The expected-speed expression, computed over a prepared list of per-depth rates, gives the same bits as the
+    plain loop that takes depth j's rate (the last one past the list's end) for every j: the planner's and the
+    search's decisions do not change with it."""
+    import random
+
+    from model.swift.planner import CostModel, expected_speedup
+
+    def reference(rates, c, v, lengths):
+        best, best_k, tokens, p, k_done = 0.0, 0, 1.0, 1.0, 0
+        for k in sorted(lengths):
+            for j in range(k_done, k):
+                p *= rates if isinstance(rates, float) else rates[min(j, len(rates) - 1)]
+                tokens += p
+            k_done = k
+            s = tokens / (k * c + (v(k) if callable(v) else v))
+            if s > best:
+                best, best_k = s, k
+        return best, best_k
+
+    rng = random.Random(0)
+    costs = CostModel(fixed=0.1, attn=0.01, mlp=0.01, verify=((8, 1.02), (16, 1.05), (32, 1.4)), n_layers=32)
+    for case in range(3000):
+        n = rng.choice([1, 3, 25, 32, 40])
+        rates = rng.random() if case % 3 == 0 else [rng.random() for _ in range(n)]
+        if case % 5 == 1:
+            rates = tuple(rates) if isinstance(rates, list) else rates
+        lengths = rng.sample((1, 2, 3, 4, 6, 8, 12, 16, 25, 32), rng.randint(0, 10))
+        c = rng.uniform(0.05, 1.2)
+        v = costs.verify_chain(rng.randint(0, 10)) if case % 2 else rng.uniform(0.9, 1.5)
+        assert expected_speedup(rates, c, v, lengths) == reference(rates, c, v, lengths)

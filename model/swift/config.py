@@ -108,6 +108,7 @@ class SwiftConfig:
         need(0 < self.ratio_min <= self.ratio_init <= self.ratio_max < 1 and self.ratio_step > 0,
              "automatic ratio bounds must satisfy 0 < min <= init <= max < 1 and step > 0.")
         need(self.guard_margin > 0, f"guard margin must be > 0, got {self.guard_margin}.")
+        need(self.guard_min_cycles >= 1, f"guard window must be >= 1 cycle, got {self.guard_min_cycles}.")
         need(self.context_retry >= 0, f"context retry must be >= 0 tokens (0 = never), got {self.context_retry}.")
         need(self.draft_rest >= 0, f"draft rest must be >= 0 streams (0 = never), got {self.draft_rest}.")
         need(self.context_window * self.num_candidates <= 128,
