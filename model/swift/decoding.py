@@ -363,7 +363,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     rested = bool(cfg.guard and rest is not None and has_draft and search_done and rest.begin())
     if rested:  # the draft was stopped in a recent stream of the task: this one leaves it out from the start
         guards["draft"].tripped_at = 0
-    drafted, skip_log, logged, captures0 = 0, [], None, engine.graph_captures
+    drafted, skip_log, captures0 = 0, [], engine.graph_captures  # skip_log: (new tokens, the set drafting from there)
     sync(dev)
     t0 = time.perf_counter()
     acc.drafter.vocab.observe(prompt_ids)                                  # the draft head learns the prompt's ids
@@ -413,9 +413,8 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             plain_steps(engine, s, n, sampling)
             s.times["plain"] += time.perf_counter() - t
             continue
-        if layers and current != logged:
-            skip_log.append((len(s.new), current.to_dict()))
-            logged = current
+        if layers and (not skip_log or skip_log[-1][1] != current):
+            skip_log.append((len(s.new), current))
         captures = engine.graph_captures
         t = time.perf_counter()
         if profile:
@@ -469,7 +468,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         rest.end(guards["draft"])
     used = [guards[k] for k, on in (("draft", has_draft), ("context", ctx is not None)) if on] or [guards["draft"]]
     tripped = [g.tripped_at for g in used]
-    stats = {"method": "swift", "times": s.times, "skip_changes": skip_log,
+    stats = {"method": "swift", "times": s.times, "skip_changes": [(n, sk.to_dict()) for n, sk in skip_log],
              "guard_plain_tps": guards["draft"].plain_tps, "guard_swift_tps": used[0].swift_tps(),
              "fallback_at": None if None in tripped else max(tripped),  # plain decoding from here on
              "guard_tripped_at": {k: g.tripped_at for k, g in guards.items()},

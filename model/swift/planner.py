@@ -133,7 +133,8 @@ class DraftPlanner:
     def best(self, limit: int, skip, extra: int = 0) -> tuple[float, int]:
         """(expected speedup, draft length) of the fastest length (one of `lengths`, at most `limit`) for the skip set
         `skip`; `extra`: tree nodes verified beside the chain (a context branch)."""
-        c, costs = self.costs.draft_for(skip), self.costs
+        costs = self.costs
+        c = costs.draft_for(skip)
         key = (limit, extra, c, costs.verify)
         out = self._best.get(key)
         if out is None:
