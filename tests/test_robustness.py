@@ -641,3 +641,23 @@ def test_speed_on_partial_files(tmp_path):
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps(_record("1")) + "\n{oops\n" + json.dumps(_record("2")) + "\n")
     assert_user_error(speed("--file-path", broken, "--base-path", base), "line 2")
+
+
+# ----------------------------------------------------------------------------------------------
+# a machine without Triton (CPU-only installs may lack it): the PyTorch path must still run
+
+
+def test_runs_without_triton(smollm2_path, shared_data_dir, tmp_path):
+    block = tmp_path / "block" / "triton"
+    block.mkdir(parents=True)
+    (block / "__init__.py").write_text("raise ImportError('triton is not installed (blocked by the test)')\n")
+    answer = tmp_path / "a.jsonl"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(block.parent), str(ROOT)]))
+    proc = subprocess.run([sys.executable, "-m", "evaluation_llama.inference_swift",
+                           *map(str, small_args(smollm2_path, shared_data_dir, answer, max_new=6)),
+                           "--context-window", "8", "--num-candidates", "2", "--max-opt-iter", "4",
+                           "--layer-cache", str(tmp_path / "lc.json")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = answer_lines(answer)[1:]
+    assert record["choices"][0]["new_tokens"][0] == 6

@@ -117,7 +117,9 @@ def settings() -> dict:
     return {k: os.environ[k] for k in SETTINGS_ENV if os.environ.get(k)} | {PDL_ENV: "1" if pdl_requested() else "0"}
 
 
-if triton is not None:
+if triton is None:  # the kernel modules import `enter` and define nothing with it
+    enter = None
+else:
     @triton.jit
     def enter(PDL: tl.constexpr):
         """A kernel's first step: with PDL, wait until the kernel before it has finished and its writes are visible,
