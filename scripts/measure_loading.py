@@ -74,18 +74,24 @@ def hf_tensor_shapes(cfg: dict):
         yield "lm_head.weight", (v, d)
 
 
+POOL = 1 << 24  # values in the random pool (32 MB in bf16)
+
+
 def write_checkpoint(folder: Path, cfg: dict, shard_bytes: int, seed: int = 0) -> dict:
     """Random bf16 weights (normal, std 0.02; norms 1) as HF sharded safetensors + index; one shard in memory at a
     time. A shard is closed when the next tensor would take it past `shard_bytes` (as transformers shards)."""
     import torch
     from safetensors.torch import save_file
-    marker = {"config": cfg, "shard_bytes": shard_bytes, "seed": seed}
+    marker = {"config": cfg, "shard_bytes": shard_bytes, "seed": seed, "values": f"pool of {POOL}"}
     if (folder / MARKER).is_file() and json.loads((folder / MARKER).read_text()) == marker:
         return marker
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    # a pool of normal values, each tensor a rotated run of it: drawing 13B values one by one takes minutes, and what
+    # is measured (reading, converting, placing bytes) does not depend on the values
     gen = torch.Generator().manual_seed(seed)
+    pool = torch.empty(POOL, dtype=torch.bfloat16).normal_(0, 0.02, generator=gen)
     shards, current, size = [], {}, 0
 
     def close():
@@ -100,8 +106,12 @@ def write_checkpoint(folder: Path, cfg: dict, shard_bytes: int, seed: int = 0) -
         nbytes = 2 * int(torch.tensor(shape).prod())
         if size and size + nbytes > shard_bytes:
             close()
-        t = torch.ones(shape, dtype=torch.bfloat16) if name.endswith("norm.weight") else \
-            torch.empty(shape, dtype=torch.bfloat16).normal_(0, 0.02, generator=gen)
+        if name.endswith("norm.weight"):
+            t = torch.ones(shape, dtype=torch.bfloat16)
+        else:
+            n = nbytes // 2
+            start = int(torch.randint(POOL, (), generator=gen))
+            t = pool.roll(-start).repeat(-(-n // POOL))[:n].view(shape).clone()
         current[name], size = t, size + nbytes
     close()
     weight_map, total = {}, 0

@@ -411,6 +411,36 @@ def test_measure_loading_peak_is_about_one_shard():
     assert r["load_s"] > 0
 
 
+def test_measure_loading_checkpoint_is_random_normal_and_reused(tmp_path):
+    """The benchmark checkpoint: every tensor of its shape, normal with std 0.02 (norms 1), no two tensors alike (each a
+    different run of the value pool), the same bits for the same seed, and a folder that holds it is reused."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+    spec = importlib.util.spec_from_file_location("measure_loading", REPO_ROOT / "scripts" / "measure_loading.py")
+    ml = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ml)
+    cfg = dict(ml.SHAPES["tiny"], vocab_size=4000)
+
+    def tensors(folder):
+        ml.write_checkpoint(folder, cfg, 8_000_000)
+        return {k: v for f in sorted(folder.glob("model-*.safetensors")) for k, v in load_file(str(f)).items()}
+
+    a = tensors(tmp_path / "a")
+    assert {k: tuple(v.shape) for k, v in a.items()} == {k: tuple(s) for k, s in ml.hf_tensor_shapes(cfg)}
+    weights = [v for k, v in a.items() if not k.endswith("norm.weight")]
+    assert all(torch.equal(v, torch.ones_like(v)) for k, v in a.items() if k.endswith("norm.weight"))
+    for v in weights:
+        assert v.dtype == torch.bfloat16 and abs(v.float().std().item() - 0.02) < 0.002 and abs(v.float().mean()) < 2e-3
+    firsts = {tuple(v.flatten()[:64].tolist()) for v in weights}
+    assert len(firsts) == len(weights)  # no two tensors start alike
+    b = tensors(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    stamp = (tmp_path / "b" / "config.json").stat().st_mtime_ns
+    ml.write_checkpoint(tmp_path / "b", cfg, 8_000_000)
+    assert (tmp_path / "b" / "config.json").stat().st_mtime_ns == stamp  # reused, not written again
+
+
 def test_random_weight_models_keep_float32_rotary_frequencies():
     """A random-weight model in bf16 (benchmarks, the self-test) rotates with float32 frequencies, as a loaded
     checkpoint does: bf16 frequencies would turn high-frequency dims by whole radians at a few hundred positions."""
