@@ -427,7 +427,8 @@ def tail_checks(shape: str, eng: Engine, acc, skip: LayerSkip, row: dict) -> Non
         row[f"costs_{'kernel' if fused else 'torch'}_tails"] = costs.to_dict()
         print(f"{shape} {'kernel' if fused else 'PyTorch'} tails: draft step (nothing skipped) "
               f"{costs.fixed + (costs.attn + costs.mlp) * (eng.args.n_layers - 2):.3f}, "
-              f"verify {dict((n, round(v, 3)) for n, v in costs.verify)} of a full step", flush=True)
+              f"verify {dict((n, round(v, 3)) for n, v in costs.verify)}, a search step {costs.search:.3f} "
+              f"of a full step", flush=True)
     eng.length = 0
 
 

@@ -244,6 +244,40 @@ def test_warm_up_captures_every_graph_a_stream_replays(monkeypatch):
     assert eng.graph_captures == before and res.stats["graph_captures"] == 0
 
 
+def test_warm_up_measures_a_search_step(monkeypatch):
+    """The warm-up prices every pass a stream runs, the layer search's step among them: its scoring pass over
+    candidates x gamma tokens and the read of the scores, relative to a plain step (CPU wall time stands in for the
+    CUDA events here; the tiny model's 4 x 16-row pass costs more than a one-token step)."""
+    import time
+
+    from model.swift import decoding
+    monkeypatch.setattr(graphs, "capture", lambda fn, pool=None, track=False: _FakeGraph(fn, track))
+    scored = []
+
+    def wall_ms(fn, reps=5, before=None):
+        t = time.perf_counter()
+        for _ in range(reps):
+            if before:
+                before()
+            fn()
+        return (time.perf_counter() - t) * 1e3 / reps
+
+    monkeypatch.setattr(decoding, "gpu_ms", wall_ms)
+    real_score = decoding.score_candidates
+    monkeypatch.setattr(decoding, "score_candidates",
+                        lambda e, cands, gamma: scored.append((len(cands), gamma)) or real_score(e, cands, gamma))
+    eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6)
+    eng.cuda_graphs = True
+    cfg = SwiftConfig(guard=False, context_window=16, num_candidates=4)
+    acc = accelerator(eng, cfg)
+    eng.warm_up_decode()
+    acc.warm_up(SamplingConfig())
+    assert acc.costs.measured and acc.costs.search is not None and acc.costs.search > 1.0
+    assert acc.costs.to_dict()["search"] == round(acc.costs.search, 4)
+    assert set(scored) == {(4, 16)} and len(scored) >= 6  # the capture, then the timed calls
+    assert eng.length == 0
+
+
 def test_a_settled_skip_set_drafts_on_graphs_of_its_own(monkeypatch):
     """Once the skip set is final, `Accelerator.settle` (untimed, between answers) captures one draft graph per chunk
     length for it; a stream then replays those, captures nothing, and still equals vanilla decoding."""

@@ -197,7 +197,8 @@ class Accelerator:
 
     def measure(self, at: int, sampling: SamplingConfig, reps: int = 5) -> CostModel:
         """Pass costs from graph replays timed with CUDA events: a full step, a draft step with nothing / every
-        skippable attention / every skippable MLP skipped, a verification of each tree size; relative to the full
+        skippable attention / every skippable MLP skipped, a verification of each tree size, a step of the layer
+        search (scoring every candidate on the last gamma tokens, and reading the scores); relative to the full
         step."""
         e, dr, L = self.engine, self.drafter, self.engine.args.n_layers
 
@@ -218,7 +219,9 @@ class Accelerator:
         attn = max(0.0, steps["none"] - steps["attn"]) / (L - 2) / full
         mlp = max(0.0, steps["none"] - steps["mlp"]) / (L - 2) / full
         fixed = max(0.0, steps["none"] / full - (attn + mlp) * (L - 2))
-        return CostModel(fixed=fixed, attn=attn, mlp=mlp, verify=verify, n_layers=L, measured=True)
+        cands = [LayerSkip()] * self.cfg.num_candidates
+        search = ms(lambda: score_candidates(e, cands, self.cfg.context_window)) / full
+        return CostModel(fixed=fixed, attn=attn, mlp=mlp, verify=verify, n_layers=L, measured=True, search=search)
 
 
 def accelerator(engine: Engine, cfg: SwiftConfig) -> Accelerator:

@@ -57,6 +57,7 @@ class CostModel:
     measured: bool = False
     # LayerSkip -> the measured draft step cost of a settled skip set (one on graphs of its own, `Accelerator.settle`)
     settled: dict = field(default_factory=dict)
+    search: float | None = None  # one step of the layer search (its batched scoring pass and the read), when measured
 
     def verify_of(self, nodes: int) -> float:
         """The cost of verifying a tree of `nodes` nodes: that of the smallest measured size holding them."""
