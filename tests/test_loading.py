@@ -441,6 +441,33 @@ def test_measure_loading_checkpoint_is_random_normal_and_reused(tmp_path):
     assert (tmp_path / "b" / "config.json").stat().st_mtime_ns == stamp  # reused, not written again
 
 
+def test_measure_loading_checkpoint_tensors_are_runs_of_one_pool(tmp_path, monkeypatch):
+    """Each tensor is a rotated run of one pool of values, repeated when the tensor is larger than the pool (drawing
+    every value of a 13B checkpoint one tensor at a time took minutes); a folder written another way is rewritten."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+    spec = importlib.util.spec_from_file_location("measure_loading", REPO_ROOT / "scripts" / "measure_loading.py")
+    ml = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ml)
+    cfg = dict(ml.SHAPES["tiny"], vocab_size=4000)
+    folder = tmp_path / "c"
+    ml.write_checkpoint(folder, cfg, 8_000_000)
+    monkeypatch.setattr(ml, "POOL", 1000)
+    ml.write_checkpoint(folder, cfg, 8_000_000)  # another pool: written again
+    assert json.loads((folder / ml.MARKER).read_text())["values"] == "pool of 1000"
+    t = {k: v for f in sorted(folder.glob("model-*.safetensors")) for k, v in load_file(str(f)).items()}
+    pool = None
+    for name, v in t.items():
+        if name.endswith("norm.weight"):
+            continue
+        flat = v.flatten()
+        assert flat.numel() > 1000 and torch.equal(flat[1000:], flat[:-1000])  # the pool, repeated
+        ring = torch.sort(flat[:1000].float()).values
+        pool = ring if pool is None else pool
+        assert torch.equal(ring, pool)  # the same values, rotated
+
+
 def test_random_weight_models_keep_float32_rotary_frequencies():
     """A random-weight model in bf16 (benchmarks, the self-test) rotates with float32 frequencies, as a loaded
     checkpoint does: bf16 frequencies would turn high-frequency dims by whole radians at a few hundred positions."""

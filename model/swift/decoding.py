@@ -198,8 +198,8 @@ class Accelerator:
     def measure(self, at: int, sampling: SamplingConfig, reps: int = 5) -> CostModel:
         """Pass costs from graph replays timed with CUDA events: a full step, a draft step with nothing / every
         skippable attention / every skippable MLP skipped, a verification of each tree size, a step of the layer
-        search (scoring every candidate on the last gamma tokens, and reading the scores); relative to the full
-        step."""
+        search (scoring every candidate on the last gamma tokens, and reading the scores: its time includes that
+        host round trip, as a stream pays it); relative to the full step."""
         e, dr, L = self.engine, self.drafter, self.engine.args.n_layers
 
         def ms(fn) -> float:
