@@ -279,6 +279,18 @@ def test_warm_up_measures_a_search_step(monkeypatch):
     assert eng.length == 0
 
 
+def test_pass_costs_script_refuses_unknown_shapes_and_a_machine_without_cuda():
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pass_costs.py"
+    bad = subprocess.run([sys.executable, str(script), "--shapes", "smollm2-135m,gpt2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown gpt2" in bad.stderr and "Traceback" not in bad.stderr
+    if not torch.cuda.is_available():
+        cpu = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+        assert cpu.returncode == 2 and "needs a CUDA GPU" in cpu.stderr and "Traceback" not in cpu.stderr
+
+
 def test_a_settled_skip_set_drafts_on_graphs_of_its_own(monkeypatch):
     """Once the skip set is final, `Accelerator.settle` (untimed, between answers) captures one draft graph per chunk
     length for it; a stream then replays those, captures nothing, and still equals vanilla decoding."""
