@@ -468,13 +468,13 @@ def main() -> int:
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {', '.join(SHAPES)}")
     ap.add_argument("--tune", action="store_true", help="time every candidate block shape per product (slow)")
     ap.add_argument("--skip-engine", action="store_true", help="kernel checks only")
-    ap.add_argument("--new-tokens", type=int, default=256, help="tokens per timed generation in the engine check (at least 32)")
+    ap.add_argument("--new-tokens", type=int, default=256, help="tokens per timed generation in the engine check")
     ap.add_argument("--compare-torch", action="store_true",
                     help="also time decoding with the PyTorch ops + torch.compile (slow to compile)")
     ap.add_argument("--out", default=None, help="folder for selftest.json")
     a = ap.parse_args()
-    if a.new_tokens < 32:  # the engine holds 400 + new-tokens slots; the pass costs are measured at 300 + 4 x 32
-        ap.error(f"--new-tokens must be >= 32, got {a.new_tokens}")
+    if a.new_tokens < 1:
+        ap.error(f"--new-tokens must be >= 1, got {a.new_tokens}")
     assert torch.cuda.is_available(), "needs a GPU"
     RESULTS["env"] = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                           triton=__import__("triton").__version__, python=platform.python_version(),

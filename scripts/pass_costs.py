@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
 """The pass costs SWIFT's warm-up measures, relative to one plain decoding step: a draft step (its fixed part and
 each kept attention / MLP sub-layer), a verification of each tree size, and a step of the layer search (scoring
-every candidate on the last gamma tokens, and reading the scores). Random weights of a model shape (the same
-numbers the planner works with on a real checkpoint of that shape; the costs do not depend on the values).
+every candidate on the last gamma tokens, and reading the scores). Random weights of a model shape: the costs are
+those of a real checkpoint of that shape (only the kernels' self-check at engine start reads the values).
+
+With dependent launches (`SWIFT_PDL`, on by default where the GPU has them) the plain step's graph launches each
+kernel while the one before it runs. `--accelerator-launches` chooses how the warm-up captures SWIFT's own graphs
+(verification, search scoring; the draft graph shared by every skip set is always captured with plain launches):
+`dependent` as a stream does today, `plain` with each kernel launched after the one before it, or `both`, side by
+side in one process on engines of their own. The plain step is the same dependent-launch graph in every row.
 
 Needs a CUDA GPU: the costs come from CUDA graph replays timed with CUDA events (`Accelerator.measure`).
 
@@ -12,6 +18,8 @@ Example: python3 scripts/pass_costs.py --shapes smollm2-135m,qwen2.5-0.5b --out 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import sys
 from pathlib import Path
@@ -21,51 +29,75 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.config import LLAMA2_7B_SHAPE, QWEN25_05B_SHAPE, SMOLLM2_135M_SHAPE, ModelArgs  # noqa: E402
 
 SHAPES = {"smollm2-135m": SMOLLM2_135M_SHAPE, "qwen2.5-0.5b": QWEN25_05B_SHAPE, "llama-2-7b": LLAMA2_7B_SHAPE}
+LAUNCHES = {"dependent": ("dependent",), "plain": ("plain",), "both": ("dependent", "plain")}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="smollm2-135m,qwen2.5-0.5b",
                     help=f"comma-separated, from {', '.join(SHAPES)} (default: the two small models)")
-    ap.add_argument("--out", default=None, help="folder for pass_costs.jsonl (default: print only)")
+    ap.add_argument("--accelerator-launches", choices=sorted(LAUNCHES), default="both",
+                    help="how SWIFT's verification and search graphs are captured: as a stream does "
+                         "(dependent), with plain launches, or both side by side (default)")
+    ap.add_argument("--out", default=None, help="folder for pass_costs.jsonl, one row per shape and launch mode, "
+                                                "written as each is measured (default: print only)")
     args = ap.parse_args(argv)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = [s for s in shapes if s not in SHAPES]
-    if not shapes or unknown:
-        ap.error(f"--shapes: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(SHAPES)}")
+    if not shapes:
+        ap.error(f"--shapes: no shape given; known: {', '.join(SHAPES)}")
+    if unknown:
+        ap.error(f"--shapes: unknown {', '.join(unknown)}; known: {', '.join(SHAPES)}")
+    out = None
+    if args.out:
+        out = Path(args.out) / "pass_costs.jsonl"
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("")
+        except OSError as e:
+            ap.error(f"--out {args.out}: cannot write there ({e})")
     import torch
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (the costs are timed with CUDA events on captured graphs)")
 
+    from model import kernels
     from model.engine import Engine
     from model.loading import build_model
     from model.sampling import SamplingConfig
     from model.swift.config import SwiftConfig
     from model.swift.decoding import accelerator
 
-    rows = []
     for shape in shapes:
-        torch.manual_seed(0)
         margs = ModelArgs.from_hf_config(SHAPES[shape])
-        engine = Engine(build_model(margs, None, device="cuda", dtype=torch.bfloat16), 1024)
-        engine.warm_up_decode()
-        cfg = SwiftConfig()
-        acc = accelerator(engine, cfg)
-        acc.warm_up(SamplingConfig())
-        row = dict(shape=shape, gpu=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",
-                   full_step_ms=round(acc.full_ms, 4), candidates=cfg.num_candidates, gamma=cfg.context_window,
-                   costs=acc.costs.to_dict())
-        rows.append(row)
-        c = acc.costs
-        print(f"{shape}: plain step {acc.full_ms:.3f} ms; draft step with nothing skipped "
-              f"{c.fixed + (c.attn + c.mlp) * (margs.n_layers - 2):.3f}, verification "
-              f"{ {n: round(v, 3) for n, v in c.verify} }, search step ({cfg.num_candidates} x "
-              f"{cfg.context_window} tokens) {c.search:.3f} of a plain step", flush=True)
-        del engine, acc
+        torch.manual_seed(0)
+        model = build_model(margs, None, device="cuda", dtype=torch.bfloat16)
+        for launches in LAUNCHES[args.accelerator_launches]:
+            engine = Engine(model, 1024)
+            engine.warm_up_decode()  # the plain step: as every stream decodes
+            cfg = SwiftConfig()
+            acc = accelerator(engine, cfg)
+            plain = kernels.dependent_launches(False) if launches == "plain" else contextlib.nullcontext()
+            with plain:
+                acc.warm_up(SamplingConfig())
+            c = acc.costs
+            row = dict(shape=shape, accelerator_launches=launches, gpu=torch.cuda.get_device_name(),
+                       torch=torch.__version__, dtype="bfloat16", kernel_settings=kernels.settings(),
+                       backends=engine.backends.to_dict(), kernel_note=engine.kernel_note,
+                       full_step_ms=round(acc.full_ms, 4), candidates=cfg.num_candidates, gamma=cfg.context_window,
+                       costs=c.to_dict())
+            print(f"{shape} [{launches} accelerator launches]: plain step {acc.full_ms:.3f} ms; draft step with "
+                  f"nothing skipped {c.fixed + (c.attn + c.mlp) * (margs.n_layers - 2):.3f}, verification "
+                  f"{ {n: round(v, 3) for n, v in c.verify} }, search step ({cfg.num_candidates} x "
+                  f"{cfg.context_window} tokens) {c.search:.3f} of a plain step", flush=True)
+            if out:
+                with out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            del engine, acc
+            gc.collect()  # the engine and its accelerator refer to each other
+            torch.cuda.empty_cache()
+        del model
+        gc.collect()
         torch.cuda.empty_cache()
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "pass_costs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return 0
 
 
