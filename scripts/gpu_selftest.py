@@ -426,7 +426,7 @@ def tail_checks(shape: str, eng: Engine, acc, skip: LayerSkip, row: dict) -> Non
         costs = acc.measure(300, sampling)
         row[f"costs_{'kernel' if fused else 'torch'}_tails"] = costs.to_dict()
         print(f"{shape} {'kernel' if fused else 'PyTorch'} tails: draft step (nothing skipped) "
-              f"{costs.fixed + (costs.attn + costs.mlp) * (eng.args.n_layers - 2):.3f}, "
+              f"{costs.draft(0, 0):.3f}, "
               f"verify {dict((n, round(v, 3)) for n, v in costs.verify)}, a search step {costs.search:.3f} "
               f"of a full step", flush=True)
     eng.length = 0
@@ -436,14 +436,13 @@ def vocabulary_costs(shape: str, eng: Engine, row: dict, sizes=(4096, 16384)) ->
     """The pass costs with the draft's LM head restricted to `sizes` token ids (`--draft-vocab`) against the whole
     vocabulary, side by side: the head is a large share of a small model's weights (Qwen2.5-0.5B: 152k x 896 of
     0.5B parameters), and the draft step pays it on every token."""
-    L = eng.args.n_layers
     for n in (0,) + tuple(s for s in sizes if s < eng.args.vocab_size):
         acc = accelerator(eng, SwiftConfig(guard=False, draft_vocab=n))
         acc.warm_up(SamplingConfig())
         c = acc.costs
         row[f"costs_draft_vocab_{n}"] = c.to_dict()
         print(f"{shape} draft vocabulary {n or eng.args.vocab_size}: draft step (nothing skipped) "
-              f"{c.fixed + (c.attn + c.mlp) * (L - 2):.3f}, its fixed part {c.fixed:.3f} of a full step", flush=True)
+              f"{c.draft(0, 0):.3f}, its fixed part {c.fixed:.3f} of a full step", flush=True)
 
 
 def compile_checks() -> None:

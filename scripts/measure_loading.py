@@ -109,7 +109,7 @@ def write_checkpoint(folder: Path, cfg: dict, shard_bytes: int, seed: int = 0) -
         if name.endswith("norm.weight"):
             t = torch.ones(shape, dtype=torch.bfloat16)
         else:
-            n = nbytes // 2
+            n = nbytes // 2  # bf16 elements
             start = int(torch.randint(POOL, (), generator=gen))
             t = pool.roll(-start).repeat(-(-n // POOL))[:n].view(shape).clone()
         current[name], size = t, size + nbytes

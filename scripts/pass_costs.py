@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.config import LLAMA2_7B_SHAPE, QWEN25_05B_SHAPE, SMOLLM2_135M_SHAPE, ModelArgs  # noqa: E402
+from gpu_selftest import SHAPES  # noqa: E402  (the shapes the self-test checks, by the same names)
+from model.config import ModelArgs  # noqa: E402
 
-SHAPES = {"smollm2-135m": SMOLLM2_135M_SHAPE, "qwen2.5-0.5b": QWEN25_05B_SHAPE, "llama-2-7b": LLAMA2_7B_SHAPE}
 LAUNCHES = {"dependent": ("dependent",), "plain": ("plain",), "both": ("dependent", "plain")}
 
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                        full_step_ms=round(acc.full_ms, 4), candidates=cfg.num_candidates, gamma=cfg.context_window,
                        costs=c.to_dict())
             print(f"{shape} [{launches} accelerator launches]: plain step {acc.full_ms:.3f} ms; draft step with "
-                  f"nothing skipped {c.fixed + (c.attn + c.mlp) * (margs.n_layers - 2):.3f}, verification "
+                  f"nothing skipped {c.draft(0, 0):.3f}, verification "
                   f"{ {n: round(v, 3) for n, v in c.verify} }, search step ({cfg.num_candidates} x "
                   f"{cfg.context_window} tokens) {c.search:.3f} of a plain step", flush=True)
             if out:

@@ -411,20 +411,30 @@ def test_measure_loading_peak_is_about_one_shard():
     assert r["load_s"] > 0
 
 
+def _measure_loading():
+    """scripts/measure_loading.py as a module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("measure_loading", REPO_ROOT / "scripts" / "measure_loading.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _checkpoint_tensors(folder) -> dict:
+    """Every tensor of a sharded safetensors checkpoint folder, by name."""
+    from safetensors.torch import load_file
+    return {k: v for f in sorted(folder.glob("model-*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
 def test_measure_loading_checkpoint_is_random_normal_and_reused(tmp_path):
     """The benchmark checkpoint: every tensor of its shape, normal with std 0.02 (norms 1), no two tensors alike (each a
     different run of the value pool), the same bits for the same seed, and a folder that holds it is reused."""
-    import importlib.util
-
-    from safetensors.torch import load_file
-    spec = importlib.util.spec_from_file_location("measure_loading", REPO_ROOT / "scripts" / "measure_loading.py")
-    ml = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ml)
+    ml = _measure_loading()
     cfg = dict(ml.SHAPES["tiny"], vocab_size=4000)
 
     def tensors(folder):
         ml.write_checkpoint(folder, cfg, 8_000_000)
-        return {k: v for f in sorted(folder.glob("model-*.safetensors")) for k, v in load_file(str(f)).items()}
+        return _checkpoint_tensors(folder)
 
     a = tensors(tmp_path / "a")
     assert {k: tuple(v.shape) for k, v in a.items()} == {k: tuple(s) for k, s in ml.hf_tensor_shapes(cfg)}
@@ -444,19 +454,14 @@ def test_measure_loading_checkpoint_is_random_normal_and_reused(tmp_path):
 def test_measure_loading_checkpoint_tensors_are_runs_of_one_pool(tmp_path, monkeypatch):
     """Each tensor is a rotated run of one pool of values, repeated when the tensor is larger than the pool (drawing
     every value of a 13B checkpoint one tensor at a time took minutes); a folder written another way is rewritten."""
-    import importlib.util
-
-    from safetensors.torch import load_file
-    spec = importlib.util.spec_from_file_location("measure_loading", REPO_ROOT / "scripts" / "measure_loading.py")
-    ml = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ml)
+    ml = _measure_loading()
     cfg = dict(ml.SHAPES["tiny"], vocab_size=4000)
     folder = tmp_path / "c"
     ml.write_checkpoint(folder, cfg, 8_000_000)
     monkeypatch.setattr(ml, "POOL", 1000)
     ml.write_checkpoint(folder, cfg, 8_000_000)  # another pool: written again
     assert json.loads((folder / ml.MARKER).read_text())["values"] == "pool of 1000"
-    t = {k: v for f in sorted(folder.glob("model-*.safetensors")) for k, v in load_file(str(f)).items()}
+    t = _checkpoint_tensors(folder)
     pool = None
     for name, v in t.items():
         if name.endswith("norm.weight"):
