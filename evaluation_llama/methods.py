@@ -211,6 +211,16 @@ SWIFT_FLAGS = {"skip_ratio": REAL, "context_window": INT, "bayes_interval": INT,
                "context_retry": INT, "draft_rest": INT}
 
 
+MULTIROW_HELP = ("how the graphs that pass many rows at once (the tree's verification, the layer search's "
+                 "scoring) launch their kernels: 'plain', each after the one before it has finished, or "
+                 "'dependent', as plain decoding does (SWIFT_PDL); the output is the same (default {})")
+
+
+def add_multirow_flag(group) -> None:
+    group.add_argument("--multirow-launches", default=None, choices=("plain", "dependent"),
+                       help=MULTIROW_HELP.format(SwiftConfig().multirow_launches))
+
+
 @dataclass(frozen=True)
 class SwiftRun:
     """SWIFT's configuration for one run: the algorithm's settings and where its skip set lives."""
@@ -317,6 +327,7 @@ class Swift(Method):
             f"(default {d['max_draft_len']})", type=INT)
         add("max_tree_nodes", f"most nodes of the verified token tree, in [--max-draft-len + 2, "
             f"128] (default {d['max_tree_nodes']})", type=INT)
+        add_multirow_flag(g)
         g.add_argument("--context-drafts", action="store_true",
                        help=f"hybrid drafts: besides the layer-skip draft, each cycle may verify the best "
                             f"continuation found in the prompt and the output so far (prompt lookup, at "
@@ -358,7 +369,8 @@ class Swift(Method):
 
     @classmethod
     def build_config(cls, args):
-        fields = [*SWIFT_FLAGS, "draft_stop", "ratio_objective", "context_tree", "search_proposals"]
+        fields = [*SWIFT_FLAGS, "draft_stop", "ratio_objective", "context_tree", "search_proposals",
+                  "multirow_launches"]
         values = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
         given = {f: "--" + f.replace("_", "-") for f in values}
         values.update(guard=not args.no_guard, seed=args.seed,
@@ -571,8 +583,10 @@ class _FixedDrafter(Method):
         g.add_argument("--guard-margin", type=REAL, default=None,
                        help=f"the guard falls back when tokens/s < margin x plain tokens/s, > 0 "
                             f"(default {d['guard_margin']})")
+        add_multirow_flag(g)
 
-    GUARD_FIELDS = ("guard_margin", "context_retry", "draft_rest")  # the guard flags a fixed drafter may have
+    # the guard flags a fixed drafter may have, and how its verification launches
+    GUARD_FIELDS = ("guard_margin", "context_retry", "draft_rest", "multirow_launches")
 
     @classmethod
     def guard_given(cls, args) -> dict[str, str]:

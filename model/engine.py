@@ -20,6 +20,7 @@ well under 1 ms of GPU work), and that host time varied between methods.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import OrderedDict
 from dataclasses import replace
@@ -159,19 +160,27 @@ class Engine:
         return self._buffers[key]
 
     @torch.inference_mode()
-    def run(self, key, fn: Callable, track: bool = False):
-        """`fn()` (`fn(mark)` when `track`) as a replayed CUDA graph, captured on first use; eagerly without graphs."""
+    def run(self, key, fn: Callable, track: bool = False, plain_launches: bool = False):
+        """`fn()` (`fn(mark)` when `track`) as a replayed CUDA graph, captured on first use; eagerly without graphs.
+        `plain_launches`: the graph launches each kernel after the one before it has finished, whatever SWIFT_PDL
+        says (a graph of its own: the key records it)."""
         if not self.cuda_graphs:
             return fn(lambda k: None) if track else fn()
-        return self.graph(key, fn, track).replay()
+        return self.graph(key, fn, track, plain_launches).replay()
 
-    def has_graph(self, key) -> bool:
-        return key in self._graphs
+    def has_graph(self, key, plain_launches: bool = False) -> bool:
+        return self._graph_key(key, plain_launches) in self._graphs
 
-    def graph(self, key, fn: Callable, track: bool = False) -> graphs.Graph:
+    @staticmethod
+    def _graph_key(key, plain_launches: bool):
+        return (*key, "plain launches") if plain_launches else key
+
+    def graph(self, key, fn: Callable, track: bool = False, plain_launches: bool = False) -> graphs.Graph:
+        key = self._graph_key(key, plain_launches)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = graphs.capture(fn, self._pool, track=track)
+            with kernels.dependent_launches(False) if plain_launches else contextlib.nullcontext():
+                entry = graphs.capture(fn, self._pool, track=track)
             self.graph_captures += 1
             self._graphs[key] = entry
             if len(self._graphs) > MAX_GRAPHS:  # the least recently used, but never a prefill graph: warm-up

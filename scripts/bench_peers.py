@@ -74,10 +74,12 @@ METHODS = ("vanilla", "pld", "early-exit", "swift", "swift-cached", "hybrid", "h
            "hf-early-exit")
 HF_METHODS = ("hf-generate", "hf-early-exit", "hf-prompt-lookup")
 # settings of ours -> the methods they apply to: the guard of context drafts, the guard's verdict on a layer-skip
-# draft, the layer-skip draft's LM head, and the speed guard itself (--no-guard; guard=0 in a --variant)
+# draft, the layer-skip draft's LM head, the speed guard itself (--no-guard; guard=0 in a --variant), and how the
+# verification and search graphs launch (multirow-launches=plain or dependent in a --variant)
 KNOBS = {"context_retry": ("pld", "hybrid"), "draft_rest": ("swift", "swift-cached", "hybrid", "early-exit"),
          "draft_vocab": ("swift", "swift-cached", "hybrid"),
-         "guard": ("pld", "early-exit", "swift", "swift-cached", "hybrid")}
+         "guard": ("pld", "early-exit", "swift", "swift-cached", "hybrid"),
+         "multirow_launches": ("pld", "early-exit", "swift", "swift-cached", "hybrid")}
 VARIANT_BASES = ("pld", "early-exit", "swift", "hybrid")  # methods of ours a --variant may change
 LENGTH_METHODS = ("vanilla", "swift", "swift-cached")
 PROMPT_LOOKUP_TOKENS = 10
@@ -119,7 +121,7 @@ class Variant(NamedTuple):
 
     label: str
     method: str
-    knobs: tuple[tuple[str, int], ...]
+    knobs: tuple[tuple[str, int | bool | str], ...]
 
     def describe(self) -> str:
         return ", ".join(("--no-guard" if not v else "guard on") if k == "guard" else f"--{k.replace('_', '-')} {v}"
@@ -145,6 +147,12 @@ def _variant(text: str) -> Variant:
             raise argparse.ArgumentTypeError(
                 f"variant {label}: {method} has no setting {flag.strip()!r} here; it has "
                 f"{', '.join(k.replace('_', '-') for k, ms in KNOBS.items() if method in ms)}")
+        if key == "multirow_launches":
+            if value.strip() not in ("plain", "dependent"):
+                raise argparse.ArgumentTypeError(f"variant {label}: multirow-launches is plain or dependent, got "
+                                                 f"{value.strip()!r}")
+            knobs[key] = value.strip()
+            continue
         knobs[key] = NONNEG_INT(value.strip())
         if key == "guard":
             knobs[key] = bool(knobs[key])
@@ -230,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="swift, swift-cached, hybrid: keep only N token ids in the layer-skip draft's LM head "
                          "(verification keeps all); 0 = the whole vocabulary "
                          f"(default: the runners' default, {SwiftConfig().draft_vocab})")
+    ap.add_argument("--multirow-launches", default=None, choices=("plain", "dependent"),
+                    help="our drafting methods: how the verification and layer-search graphs launch their kernels, "
+                         "'plain' (each after the one before it) or 'dependent' (as plain decoding, SWIFT_PDL); "
+                         f"the output is the same (default: the runners' default, {SwiftConfig().multirow_launches})")
     ap.add_argument("--no-guard", dest="guard", action="store_const", const=False, default=None,
                     help="our drafting methods never fall back to plain decoding (SwiftConfig guard off): for "
                          "checks that every method drafts, not for speed; a --variant sets it as guard=0")

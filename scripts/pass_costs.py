@@ -5,10 +5,11 @@ every candidate on the last gamma tokens, and reading the scores). Random weight
 those of a real checkpoint of that shape (only the kernels' self-check at engine start reads the values).
 
 With dependent launches (`SWIFT_PDL`, on by default where the GPU has them) the plain step's graph launches each
-kernel while the one before it runs. `--accelerator-launches` chooses how the warm-up captures SWIFT's own graphs
-(verification, search scoring; the draft graph shared by every skip set is always captured with plain launches):
-`dependent` as a stream does today, `plain` with each kernel launched after the one before it, or `both`, side by
-side in one process on engines of their own. The plain step is the same dependent-launch graph in every row.
+kernel while the one before it runs. `--accelerator-launches` chooses how the warm-up captures SWIFT's multi-row
+graphs (verification, search scoring: `SwiftConfig.multirow_launches`; the draft graph shared by every skip set is
+always captured with plain launches): `dependent` as plain decoding, `plain` with each kernel launched after the one
+before it (the default of the runners), or `both`, side by side in one process on engines of their own. The plain
+step is the same dependent-launch graph in every row.
 
 Needs a CUDA GPU: the costs come from CUDA graph replays timed with CUDA events (`Accelerator.measure`).
 
@@ -18,7 +19,6 @@ Example: python3 scripts/pass_costs.py --shapes smollm2-135m,qwen2.5-0.5b --out 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import sys
@@ -74,11 +74,9 @@ def main(argv=None) -> int:
         for launches in LAUNCHES[args.accelerator_launches]:
             engine = Engine(model, 1024)
             engine.warm_up_decode()  # the plain step: as every stream decodes
-            cfg = SwiftConfig()
+            cfg = SwiftConfig(multirow_launches=launches)
             acc = accelerator(engine, cfg)
-            plain = kernels.dependent_launches(False) if launches == "plain" else contextlib.nullcontext()
-            with plain:
-                acc.warm_up(SamplingConfig())
+            acc.warm_up(SamplingConfig())
             c = acc.costs
             row = dict(shape=shape, accelerator_launches=launches, gpu=torch.cuda.get_device_name(),
                        torch=torch.__version__, dtype="bfloat16", kernel_settings=kernels.settings(),

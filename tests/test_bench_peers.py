@@ -138,10 +138,15 @@ def test_variant_flag_parses_and_overrides_the_command_line(bench):
     assert bench.Bench.knobs(b, "swift") == {"draft_rest": 5}
     assert bench.Bench.knobs(b, "p0") == {"context_retry": 0} and bench.Bench.base(b, "p0") == "pld"
     assert bench.method_order({"s0": 1, "vanilla": 1, "swift": 1}) == ["vanilla", "swift", "s0"]
+    a = parse(["--multirow-launches", "dependent", "--variant", "p1=pld:multirow-launches=plain"])
+    b = type("B", (), {"a": a})()
+    assert bench.Bench.knobs(b, "hybrid") == {"multirow_launches": "dependent"}
+    assert bench.Bench.knobs(b, "p1") == {"multirow_launches": "plain"}
+    assert bench.Bench.knobs(b, "vanilla") == {}
     for bad, why in (("s0=swift", "expected LABEL"), ("swift=swift:draft-rest=0", "other than a method"),
                      ("S 0=swift:draft-rest=0", "lower-case"), ("v=vanilla:draft-rest=0", "not one of"),
                      ("c=swift-cached:draft-rest=0", "not one of"), ("p=pld:draft-rest=0", "has no setting"),
-                     ("s=swift:draft-rest=-1", "")):
+                     ("s=swift:draft-rest=-1", ""), ("s=swift:multirow-launches=pdl", "plain or dependent")):
         with pytest.raises(SystemExit):
             parse(["--variant", bad])
         if why:

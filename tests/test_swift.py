@@ -302,9 +302,52 @@ def test_draft_rest_carries_the_guards_verdict_across_streams():
                    .stats["draft_rested"] for _ in range(2))
 
 
+@pytest.mark.parametrize("launches", ["plain", "dependent"])
+def test_multirow_graphs_launch_as_configured_and_stay_lossless(launches, monkeypatch):
+    """`multirow_launches`: every verification and search-scoring pass asks the engine for plain launches (plain) or
+    for the launches plain decoding uses (dependent); the draft and plain steps never change; greedy output equals
+    vanilla either way, for the layer-skip draft and for the hybrid."""
+    eng, _ = tiny_engine(seed=7, scale=6, num_hidden_layers=6)
+    prompt = _prompt(seed=7)
+    want = vanilla_generate(eng, prompt, 80).tokens
+    seen = {}
+    run = eng.run
+
+    def spy(key, fn, track=False, plain_launches=False):
+        seen.setdefault(key[0], set()).add(plain_launches)
+        return run(key, fn, track, plain_launches)
+    monkeypatch.setattr(eng, "run", spy)
+    for context in (False, True):
+        cfg = SwiftConfig(skip_ratio=0.25, context_window=16, guard=False, seed=7, context_drafts=context,
+                          multirow_launches=launches)
+        res = swift_generate(eng, prompt, 80, cfg=cfg, search=LayerSearch(6, cfg))
+        assert res.tokens == want, context
+        assert res.num_drafted > 0 and res.stats["search"]["n_iter"] > 0
+    plain = launches == "plain"
+    assert seen["verify"] == {plain} and seen["score"] == {plain}
+    assert all(modes == {False} for kind, modes in seen.items() if kind not in ("verify", "score")), seen
+
+
+def test_plain_launch_graphs_are_captured_apart_without_dependent_launches(monkeypatch):
+    """A graph asked for with plain launches is captured with dependent launches switched off, whatever SWIFT_PDL
+    says, and is kept apart from the graph of the same key captured as plain decoding captures it."""
+    from model import graphs, kernels
+
+    modes = []
+    monkeypatch.setattr(graphs, "capture", lambda fn, pool=None, track=False: modes.append(
+        getattr(kernels._launches, "dependent", None)) or object())
+    eng, _ = tiny_engine(seed=1)
+    for plain in (False, True, True, False):
+        eng.graph(("verify", 8), None, plain_launches=plain)
+    assert modes == [None, False] and eng.graph_captures == 2
+    assert eng.has_graph(("verify", 8)) and eng.has_graph(("verify", 8), plain_launches=True)
+    assert not eng.has_graph(("verify", 16), plain_launches=True)
+
+
 def test_config_validation():
     for bad in [dict(skip_ratio=0.0), dict(skip_ratio=1.0), dict(context_window=1), dict(bayes_interval=0),
-                dict(max_score=1.5), dict(draft_stop_threshold=0), dict(max_draft_len=0), dict(num_candidates=0)]:
+                dict(max_score=1.5), dict(draft_stop_threshold=0), dict(max_draft_len=0), dict(num_candidates=0),
+                dict(multirow_launches="pdl")]:
         with pytest.raises(UserError):
             SwiftConfig(**bad)
 

@@ -240,7 +240,8 @@ class Verifier:
             e.buffer(("verify-ub", self.key), (self.B,)).uniform_()
         kv = e.kv_len(n + 1)
         # graphs read these buffers
-        e.run(("verify", (self.key, self.fused), n, sampling, kv), lambda: self._cycle(n, sampling, kv))
+        e.run(("verify", (self.key, self.fused), n, sampling, kv), lambda: self._cycle(n, sampling, kv),
+              plain_launches=self.cfg.plain_multirow)
         return self.report
 
     def chain_for(self, size: int) -> int:

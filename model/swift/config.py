@@ -44,6 +44,10 @@ class SwiftConfig:
     tree_rule: tuple = DEFAULT_TREE_RULE
     max_tree_nodes: int = 32
     draft_vocab: int = 0  # > 0: the draft's LM head keeps only this many token ids (verification keeps all)
+    # how the graphs that pass many rows at once (the tree's verification, the search's scoring) launch their kernels:
+    # "plain", each after the one before it has finished, or "dependent", as plain decoding does (SWIFT_PDL, where
+    # the GPU has it). Only timing differs: the kernels, their order and the output are the same
+    multirow_launches: str = "plain"
     # hybrid drafts: each cycle's tree also holds the best continuation found in the context (prompt + output so far)
     context_drafts: bool = False
     # "select": each cycle verifies one chain, the context continuation or the layer-skip draft, whichever is
@@ -94,6 +98,8 @@ class SwiftConfig:
              f"n-gram sizes must satisfy 1 <= min <= max <= 8, got {self.ngram_min}..{self.ngram_max}.")
         need(self.context_tree in ("select", "union"),
              f"context tree must be 'select' or 'union', got '{self.context_tree}'.")
+        need(self.multirow_launches in ("plain", "dependent"),
+             f"multi-row launches must be 'plain' or 'dependent', got '{self.multirow_launches}'.")
         need(self.draft_vocab >= 0, f"draft vocabulary size must be >= 0 (0 = full), got {self.draft_vocab}.")
         need(self.search_proposals in ("paper", "guided"),
              f"search proposals must be 'paper' or 'guided', got '{self.search_proposals}'.")
@@ -117,6 +123,11 @@ class SwiftConfig:
     @property
     def auto_ratio(self) -> bool:
         return self.skip_ratio is None
+
+    @property
+    def plain_multirow(self) -> bool:
+        """Whether the verification and search-scoring graphs are captured with plain launches."""
+        return self.multirow_launches == "plain"
 
     @property
     def top_k(self) -> int:

@@ -307,12 +307,12 @@ class LayerSearch:
 
 
 @torch.inference_mode()
-def score_candidates(engine, cands: list[LayerSkip], gamma: int) -> list[float]:
+def score_candidates(engine, cands: list[LayerSkip], gamma: int, plain_launches: bool = False) -> list[float]:
     """Matchness of each skip set: over the window of the last `gamma` committed tokens with K/V (slots
     [R - gamma, R), R = `engine.cursor`), the share of positions where the skipped model's argmax equals the token that
     followed. All candidates run in one forward (one graph per candidate count): candidate c is block c of the input,
     written to scratch slots R + c*gamma.., its skip set applied by per-token gates; each block sees the committed
-    prefix before the window plus itself causally."""
+    prefix before the window plus itself causally. `plain_launches`: see `Engine.run`."""
     n, nl = len(cands), engine.args.n_layers
     keep = torch.ones(2, nl, n, gamma, dtype=torch.bool)
     for c, sk in enumerate(cands):
@@ -335,5 +335,5 @@ def score_candidates(engine, cands: list[LayerSkip], gamma: int) -> list[float]:
         target = engine.seq.index_select(0, (ws + 1 + w).repeat(n))
         scores.copy_((pred == target).view(n, gamma).float().mean(dim=1))
 
-    engine.run(("score", n, gamma, kv), score)
+    engine.run(("score", n, gamma, kv), score, plain_launches=plain_launches)
     return scores.tolist()  # sync: the search's decision
