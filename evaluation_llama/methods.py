@@ -211,9 +211,19 @@ SWIFT_FLAGS = {"skip_ratio": REAL, "context_window": INT, "bayes_interval": INT,
                "context_retry": INT, "draft_rest": INT}
 
 
-MULTIROW_HELP = ("how the graphs that pass many rows at once (the tree's verification, the layer search's "
-                 "scoring) launch their kernels: 'plain', each after the one before it has finished, or "
+MULTIROW_HELP = ("how the graphs that pass many rows at once (the tree's verification, and the layer search's "
+                 "scoring where there is a search) launch their kernels: 'plain', each after the one before it has finished, or "
                  "'dependent', as plain decoding does (SWIFT_PDL); the output is the same (default {})")
+
+
+def swift_record(cfg: SwiftConfig) -> dict:
+    """A SwiftConfig as a run's configuration records it. Runs from before `multirow_launches` existed launched those
+    graphs dependently and recorded nothing: "dependent" is left out, so such a run is resumed by
+    --multirow-launches dependent (and `SwiftRun.from_dict` reads its absence back as "dependent")."""
+    d = cfg.to_dict()
+    if d["multirow_launches"] == "dependent":
+        del d["multirow_launches"]
+    return d
 
 
 def add_multirow_flag(group) -> None:
@@ -240,6 +250,7 @@ class SwiftRun:
     def from_dict(cls, data: dict) -> "SwiftRun":
         cfg = dict(data["swift"])
         cfg["tree_rule"] = tuple(tuple(r) for r in cfg["tree_rule"])
+        cfg.setdefault("multirow_launches", "dependent")  # see swift_record
         return cls(SwiftConfig(**cfg), data.get("layer_cache"), bool(data.get("cache_hit")),
                    bool(data.get("reset_search_per_instance")), data.get("skip"))
 
@@ -400,7 +411,7 @@ class Swift(Method):
 
     @classmethod
     def record_config(cls, config):
-        return {"swift": config.swift.to_dict(), "cache_hit": config.cache_hit,
+        return {"swift": swift_record(config.swift), "cache_hit": config.cache_hit,
                 "reset_search_per_instance": config.reset_search_per_instance}
 
     @classmethod
@@ -600,7 +611,7 @@ class _FixedDrafter(Method):
 
     @classmethod
     def record_config(cls, config):
-        return {"swift": config.to_dict()}
+        return {"swift": swift_record(config)}
 
     @classmethod
     def config_from_dict(cls, data):
@@ -711,7 +722,7 @@ class EarlyExit(_FixedDrafter):
 
     @classmethod
     def record_config(cls, config):
-        return {"swift": dict(config.swift.to_dict(), exit_layer=config.exit_layer)}
+        return {"swift": dict(swift_record(config.swift), exit_layer=config.exit_layer)}
 
     @classmethod
     def config_from_dict(cls, data):

@@ -28,8 +28,8 @@ Outputs (in --out): bench_peers.jsonl (one row per method x instance, each also 
 evaluation_llama/metrics.py), bench_peers.md (summary), bench_peers.png (speedup bars per task and method; in
 --lengths mode a line plot). A --lengths run writes the same file names: give it its own --out to keep both. Both
 tables come with a breakdown of SWIFT's time (prefill, optimize, draft, verify, plain decoding, other).
---variant LABEL=METHOD:FLAG=VALUE,... adds a row of one of our methods with other guard or draft settings, run in the
-same process beside the method itself and the same vanilla (e.g. swift-rest0=swift:draft-rest=0): an A/B of a
+--variant LABEL=METHOD:FLAG=VALUE,... adds a row of one of our methods with other guard, draft or launch settings, run
+in the same process beside the method itself and the same vanilla (e.g. swift-rest0=swift:draft-rest=0): an A/B of a
 setting in one run. Its rows carry the label as their method and the settings under "variant".
 --merge DIR... renders one table and plot from several earlier runs (e.g. tasks split over several runs); a run's rows
 may also be gzipped (bench_peers.jsonl.gz), as the committed reference runs are.
@@ -701,10 +701,14 @@ def time_breakdown(rows: list[dict], key: str) -> list[str]:
     return lines
 
 
+RECORDED_BEFORE = {"guard": True, "multirow_launches": "dependent"}  # what rows made before a setting existed ran with
+
+
 def _knob(row: dict, key: str):
-    """A setting as a row records it (none recorded: the earlier code's 0, or for the guard, on); --draft-rest with
+    """A setting as a row records it (none recorded: the earlier code's, `RECORDED_BEFORE` or 0); --draft-rest with
     whether its rest doubles after each further stop (rows from before the doubling have no `draft_rest_doubles`)."""
-    value = bool(row.get(key, True)) if key == "guard" else row.get(key, 0)
+    value = row.get(key, RECORDED_BEFORE.get(key, 0))
+    value = bool(value) if key == "guard" else value
     return (value, bool(row.get("draft_rest_doubles"))) if key == "draft_rest" else value
 
 
@@ -738,10 +742,10 @@ def merge(dirs: Sequence[str], out: Path) -> int:
     if len(envs) != 1:
         raise SystemExit(f"--merge: the runs differ in {env_keys}: {sorted(envs)}")
     for key, methods_of in KNOBS.items():
-        values = {_knob(r, key) for r in rows if r["method"] in methods_of}  # none recorded: the earlier code, 0
+        values = {_knob(r, key) for r in rows if r["method"] in methods_of}  # none recorded: the earlier code's
         if len(values) > 1:
             raise SystemExit(f"--merge: the runs' {', '.join(methods_of)} rows differ in --{key.replace('_', '-')}: "
-                             f"{sorted(values)}")
+                             f"{sorted(values, key=str)}")
     variants: dict = {}
     for r in rows:  # a variant label means the same settings in every run
         if "variant" in r:

@@ -60,7 +60,7 @@ def overlap(found: LayerSkip, planted: LayerSkip) -> int:
 def matchness(engine: Engine, skip: LayerSkip, text: list[int], gamma: int = 32) -> float:
     """`skip`'s matchness on the last `gamma` tokens of `text` (the model's own greedy text)."""
     engine.start(text[:-1])
-    return score_candidates(engine, [skip], gamma)[0]
+    return score_candidates(engine, [skip], gamma, plain_launches=SwiftConfig().plain_multirow)[0]
 
 
 def draft_bytes(args: ModelArgs, skip: LayerSkip) -> float:

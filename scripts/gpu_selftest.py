@@ -302,7 +302,7 @@ def swift_checks(shape, eng, args, prompt, n_new, want, row, label, accepted=Non
         prefill_checks(shape, eng, prompt, row)
     n_skip = round(0.4 * 2 * (args.n_layers - 2))
     skip = LayerSkip.of(attn=range(2, 2 + n_skip // 2), mlp=range(3, 3 + n_skip - n_skip // 2))
-    cfg = SwiftConfig(guard=False)
+    cfg = SwiftConfig(guard=False, multirow_launches="dependent" if pdl else "plain")  # every graph the same way
     acc = accelerator(eng, cfg)
     acc.warm_up(SamplingConfig())
     row["costs" + key] = acc.costs.to_dict()

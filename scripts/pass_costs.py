@@ -37,8 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="smollm2-135m,qwen2.5-0.5b",
                     help=f"comma-separated, from {', '.join(SHAPES)} (default: the two small models)")
     ap.add_argument("--accelerator-launches", choices=sorted(LAUNCHES), default="both",
-                    help="how SWIFT's verification and search graphs are captured: as a stream does "
-                         "(dependent), with plain launches, or both side by side (default)")
+                    help="how SWIFT's verification and search graphs are captured: with dependent launches (as "
+                         "plain decoding), with plain launches (the runners' default), or both side by side "
+                         "(default)")
     ap.add_argument("--out", default=None, help="folder for pass_costs.jsonl, one row per shape and launch mode, "
                                                 "written as each is measured (default: print only)")
     args = ap.parse_args(argv)

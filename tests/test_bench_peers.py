@@ -253,6 +253,14 @@ def test_merge_runs_into_one_table_with_time_breakdown(bench, tmp_path):
                             dict(_env_row("cnndm", "swift", "q3", 150), guard=False)])
     with pytest.raises(SystemExit, match="differ in --guard"):
         bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "n"), "--out", str(tmp_path / "m11")])
+    # the launch mode of the multi-row graphs: rows without it ran them dependently
+    _write(tmp_path / "o", [_env_row("humaneval", "vanilla", "q4", 100),
+                            dict(_env_row("humaneval", "swift", "q4", 150), multirow_launches="plain")])
+    with pytest.raises(SystemExit, match=r"differ in --multirow-launches: \['dependent', 'plain'\]"):
+        bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "o"), "--out", str(tmp_path / "m12")])
+    _write(tmp_path / "p", [_env_row("humaneval", "vanilla", "q4", 100),
+                            dict(_env_row("humaneval", "swift", "q4", 150), multirow_launches="dependent")])
+    assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "p"), "--out", str(tmp_path / "m13")]) == 0
 
 
 def test_instances_flag_answers_only_the_named_ids(bench, smollm2_path, shared_data_dir, tmp_path):

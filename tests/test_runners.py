@@ -414,3 +414,20 @@ def test_eval_codellama_script(tmp_path, smollm2_path):
         assert a.temperature == 0.0 and a.top_p == 1.0 and a.num_samples is None
     for a in (sb, ss):
         assert a.temperature == 0.6 and a.top_p == 0.95 and a.max_new_tokens == 32
+
+
+def test_runs_from_before_the_launch_setting_resume_as_dependent_launches():
+    """An answer file written before `multirow_launches` existed records no such key, and its graphs launched
+    dependently: the configuration of --multirow-launches dependent matches it (so the run resumes), the default
+    (plain) does not, and reading such a record back gives dependent launches."""
+    old = dataclasses.asdict(SwiftConfig())
+    del old["multirow_launches"]
+    old["tree_rule"] = [list(r) for r in old["tree_rule"]]
+    for method, wrap in ((methods.Swift, lambda c: methods.SwiftRun(c)), (methods.PromptLookup, lambda c: c),
+                         (methods.EarlyExit, lambda c: methods.EarlyExitRun(c, 2))):
+        rec = method.record_config(wrap(SwiftConfig(multirow_launches="dependent")))["swift"]
+        assert {k: v for k, v in rec.items() if k != "exit_layer"} == old, method.name
+        assert method.record_config(wrap(SwiftConfig()))["swift"]["multirow_launches"] == "plain"
+    assert methods.SwiftRun.from_dict({"swift": old}).swift.multirow_launches == "dependent"
+    plain = methods.SwiftRun.from_dict({"swift": SwiftConfig().to_dict()}).swift
+    assert plain == SwiftConfig() and plain.multirow_launches == "plain"

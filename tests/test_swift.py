@@ -175,8 +175,8 @@ def test_search_finds_planted_noops():
     # precondition: skipping any other single sub-layer (plus the no-ops) changes the argmax on the window
     others = [LayerSkip.of(attn=sorted(noops.attn | {i}), mlp=sorted(noops.mlp)) for i in (1, 3)] + \
              [LayerSkip.of(attn=sorted(noops.attn), mlp=sorted(noops.mlp | {i})) for i in (2, 4)]
-    assert score_candidates(eng, [noops], 32) == [1.0]
-    assert all(s < 1.0 for s in score_candidates(eng, others, 32))
+    assert score_candidates(eng, [noops], 32, plain_launches=True) == [1.0]
+    assert all(s < 1.0 for s in score_candidates(eng, others, 32, plain_launches=True))
     cfg = SwiftConfig(skip_ratio=0.5, max_score=1.0, guard=False, seed=3)
     search = LayerSearch(6, cfg)
     res = swift_generate(eng, prompt, 200, cfg=cfg, search=search)
@@ -326,6 +326,48 @@ def test_multirow_graphs_launch_as_configured_and_stay_lossless(launches, monkey
     plain = launches == "plain"
     assert seen["verify"] == {plain} and seen["score"] == {plain}
     assert all(modes == {False} for kind, modes in seen.items() if kind not in ("verify", "score")), seen
+
+
+def test_warm_up_captures_and_prices_the_multirow_graphs_as_configured(monkeypatch):
+    """On one engine, each launch mode has its own accelerator, and its warm-up captures the verification and
+    scoring graphs it replays (and prices) with plain launches or with those of plain decoding; the draft graphs are
+    captured the same way in both. Graphs are stood in for by eager replays of the captured function."""
+    from model import graphs, kernels
+    from model.swift import decoding
+
+    class Replay:
+        def __init__(self, fn, track):
+            self.fn, self.track, self.regions = fn, track, {}
+
+        def replay(self):
+            return self.fn(lambda k: None) if self.track else self.fn()
+
+    modes, kind = {}, []  # graph kind -> the launch settings it was captured under; the kind being captured
+    graph = Engine.graph
+
+    def capture(fn, pool=None, track=False):
+        modes.setdefault(kind[-1], set()).add(getattr(kernels._launches, "dependent", None))
+        return Replay(fn, track)
+
+    def spy(self, key, fn, track=False, plain_launches=False):
+        kind.append(key[0])
+        return graph(self, key, fn, track, plain_launches)
+    monkeypatch.setattr(graphs, "capture", capture)
+    monkeypatch.setattr(Engine, "graph", spy)
+    monkeypatch.setattr(decoding, "gpu_ms", lambda fn, reps=1, before=None: (before and before(), fn(), 1.0)[-1])
+    eng, _ = tiny_engine(seed=2, scale=6, num_hidden_layers=6)
+    eng.cuda_graphs = True
+    accs = {}
+    for launches in ("plain", "dependent"):
+        modes.clear()
+        cfg = SwiftConfig(context_window=16, guard=False, multirow_launches=launches)
+        accs[launches] = acc = decoding.accelerator(eng, cfg)
+        acc.warm_up(SamplingConfig())
+        assert acc.costs.measured and acc.costs.search > 0
+        want = {False} if launches == "plain" else {None}
+        assert modes.pop("verify") == want and modes.pop("score") == want, launches
+        assert modes and all(m <= {None, False} for m in modes.values()), modes  # draft graphs, as before
+    assert accs["plain"] is not accs["dependent"]
 
 
 def test_plain_launch_graphs_are_captured_apart_without_dependent_launches(monkeypatch):

@@ -28,7 +28,8 @@ its programs' start-up. Measured on an H100 (docs/RESULTS.md): SmolLM2-135M deco
 tok/s), the Qwen2.5-0.5B shape 10%; the LLaMA-2-7B shape, bound by its weight bytes, is unchanged (-0.7%). Graphs whose
 kernel nodes are switched off after capture (model/graphs.py) are captured with plain launches
 (`dependent_launches(False)`): a switched-off node is an empty node, and the kernel after it would no longer wait for
-the one before it.
+the one before it. So, by default, are SWIFT's graphs of many rows at once (the tree's verification, the layer
+search's scoring; `SwiftConfig.multirow_launches`): dependent launches made a 16-node verification 13-21% slower.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def launch(device) -> dict:
 def dependent_launches(on: bool):
     """Kernels launched inside (on this thread) are launched dependently (where the GPU can) or each after the one
     before it has finished, whatever SWIFT_PDL says: off for graphs whose kernel nodes are switched off after
-    capture; on and off for an A/B in one process (scripts/gpu_selftest.py)."""
+    capture and for the multi-row graphs (`Engine.run(..., plain_launches=True)`); on and off for an A/B in one
+    process (scripts/gpu_selftest.py)."""
     before = getattr(_launches, "dependent", None)
     _launches.dependent = on
     try:

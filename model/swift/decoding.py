@@ -167,7 +167,8 @@ class Accelerator:
             self._at(at)
             self.verifier.verify(1, sampling, size=n)
         self._at(at)
-        score_candidates(e, [LayerSkip()] * cfg.num_candidates, cfg.context_window, cfg.plain_multirow)
+        score_candidates(e, [LayerSkip()] * cfg.num_candidates, cfg.context_window,
+                         plain_launches=cfg.plain_multirow)
         self.costs = self.measure(at, sampling)
         self.drafter.settled.clear()  # new costs: a settled set is measured again (its graphs are kept)
         e.length = 0
@@ -220,7 +221,8 @@ class Accelerator:
         mlp = max(0.0, steps["none"] - steps["mlp"]) / (L - 2) / full
         fixed = max(0.0, steps["none"] / full - (attn + mlp) * (L - 2))
         cands = [LayerSkip()] * self.cfg.num_candidates
-        search = ms(lambda: score_candidates(e, cands, self.cfg.context_window, self.cfg.plain_multirow)) / full
+        search = ms(lambda: score_candidates(e, cands, self.cfg.context_window,
+                                                   plain_launches=self.cfg.plain_multirow)) / full
         return CostModel(fixed=fixed, attn=attn, mlp=mlp, verify=verify, n_layers=L, measured=True, search=search)
 
 
@@ -391,7 +393,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         t = time.perf_counter()
         if search is not None and search.active and engine.length - 1 > gamma:  # optimize: score candidates
             cands = search.propose(cfg.num_candidates)
-            search.observe(cands, score_candidates(engine, cands, gamma, cfg.plain_multirow))
+            search.observe(cands, score_candidates(engine, cands, gamma, plain_launches=cfg.plain_multirow))
             s.times["optimize"] += time.perf_counter() - t
         current = search.best if search is not None else skip
         layers = current is not None and len(current) > 0 and not guards["draft"].check(len(s.new))

@@ -307,7 +307,7 @@ class LayerSearch:
 
 
 @torch.inference_mode()
-def score_candidates(engine, cands: list[LayerSkip], gamma: int, plain_launches: bool = False) -> list[float]:
+def score_candidates(engine, cands: list[LayerSkip], gamma: int, *, plain_launches: bool) -> list[float]:
     """Matchness of each skip set: over the window of the last `gamma` committed tokens with K/V (slots
     [R - gamma, R), R = `engine.cursor`), the share of positions where the skipped model's argmax equals the token that
     followed. All candidates run in one forward (one graph per candidate count): candidate c is block c of the input,
