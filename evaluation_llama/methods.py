@@ -212,14 +212,15 @@ SWIFT_FLAGS = {"skip_ratio": REAL, "context_window": INT, "bayes_interval": INT,
 
 
 MULTIROW_HELP = ("how the graphs that pass many rows at once (the tree's verification, and the layer search's "
-                 "scoring where there is a search) launch their kernels: 'plain', each after the one before it has finished, or "
-                 "'dependent', as plain decoding does (SWIFT_PDL); the output is the same (default {})")
+                 "scoring where there is a search) launch their kernels: 'dependent', as plain decoding does "
+                 "(SWIFT_PDL), or 'plain', each after the one before it has finished; the output is the same "
+                 "(default {})")
 
 
 def swift_record(cfg: SwiftConfig) -> dict:
-    """A SwiftConfig as a run's configuration records it. Runs from before `multirow_launches` existed launched those
-    graphs dependently and recorded nothing: "dependent" is left out, so such a run is resumed by
-    --multirow-launches dependent (and `SwiftRun.from_dict` reads its absence back as "dependent")."""
+    """A SwiftConfig as a run's configuration records it. "dependent" launches, the default and what runs from before
+    `multirow_launches` existed did (recording nothing), are left out: the configuration, and its hash, of such a run
+    stay as they were, so it resumes (`SwiftRun.from_dict` reads the absence back as "dependent")."""
     d = cfg.to_dict()
     if d["multirow_launches"] == "dependent":
         del d["multirow_launches"]

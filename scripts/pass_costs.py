@@ -7,9 +7,10 @@ those of a real checkpoint of that shape (only the kernels' self-check at engine
 With dependent launches (`SWIFT_PDL`, on by default where the GPU has them) the plain step's graph launches each
 kernel while the one before it runs. `--accelerator-launches` chooses how the warm-up captures SWIFT's multi-row
 graphs (verification, search scoring: `SwiftConfig.multirow_launches`; the draft graph shared by every skip set is
-always captured with plain launches): `dependent` as plain decoding, `plain` with each kernel launched after the one
-before it (the default of the runners), or `both`, side by side in one process on engines of their own. The plain
-step is the same dependent-launch graph in every row.
+always captured with plain launches): `dependent` as plain decoding (the runners' default), `plain` with each
+kernel launched after the one before it, or `both`, side by side in one process on engines of their own. The plain
+step is the same dependent-launch graph in every row. These are the graphs replayed alone: inside a stream the
+comparison can come out the other way (docs/RESULTS.md), so a change of mode is judged by `bench_peers.py`.
 
 Needs a CUDA GPU: the costs come from CUDA graph replays timed with CUDA events (`Accelerator.measure`).
 
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
                     help=f"comma-separated, from {', '.join(SHAPES)} (default: the two small models)")
     ap.add_argument("--accelerator-launches", choices=sorted(LAUNCHES), default="both",
                     help="how SWIFT's verification and search graphs are captured: with dependent launches (as "
-                         "plain decoding), with plain launches (the runners' default), or both side by side "
+                         "plain decoding, the runners' default), with plain launches, or both side by side "
                          "(default)")
     ap.add_argument("--out", default=None, help="folder for pass_costs.jsonl, one row per shape and launch mode, "
                                                 "written as each is measured (default: print only)")

@@ -91,7 +91,8 @@ def test_records_have_the_documented_layout(runs):
                 assert cfg["swift"] is None
                 assert all(r["choices"][0]["num_drafted"] == [0] for r in records.values())
             else:
-                expected = SwiftConfig(context_window=8, num_candidates=2, max_opt_iter=6, guard=False).to_dict()
+                expected = methods.swift_record(SwiftConfig(context_window=8, num_candidates=2, max_opt_iter=6,
+                                                            guard=False))
                 assert cfg["swift"] == expected and cfg["cache_hit"] is False
                 for r in records.values():
                     assert r["stats"]["num_layers"] == 30
@@ -418,16 +419,17 @@ def test_eval_codellama_script(tmp_path, smollm2_path):
 
 def test_runs_from_before_the_launch_setting_resume_as_dependent_launches():
     """An answer file written before `multirow_launches` existed records no such key, and its graphs launched
-    dependently: the configuration of --multirow-launches dependent matches it (so the run resumes), the default
-    (plain) does not, and reading such a record back gives dependent launches."""
+    dependently: the configuration of the default (dependent) matches it, so the run resumes; plain launches do not;
+    reading such a record back gives dependent launches."""
     old = dataclasses.asdict(SwiftConfig())
     del old["multirow_launches"]
     old["tree_rule"] = [list(r) for r in old["tree_rule"]]
     for method, wrap in ((methods.Swift, lambda c: methods.SwiftRun(c)), (methods.PromptLookup, lambda c: c),
                          (methods.EarlyExit, lambda c: methods.EarlyExitRun(c, 2))):
-        rec = method.record_config(wrap(SwiftConfig(multirow_launches="dependent")))["swift"]
+        rec = method.record_config(wrap(SwiftConfig()))["swift"]
         assert {k: v for k, v in rec.items() if k != "exit_layer"} == old, method.name
-        assert method.record_config(wrap(SwiftConfig()))["swift"]["multirow_launches"] == "plain"
+        plain = method.record_config(wrap(SwiftConfig(multirow_launches="plain")))["swift"]
+        assert plain["multirow_launches"] == "plain"
     assert methods.SwiftRun.from_dict({"swift": old}).swift.multirow_launches == "dependent"
-    plain = methods.SwiftRun.from_dict({"swift": SwiftConfig().to_dict()}).swift
-    assert plain == SwiftConfig() and plain.multirow_launches == "plain"
+    plain = methods.SwiftRun.from_dict({"swift": SwiftConfig(multirow_launches="plain").to_dict()}).swift
+    assert plain.multirow_launches == "plain"

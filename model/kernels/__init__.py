@@ -28,8 +28,8 @@ its programs' start-up. Measured on an H100 (docs/RESULTS.md): SmolLM2-135M deco
 tok/s), the Qwen2.5-0.5B shape 10%; the LLaMA-2-7B shape, bound by its weight bytes, is unchanged (-0.7%). Graphs whose
 kernel nodes are switched off after capture (model/graphs.py) are captured with plain launches
 (`dependent_launches(False)`): a switched-off node is an empty node, and the kernel after it would no longer wait for
-the one before it. So, by default, are SWIFT's graphs of many rows at once (the tree's verification, the layer
-search's scoring; `SwiftConfig.multirow_launches`): dependent launches made a 16-node verification 13-21% slower.
+the one before it. SWIFT's graphs of many rows at once (the tree's verification, the layer search's scoring) can be
+captured either way (`SwiftConfig.multirow_launches`, dependent by default).
 """
 
 from __future__ import annotations

@@ -45,9 +45,10 @@ class SwiftConfig:
     max_tree_nodes: int = 32
     draft_vocab: int = 0  # > 0: the draft's LM head keeps only this many token ids (verification keeps all)
     # how the graphs that pass many rows at once (the tree's verification, the search's scoring) launch their kernels:
-    # "plain", each after the one before it has finished, or "dependent", as plain decoding does (SWIFT_PDL, where
-    # the GPU has it). Only timing differs: the kernels, their order and the output are the same
-    multirow_launches: str = "plain"
+    # "dependent", as plain decoding does (SWIFT_PDL, where the GPU has it), or "plain", each after the one before it
+    # has finished. Only timing differs: the kernels, their order and the output are the same. Replayed alone, the
+    # plain graphs are cheaper; inside a stream, dependent ones gave prompt lookup about 10% more speed (docs/RESULTS.md)
+    multirow_launches: str = "dependent"
     # hybrid drafts: each cycle's tree also holds the best continuation found in the context (prompt + output so far)
     context_drafts: bool = False
     # "select": each cycle verifies one chain, the context continuation or the layer-skip draft, whichever is
