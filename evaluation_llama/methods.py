@@ -112,6 +112,12 @@ class Method:
         method keeps per shard into one; returns summary lines."""
         return []
 
+    @classmethod
+    def check_resume(cls, config: Any, path: Path, records: list[dict]) -> None:
+        """Called before a run resumes the answer file ``path`` (its ``records``, same
+        configuration): a UserError when what this run would do differs in a way the
+        configuration does not record."""
+
     # ---- one task run ---------------------------------------------------------------------------
     def __init__(self, config: Any, run: TaskRun):
         self.config = config
@@ -418,6 +424,26 @@ class Swift(Method):
     @classmethod
     def config_from_dict(cls, data):
         return SwiftRun.from_dict(data)
+
+    @classmethod
+    def check_resume(cls, config, path, records):
+        """A --cache-hit run reads its skip set from --layer-cache, which the configuration names
+        but does not hold: answers made with another set than the cache gives now are refused."""
+        if not config.cache_hit or config.layer_cache is None:
+            return
+        from model.llama import LayerSkip
+
+        try:  # an unreadable cache is reported, with its fix, when the run loads it
+            now = LayerSkip.from_dict(json.loads(Path(config.layer_cache).read_text())["skip"])
+        except Exception:  # noqa: BLE001
+            return
+        for r in records:
+            used = (r.get("stats") or {}).get("final_skip")
+            if isinstance(used, dict) and LayerSkip.from_dict(used) != now:
+                raise UserError(
+                    f"{path} holds answers made with the skip set {fmt_skip(used)}, but "
+                    f"{config.layer_cache} now gives {fmt_skip(now.to_dict())}: pass --overwrite to "
+                    f"answer again with the new set, or another --answer-file.")
 
     @classmethod
     def merge_shards(cls, config):

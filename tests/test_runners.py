@@ -149,17 +149,32 @@ def test_resume_writes_nothing_new(runs, smollm2_path, shared_data_dir, capsys):
 def test_cache_hit_reads_the_layer_config(runs, smollm2_path, shared_data_dir, tmp_path):
     paths = runs["humaneval"]
     answer = tmp_path / "swift-cache-hit.jsonl"
-    assert inference_swift.main(
-        base_args(smollm2_path, shared_data_dir, "humaneval", answer) + SWIFT_SMALL
-        + ["--layer-cache", str(paths["layer_cache"]), "--cache-hit"]) == 0
+    cache = tmp_path / "layer_config.json"  # a copy of the search run's cache: this test changes it below
+    cache.write_text(paths["layer_cache"].read_text())
+    argv = base_args(smollm2_path, shared_data_dir, "humaneval", answer) + SWIFT_SMALL \
+        + ["--layer-cache", str(cache), "--cache-hit"]
+    assert inference_swift.main(argv) == 0
     header, records = by_id(answer)
     _, vanilla = by_id(paths["vanilla"])
-    skip = json.loads(paths["layer_cache"].read_text())["skip"]
+    skip = json.loads(cache.read_text())["skip"]
     assert header["config"]["cache_hit"] is True
     for qid, r in records.items():
         assert r["stats"]["cache_hit"] is True and r["stats"]["search"] is None
         assert r["stats"]["final_skip"] == skip
         assert r["token_ids"] == vanilla[qid]["token_ids"]
+    # the finished file resumes (nothing to do) while the cache gives the same set; once the cache gives another set
+    # (the configuration names the cache, not its set) the run is refused and the answers stay as they were
+    before = answer.read_bytes()
+    assert inference_swift.main(argv) == 0 and answer.read_bytes() == before
+    from model.errors import UserError
+
+    moved = json.loads(cache.read_text())
+    free = sorted(set(range(1, 29)) - set(moved["skip"]["mlp"]))
+    moved["skip"]["mlp"] = sorted(moved["skip"]["mlp"])[:-1] + free[:1]
+    cache.write_text(json.dumps(moved))
+    with pytest.raises(UserError, match="holds answers made with the skip set .* now gives .* --overwrite"):
+        inference_swift.main(argv)
+    assert answer.read_bytes() == before
 
 
 def test_sharded_run_matches_single_process(runs, smollm2_path, shared_data_dir, tmp_path):
