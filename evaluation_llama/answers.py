@@ -297,6 +297,7 @@ class AnswerWriter:
         self.config = dict(config)
         self.config_hash = config_hash(self.config)
         self.done_ids: set[str] = set()
+        self.records: list[dict] = []  # the answers already in a resumed file
         self.resumed = False
         warn = warn or _warn_stderr
         if self.path.is_dir():
@@ -328,6 +329,7 @@ class AnswerWriter:
                                     f"fix or remove the file")
                 seen.add(qid)
             self.done_ids = seen
+            self.records = records
             self.resumed = True
             if header is None:
                 header = make_header(self.config)

@@ -37,7 +37,7 @@ from data import TaskData, load_task  # noqa: E402
 from evaluation_llama import (flags, guards, methods, metrics, model_cache, paths,  # noqa: E402
                               prompting, settings, shards)
 from evaluation_llama.answers import (DeferredWriter, build_record, existing_ids,  # noqa: E402
-                                      has_records, open_writer, read_answer_file)
+                                      has_records, open_writer)
 from evaluation_llama.cli import note  # noqa: E402
 from evaluation_llama.settings import Settings  # noqa: E402
 from model.errors import UserError  # noqa: E402
@@ -91,7 +91,7 @@ def run_one(s: Settings, td: TaskData) -> int:
         writer = None
         if not s.overwrite and has_records(out):
             writer = open_writer(out, config)  # refuses another configuration, early
-            methods.get(s.method).check_resume(s.method_config, out, read_answer_file(out)[1])
+            methods.get(s.method).check_resume(s.method_config, out, writer.records)
         sink = DeferredWriter(out, config, writer)
         try:
             done = set(writer.done_ids) if writer is not None else set()
