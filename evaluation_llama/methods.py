@@ -35,7 +35,7 @@ from evaluation_llama.cli import note
 from evaluation_llama.flags import INT, REAL, SEED_STRIDE, WARMUP_MAX_NEW_TOKENS
 from evaluation_llama.paths import existing_shards, shard_path
 from model.errors import UserError
-from model.swift.config import SwiftConfig
+from model.swift.config import MULTIROW_LAUNCHES, SwiftConfig
 
 # model code that needs torch is imported inside the methods that use it, so that flags are
 # checked before torch is loaded
@@ -234,7 +234,7 @@ def swift_record(cfg: SwiftConfig) -> dict:
 
 
 def add_multirow_flag(group) -> None:
-    group.add_argument("--multirow-launches", default=None, choices=("plain", "dependent"),
+    group.add_argument("--multirow-launches", default=None, choices=MULTIROW_LAUNCHES,
                        help=MULTIROW_HELP.format(SwiftConfig().multirow_launches))
 
 

@@ -68,7 +68,7 @@ from model.errors import UserError  # noqa: E402
 from model.generate import cache_capacity, cut_at_eos, sync  # noqa: E402
 from model.loading import default_eos_ids, load_model, load_tokenizer, model_name, resolve_checkpoint  # noqa: E402
 from model.sampling import SamplingConfig  # noqa: E402
-from model.swift.config import SwiftConfig  # noqa: E402
+from model.swift.config import MULTIROW_LAUNCHES, SwiftConfig  # noqa: E402
 
 METHODS = ("vanilla", "pld", "early-exit", "swift", "swift-cached", "hybrid", "hf-generate", "hf-prompt-lookup",
            "hf-early-exit")
@@ -148,7 +148,7 @@ def _variant(text: str) -> Variant:
                 f"variant {label}: {method} has no setting {flag.strip()!r} here; it has "
                 f"{', '.join(k.replace('_', '-') for k, ms in KNOBS.items() if method in ms)}")
         if key == "multirow_launches":
-            if value.strip() not in ("plain", "dependent"):
+            if value.strip() not in MULTIROW_LAUNCHES:
                 raise argparse.ArgumentTypeError(f"variant {label}: multirow-launches is plain or dependent, got "
                                                  f"{value.strip()!r}")
             knobs[key] = value.strip()
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="swift, swift-cached, hybrid: keep only N token ids in the layer-skip draft's LM head "
                          "(verification keeps all); 0 = the whole vocabulary "
                          f"(default: the runners' default, {SwiftConfig().draft_vocab})")
-    ap.add_argument("--multirow-launches", default=None, choices=("plain", "dependent"),
+    ap.add_argument("--multirow-launches", default=None, choices=MULTIROW_LAUNCHES,
                     help="our drafting methods: how the verification and layer-search graphs launch their kernels, "
                          "'plain' (each after the one before it) or 'dependent' (as plain decoding, SWIFT_PDL); "
                          f"the output is the same (default: the runners' default, {SwiftConfig().multirow_launches})")

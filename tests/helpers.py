@@ -82,3 +82,17 @@ def teacher_forced_logits(engine, tokens: list[int], start: int) -> list[torch.T
         engine.cursor.add_(1)
         engine.length += 1
     return out
+
+
+class FakeGraph:
+    """Stands in for a CUDA graph on the CPU: replay runs the captured function."""
+
+    def __init__(self, fn, track):
+        self.fn, self.track, self.regions, self.replays = fn, track, {}, 0
+
+    def replay(self):
+        self.replays += 1
+        return self.fn(lambda key: None) if self.track else self.fn()
+
+    def enable(self, key, on):
+        pass

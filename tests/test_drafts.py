@@ -17,7 +17,7 @@ from model.sampling import SamplingConfig
 from model.swift.config import SwiftConfig
 from model.swift.decoding import SpeedGuard, accelerator, swift_generate
 from model.swift.layer_search import LayerSearch
-from tests.helpers import tiny_engine
+from tests.helpers import FakeGraph, tiny_engine
 from tests.test_swift import VOCAB, _chi2_pvalue, _prompt
 
 
@@ -211,24 +211,10 @@ def test_reduced_draft_vocabulary_never_changes_the_output():
 
 
 # ---- graphs: warm-up covers every graph a stream replays ----------------------------------------------------------
-class _FakeGraph:
-    """Stands in for a CUDA graph on the CPU: replay runs the captured function."""
-
-    def __init__(self, fn, track):
-        self.fn, self.track, self.regions, self.replays = fn, track, {}, 0
-
-    def replay(self):
-        self.replays += 1
-        return self.fn(lambda key: None) if self.track else self.fn()
-
-    def enable(self, key, on):
-        pass
-
-
 def test_warm_up_captures_every_graph_a_stream_replays(monkeypatch):
     """With graph capture faked on the CPU and the draft graph in its switch-kernels-off mode, a SWIFT stream whose
     search changes the skip set many times captures nothing after the accelerator's and the decode warm-up."""
-    monkeypatch.setattr(graphs, "capture", lambda fn, pool=None, track=False: _FakeGraph(fn, track))
+    monkeypatch.setattr(graphs, "capture", lambda fn, pool=None, track=False: FakeGraph(fn, track))
     eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6)
     eng.cuda_graphs = True
     cfg = SwiftConfig(guard=False, context_window=16, skip_ratio=0.25)
@@ -250,7 +236,7 @@ def test_warm_up_measures_a_search_step(monkeypatch):
     (a stand-in for the CUDA events that counts the token rows each timed call runs), so a plain step costs 1 row and
     a search step of 4 candidates x 16 tokens 64."""
     from model.swift import decoding
-    monkeypatch.setattr(graphs, "capture", lambda fn, pool=None, track=False: _FakeGraph(fn, track))
+    monkeypatch.setattr(graphs, "capture", lambda fn, pool=None, track=False: FakeGraph(fn, track))
     eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6)
     rows = [0]
     forward = eng.forward
@@ -294,7 +280,7 @@ def test_pass_costs_script_refuses_unknown_shapes_and_a_machine_without_cuda():
 def test_a_settled_skip_set_drafts_on_graphs_of_its_own(monkeypatch):
     """Once the skip set is final, `Accelerator.settle` (untimed, between answers) captures one draft graph per chunk
     length for it; a stream then replays those, captures nothing, and still equals vanilla decoding."""
-    monkeypatch.setattr(graphs, "capture", lambda fn, pool=None, track=False: _FakeGraph(fn, track))
+    monkeypatch.setattr(graphs, "capture", lambda fn, pool=None, track=False: FakeGraph(fn, track))
     eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6)
     eng.cuda_graphs = True
     skip = LayerSkip.of(attn=[2, 3], mlp=[3])
@@ -326,7 +312,7 @@ def test_settling_after_chunked_drafting_stays_inside_the_table(monkeypatch):
     chunks (draft_stop="confidence" leaves the depth offset past 0) must not draft past the table's last row."""
     def capture(fn, pool=None, track=False):
         fn(lambda key: None) if track else fn()
-        return _FakeGraph(fn, track)
+        return FakeGraph(fn, track)
 
     monkeypatch.setattr(graphs, "capture", capture)
     eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6)

@@ -17,7 +17,7 @@ from model.swift.config import SwiftConfig
 from model.swift.decoding import score_candidates, swift_generate
 from model.swift.layer_cache import load_layer_config, save_layer_config
 from model.swift.layer_search import LayerSearch
-from tests.helpers import hf_config, hf_model, ours_from_hf, tiny_engine
+from tests.helpers import FakeGraph, hf_config, hf_model, ours_from_hf, tiny_engine
 
 
 def _prompt(n=40, vocab=97, seed=0):
@@ -335,19 +335,12 @@ def test_warm_up_captures_and_prices_the_multirow_graphs_as_configured(monkeypat
     from model import graphs, kernels
     from model.swift import decoding
 
-    class Replay:
-        def __init__(self, fn, track):
-            self.fn, self.track, self.regions = fn, track, {}
-
-        def replay(self):
-            return self.fn(lambda k: None) if self.track else self.fn()
-
     modes, kind = {}, []  # graph kind -> the launch settings it was captured under; the kind being captured
     graph = Engine.graph
 
     def capture(fn, pool=None, track=False):
         modes.setdefault(kind[-1], set()).add(getattr(kernels._launches, "dependent", None))
-        return Replay(fn, track)
+        return FakeGraph(fn, track)
 
     def spy(self, key, fn, track=False, plain_launches=False):
         kind.append(key[0])

@@ -8,6 +8,7 @@ from model.errors import UserError
 
 # (threshold, candidates): depth d gets the count of the first row whose threshold <= the draft's top-1 probability
 DEFAULT_TREE_RULE = ((0.95, 1), (0.8, 2), (0.5, 4), (0.0, 8))
+MULTIROW_LAUNCHES = ("dependent", "plain")  # the values of SwiftConfig.multirow_launches
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class SwiftConfig:
              f"n-gram sizes must satisfy 1 <= min <= max <= 8, got {self.ngram_min}..{self.ngram_max}.")
         need(self.context_tree in ("select", "union"),
              f"context tree must be 'select' or 'union', got '{self.context_tree}'.")
-        need(self.multirow_launches in ("plain", "dependent"),
+        need(self.multirow_launches in MULTIROW_LAUNCHES,
              f"multi-row launches must be 'plain' or 'dependent', got '{self.multirow_launches}'.")
         need(self.draft_vocab >= 0, f"draft vocabulary size must be >= 0 (0 = full), got {self.draft_vocab}.")
         need(self.search_proposals in ("paper", "guided"),
