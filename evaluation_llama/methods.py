@@ -214,7 +214,7 @@ SWIFT_FLAGS = {"skip_ratio": REAL, "context_window": INT, "bayes_interval": INT,
                "max_opt_iter": INT, "max_tolerance_iter": INT, "max_score": REAL,
                "num_candidates": INT, "draft_stop_threshold": REAL, "draft_chunk": INT,
                "max_draft_len": INT, "max_tree_nodes": INT, "draft_vocab": INT, "guard_margin": REAL,
-               "context_retry": INT, "draft_rest": INT}
+               "context_retry": INT, "draft_rest": INT, "sync_cycles": INT}
 
 
 MULTIROW_HELP = ("how the graphs that pass many rows at once (the tree's verification, and the layer search's "
@@ -223,13 +223,20 @@ MULTIROW_HELP = ("how the graphs that pass many rows at once (the tree's verific
                  "(default {})")
 
 
+# SwiftConfig fields that runs were recorded without, and the value those runs ran with
+RECORDED_BEFORE = {"multirow_launches": "dependent", "sync_cycles": 1}
+
+
 def swift_record(cfg: SwiftConfig) -> dict:
-    """A SwiftConfig as a run's configuration records it. "dependent" launches, the default and what runs from before
-    `multirow_launches` existed did (recording nothing), are left out: the configuration, and its hash, of such a run
-    stay as they were, so it resumes (`SwiftRun.from_dict` reads the absence back as "dependent")."""
+    """A SwiftConfig as a run's configuration records it. A field of `RECORDED_BEFORE` with the value that runs from
+    before it existed ran with (recording nothing) is left out: the configuration, and its hash, of such a run stay
+    as they were, so it resumes (`SwiftRun.from_dict` reads the absence back as that value). "dependent" launches are
+    the default; one read per cycle (sync_cycles 1) is not, so a run with the default records its sync_cycles and
+    does not resume answers timed with a read after every cycle."""
     d = cfg.to_dict()
-    if d["multirow_launches"] == "dependent":
-        del d["multirow_launches"]
+    for key, before in RECORDED_BEFORE.items():
+        if d[key] == before:
+            del d[key]
     return d
 
 
@@ -257,7 +264,8 @@ class SwiftRun:
     def from_dict(cls, data: dict) -> "SwiftRun":
         cfg = dict(data["swift"])
         cfg["tree_rule"] = tuple(tuple(r) for r in cfg["tree_rule"])
-        cfg.setdefault("multirow_launches", "dependent")  # see swift_record
+        for key, before in RECORDED_BEFORE.items():  # see swift_record
+            cfg.setdefault(key, before)
         return cls(SwiftConfig(**cfg), data.get("layer_cache"), bool(data.get("cache_hit")),
                    bool(data.get("reset_search_per_instance")), data.get("skip"))
 
@@ -322,13 +330,17 @@ class Swift(Method):
             f"below this, in (0, 1] (default {d['draft_stop_threshold']})", type=REAL)
         add("draft_stop", f"how long to draft: 'speed' drafts the length that maximises the expected "
             f"tokens/s (measured draft and verify costs, the acceptance observed so far; one host "
-            f"sync per cycle); 'confidence' stops after the first token whose top-1 probability is "
-            f"below --draft-stop-threshold (the paper's rule), 'calibrated' first maps that "
-            f"probability to the acceptance rate observed for it; both read the probabilities "
-            f"once per --draft-chunk tokens (default {d['draft_stop']})",
+            f"sync per cycle, or per --sync-cycles cycles); 'confidence' stops after the first token "
+            f"whose top-1 probability is below --draft-stop-threshold (the paper's rule), "
+            f"'calibrated' first maps that probability to the acceptance rate observed for it; both "
+            f"read the probabilities once per --draft-chunk tokens (default {d['draft_stop']})",
             choices=("speed", "confidence", "calibrated"))
         add("draft_chunk", f"with --draft-stop confidence/calibrated: tokens drafted between two "
             f"reads of the probabilities, in [1, 32] (default {d['draft_chunk']})", type=INT)
+        add("sync_cycles", f"with --draft-stop speed, once the search has stopped (and without "
+            f"--context-drafts): up to this many draft/verify cycles are launched before one read of "
+            f"their results, in [1, 32]; 1 = a read after every cycle. The output is the same; fewer "
+            f"reads leave the GPU idle less often (default {d['sync_cycles']})", type=INT)
         add("draft_vocab", f"keep only this many token ids in the draft's LM head (the most "
             f"frequent in the task's prompts and answers so far, then the lowest ids); "
             f"verification keeps the whole vocabulary, so the output does not change; 0 = the "
@@ -731,6 +743,10 @@ class EarlyExit(_FixedDrafter):
                        help="layers the draft runs before the LM head (default: half the model's)")
         g.add_argument("--max-draft-len", type=INT, default=None,
                        help=f"most tokens drafted per cycle, in [1, 32] (default {d['max_draft_len']})")
+        g.add_argument("--sync-cycles", type=INT, default=None,
+                       help=f"up to this many draft/verify cycles are launched before one read of their "
+                            f"results, in [1, 32]; 1 = a read after every cycle; the output is the same "
+                            f"(default {d['sync_cycles']})")
         cls.add_guard_flags(g)
         g.add_argument("--draft-rest", type=INT, default=None,
                        help=f"after an answer in which the guard stopped the draft, the next N answers start "
@@ -740,7 +756,7 @@ class EarlyExit(_FixedDrafter):
 
     @classmethod
     def build_config(cls, args):
-        values = {"max_draft_len": args.max_draft_len} if args.max_draft_len is not None else {}
+        values = {f: getattr(args, f) for f in ("max_draft_len", "sync_cycles") if getattr(args, f) is not None}
         given = {f: "--" + f.replace("_", "-") for f in values} | cls.guard_given(args)
         values.update(cls.swift_values(args))
         if args.exit_layer is not None and args.exit_layer < 1:

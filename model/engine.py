@@ -65,6 +65,9 @@ class Engine:
         self.cursor = torch.zeros(1, dtype=torch.long, device=self.device)
         self.arange = torch.arange(self.max_seq_len, device=self.device)
         self.length = 0
+        # new tokens the device may have committed past `length` that the host has not read yet (the earlier cycles
+        # of a group of SWIFT cycles read together): `kv_len` bounds the passes by both
+        self.ahead = 0
         self.reference = TorchOps()
         self.ops, self.backends, self.kernel_note = self._choose_ops((backends or Backends()), model)
         self._graphs: OrderedDict = OrderedDict()
@@ -143,7 +146,7 @@ class Engine:
         bucket); None for the Triton path, which reads the extents."""
         if self.ops.inplace:
             return None
-        used = self.length + extra
+        used = self.length + self.ahead + extra
         return min(self.max_seq_len, -(-used // KV_BUCKET) * KV_BUCKET)
 
     def forward(self, p: Pass, skip: LayerSkip = NO_SKIP, gates=None, mark=None) -> torch.Tensor:
@@ -216,7 +219,7 @@ class Engine:
             logits = self._prefill(P, None)
         self.seq[P:P + 1] = next_token(logits, sampling)
         self.cursor.fill_(P)
-        self.length = P + 1
+        self.length, self.ahead = P + 1, 0
         return logits[0]
 
     def _prefill(self, n: int, last: torch.Tensor | None) -> torch.Tensor:

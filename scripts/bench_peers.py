@@ -75,11 +75,13 @@ METHODS = ("vanilla", "pld", "early-exit", "swift", "swift-cached", "hybrid", "h
 HF_METHODS = ("hf-generate", "hf-early-exit", "hf-prompt-lookup")
 # settings of ours -> the methods they apply to: the guard of context drafts, the guard's verdict on a layer-skip
 # draft, the layer-skip draft's LM head, the speed guard itself (--no-guard; guard=0 in a --variant), and how the
-# verification and search graphs launch (multirow-launches=plain or dependent in a --variant)
+# verification and search graphs launch (multirow-launches=plain or dependent in a --variant), and how many
+# layer-skip draft cycles are read with one sync (sync-cycles)
 KNOBS = {"context_retry": ("pld", "hybrid"), "draft_rest": ("swift", "swift-cached", "hybrid", "early-exit"),
          "draft_vocab": ("swift", "swift-cached", "hybrid"),
          "guard": ("pld", "early-exit", "swift", "swift-cached", "hybrid"),
-         "multirow_launches": ("pld", "early-exit", "swift", "swift-cached", "hybrid")}
+         "multirow_launches": ("pld", "early-exit", "swift", "swift-cached", "hybrid"),
+         "sync_cycles": ("swift", "swift-cached", "early-exit")}
 VARIANT_BASES = ("pld", "early-exit", "swift", "hybrid")  # methods of ours a --variant may change
 LENGTH_METHODS = ("vanilla", "swift", "swift-cached")
 PROMPT_LOOKUP_TOKENS = 10
@@ -242,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="our drafting methods: how the verification and layer-search graphs launch their kernels, "
                          "'plain' (each after the one before it) or 'dependent' (as plain decoding, SWIFT_PDL); "
                          f"the output is the same (default: the runners' default, {SwiftConfig().multirow_launches})")
+    ap.add_argument("--sync-cycles", type=POS_INT, default=None, metavar="N",
+                    help="swift, swift-cached, early-exit: once no search runs, up to N draft/verify cycles are "
+                         "launched before one read of their results (1: a read after every cycle); the output is the "
+                         f"same (default: the runners' default, {SwiftConfig().sync_cycles})")
     ap.add_argument("--no-guard", dest="guard", action="store_const", const=False, default=None,
                     help="our drafting methods never fall back to plain decoding (SwiftConfig guard off): for "
                          "checks that every method drafts, not for speed; a --variant sets it as guard=0")
@@ -701,7 +707,8 @@ def time_breakdown(rows: list[dict], key: str) -> list[str]:
     return lines
 
 
-RECORDED_BEFORE = {"guard": True, "multirow_launches": "dependent"}  # what rows made before a setting existed ran with
+# what rows made before a setting existed ran with
+RECORDED_BEFORE = {"guard": True, "multirow_launches": "dependent", "sync_cycles": 1}
 
 
 def _knob(row: dict, key: str):

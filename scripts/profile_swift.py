@@ -137,10 +137,14 @@ def main() -> int:
     ap.add_argument("--kernels", default="auto", choices=KERNELS, help="engine kernels (the passes)")
     ap.add_argument("--tails", default="auto", choices=TAILS,
                     help="the work around the cycle's passes: Triton kernels, PyTorch ops, or auto (model/backends.py)")
+    ap.add_argument("--sync-cycles", type=int, default=SwiftConfig().sync_cycles,
+                    help="draft/verify cycles launched before one read once the search has stopped "
+                         "(SwiftConfig.sync_cycles), in [1, 32] (default %(default)s)")
     ap.add_argument("--out", default="outputs/profile", help="output folder")
     a = ap.parse_args()
     try:
         backends = Backends(a.kernels, tails=a.tails)
+        cfg = SwiftConfig(sync_cycles=a.sync_cycles)
     except UserError as e:
         ap.error(str(e))
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -154,7 +158,6 @@ def main() -> int:
                                     task=t).values()) for t, insts in tasks.items()}
     longest = max(len(p) for ps in prompts.values() for p in ps)
     engine = Engine(model, cache_capacity(longest, a.max_new_tokens), backends)
-    cfg = SwiftConfig()
     acc = accelerator(engine, cfg)
     first = next(iter(prompts.values()))[0]
     vanilla_generate(engine, first, 32, eos_ids=eos)
@@ -203,7 +206,8 @@ def main() -> int:
                    gpu_verify_ms=statistics.mean(c.get("gpu_verify_ms", 0) for c in cyc) if cyc else None,
                    host_launch_ms=statistics.mean(c["draft_launch_ms"] + c["verify_launch_ms"] for c in cyc)
                    if cyc else None, syncs_per_cycle=statistics.mean(c["syncs"] for c in prof.cycles)
-                   if prof.cycles else None, captures_in_timed_runs=sum(c["captures"] for c in prof.cycles),
+                   if prof.cycles else None, cycles_per_read=statistics.mean(c["group"] for c in cyc) if cyc else None,
+                   captures_in_timed_runs=sum(c["captures"] for c in prof.cycles),
                    draft_len=statistics.mean(c["C"] for c in cyc) if cyc else None,
                    M=sum(steps) / len(steps), c_r=c_r, v=acc.costs.to_dict()["verify"], ceiling=ceiling,
                    speedup=s_tps / v_tps, vanilla_tps=v_tps, swift_tps=s_tps,
@@ -229,13 +233,15 @@ def main() -> int:
              f"{f(static.get('model_pass_ms'))} ms and tree + acceptance + commit "
              f"{f(static.get('tree_accept_commit_ms'))} ms. Command: `{env['command']}`", "",
              "| task | cycles | wall ms / cycle | GPU ms / cycle | wall / GPU | draft GPU ms | verify GPU ms | host "
-             "launch ms | syncs / cycle | captures in timed runs | draft length | M | c(r) | v (tree size: cost) | "
-             "ceiling | speedup | "
-             "share of ceiling | identical |", "|---" * 18 + "|"]
+             "launch ms | syncs / cycle | cycles per read | captures in timed runs | draft length | M | c(r) | "
+             "v (tree size: cost) | ceiling | speedup | "
+             "share of ceiling | identical |", "|---" * 19 + "|"]
     for r in summary:
         lines.append(f"| {r['task']} | {r['cycles']} | {f(r['wall_ms'])} | {f(r['gpu_ms'])} | "
                      f"{f(r['wall_over_gpu'], '.2f')} | {f(r['gpu_draft_ms'])} | {f(r['gpu_verify_ms'])} | "
-                     f"{f(r['host_launch_ms'])} | {f(r['syncs_per_cycle'], '.2f')} | {r['captures_in_timed_runs']} | "
+                     f"{f(r['host_launch_ms'])} | {f(r['syncs_per_cycle'], '.2f')} | "
+                     f"{f(r['cycles_per_read'], '.2f')} | "
+                     f"{r['captures_in_timed_runs']} | "
                      f"{f(r['draft_len'], '.1f')} | {r['M']:.2f} | {f(r['c_r'])} | "
                      f"{', '.join(f'{n}: {c:.2f}' for n, c in r['v'].items())} | "
                      f"{f(r['ceiling'], '.2f')} | {r['speedup']:.2f}x | {f(r['share_of_ceiling'], '.0%')} | "

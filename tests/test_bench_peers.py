@@ -143,10 +143,15 @@ def test_variant_flag_parses_and_overrides_the_command_line(bench):
     assert bench.Bench.knobs(b, "hybrid") == {"multirow_launches": "dependent"}
     assert bench.Bench.knobs(b, "p1") == {"multirow_launches": "plain"}
     assert bench.Bench.knobs(b, "vanilla") == {}
+    a = parse(["--sync-cycles", "8", "--variant", "s1=swift:sync-cycles=1"])
+    b = type("B", (), {"a": a})()
+    assert bench.Bench.knobs(b, "swift") == {"sync_cycles": 8} and bench.Bench.knobs(b, "s1") == {"sync_cycles": 1}
+    assert bench.Bench.knobs(b, "early-exit") == {"sync_cycles": 8} and bench.Bench.knobs(b, "pld") == {}
     for bad, why in (("s0=swift", "expected LABEL"), ("swift=swift:draft-rest=0", "other than a method"),
                      ("S 0=swift:draft-rest=0", "lower-case"), ("v=vanilla:draft-rest=0", "not one of"),
                      ("c=swift-cached:draft-rest=0", "not one of"), ("p=pld:draft-rest=0", "has no setting"),
-                     ("s=swift:draft-rest=-1", ""), ("s=swift:multirow-launches=pdl", "plain or dependent")):
+                     ("s=swift:draft-rest=-1", ""), ("s=swift:multirow-launches=pdl", "plain or dependent"),
+                     ("p=pld:sync-cycles=2", "has no setting")):
         with pytest.raises(SystemExit):
             parse(["--variant", bad])
         if why:
@@ -261,6 +266,11 @@ def test_merge_runs_into_one_table_with_time_breakdown(bench, tmp_path):
     _write(tmp_path / "p", [_env_row("humaneval", "vanilla", "q4", 100),
                             dict(_env_row("humaneval", "swift", "q4", 150), multirow_launches="dependent")])
     assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "p"), "--out", str(tmp_path / "m13")]) == 0
+    # cycles per read: rows without it read after every cycle
+    _write(tmp_path / "q", [_env_row("humaneval", "vanilla", "q4", 100),
+                            dict(_env_row("humaneval", "swift", "q4", 150), sync_cycles=4)])
+    with pytest.raises(SystemExit, match=r"differ in --sync-cycles: \[1, 4\]"):
+        bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "q"), "--out", str(tmp_path / "m14")])
 
 
 def test_instances_flag_answers_only_the_named_ids(bench, smollm2_path, shared_data_dir, tmp_path):

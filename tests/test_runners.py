@@ -282,7 +282,8 @@ def test_every_flag_has_help_and_both_runners_share_the_common_flags():
                 "--draft-stop-threshold", "--max-draft-len", "--max-tree-nodes", "--no-guard",
                 "--guard-margin", "--layer-cache", "--cache-hit", "--reset-search-per-instance",
                 "--draft-chunk", "--draft-vocab", "--ratio-objective", "--context-drafts", "--context-tree",
-                "--search-proposals", "--context-retry", "--draft-rest", "--draft-stop", "--multirow-launches"}
+                "--search-proposals", "--context-retry", "--draft-rest", "--draft-stop", "--multirow-launches",
+                "--sync-cycles"}
     assert swift_only == expected
 
 
@@ -290,7 +291,8 @@ def test_swift_flags_map_one_to_one_onto_swift_config():
     values = {"skip_ratio": 0.3, "context_window": 12, "bayes_interval": 7, "max_opt_iter": 50,
               "max_tolerance_iter": 9, "max_score": 0.9, "num_candidates": 3,
               "draft_stop_threshold": 0.7, "max_draft_len": 10, "max_tree_nodes": 40,
-              "guard_margin": 1.2, "context_retry": 32, "draft_rest": 2, "draft_stop": "confidence"}
+              "guard_margin": 1.2, "context_retry": 32, "draft_rest": 2, "draft_stop": "confidence",
+              "sync_cycles": 3}
     argv = ["--task", "gsm8k", "--seed", "5", "--no-guard", "--context-drafts"]  # (--context-retry acts on them)
     for name, value in values.items():
         argv += ["--" + name.replace("_", "-"), str(value)]
@@ -432,19 +434,24 @@ def test_eval_codellama_script(tmp_path, smollm2_path):
         assert a.temperature == 0.6 and a.top_p == 0.95 and a.max_new_tokens == 32
 
 
-def test_runs_from_before_the_launch_setting_resume_as_dependent_launches():
-    """An answer file written before `multirow_launches` existed records no such key, and its graphs launched
-    dependently: the configuration of the default (dependent) matches it, so the run resumes; plain launches do not;
-    reading such a record back gives dependent launches."""
+def test_runs_from_before_the_launch_and_read_settings_resume_as_they_ran():
+    """An answer file written before `multirow_launches` and `sync_cycles` existed records neither key; its graphs
+    launched dependently and it read after every cycle: the configuration with those values matches it, so the run
+    resumes; plain launches or several cycles per read (the default now) do not; reading such a record back gives
+    those values."""
     old = dataclasses.asdict(SwiftConfig())
-    del old["multirow_launches"]
+    del old["multirow_launches"], old["sync_cycles"]
     old["tree_rule"] = [list(r) for r in old["tree_rule"]]
+    assert SwiftConfig().sync_cycles > 1
     for method, wrap in ((methods.Swift, lambda c: methods.SwiftRun(c)), (methods.PromptLookup, lambda c: c),
                          (methods.EarlyExit, lambda c: methods.EarlyExitRun(c, 2))):
-        rec = method.record_config(wrap(SwiftConfig()))["swift"]
+        rec = method.record_config(wrap(SwiftConfig(sync_cycles=1)))["swift"]
         assert {k: v for k, v in rec.items() if k != "exit_layer"} == old, method.name
-        plain = method.record_config(wrap(SwiftConfig(multirow_launches="plain")))["swift"]
+        plain = method.record_config(wrap(SwiftConfig(multirow_launches="plain", sync_cycles=1)))["swift"]
         assert plain["multirow_launches"] == "plain"
-    assert methods.SwiftRun.from_dict({"swift": old}).swift.multirow_launches == "dependent"
+        now = method.record_config(wrap(SwiftConfig()))["swift"]
+        assert now["sync_cycles"] == SwiftConfig().sync_cycles and "multirow_launches" not in now
+    back = methods.SwiftRun.from_dict({"swift": old}).swift
+    assert back.multirow_launches == "dependent" and back.sync_cycles == 1
     plain = methods.SwiftRun.from_dict({"swift": SwiftConfig(multirow_launches="plain").to_dict()}).swift
-    assert plain.multirow_launches == "plain"
+    assert plain.multirow_launches == "plain" and plain.sync_cycles == SwiftConfig().sync_cycles

@@ -1,5 +1,6 @@
 """SWIFT: lossless greedy and sampling, planted redundancy, early stops, automatic ratio, guard, layer cache."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,13 +9,15 @@ import torch
 from scipy.stats import chisquare
 
 from model import sampling as rules
+from model import engine as engine_module
 from model.engine import Engine
 from model.errors import UserError
 from model.generate import vanilla_generate
 from model.llama import LayerSkip
 from model.sampling import SamplingConfig, logits_to_probs
 from model.swift.config import SwiftConfig
-from model.swift.decoding import score_candidates, swift_generate
+from model.swift.decoding import CycleProfile, accelerator, cycles_per_read, score_candidates, swift_generate
+from model.swift.planner import CostModel
 from model.swift.layer_cache import load_layer_config, save_layer_config
 from model.swift.layer_search import LayerSearch
 from tests.helpers import FakeGraph, hf_config, hf_model, ours_from_hf, tiny_engine
@@ -65,6 +68,99 @@ def test_greedy_swift_stops_at_eos_like_vanilla():
     assert got == want and got[-1] == eos
 
 
+# ---- several cycles per read (SwiftConfig.sync_cycles) ----------------------------------------------------------------
+def test_cycles_per_read_leave_room_for_the_most_every_cycle_can_commit():
+    assert cycles_per_read(4, 2, 100) == 4
+    assert cycles_per_read(4, 2, 13) == 4 and cycles_per_read(4, 2, 12) == 3  # 4 cycles of 3 tokens + the last place
+    assert cycles_per_read(4, 5, 7) == 1 and cycles_per_read(4, 5, 3) == 1  # a single cycle as before
+    assert cycles_per_read(1, 1, 1000) == 1
+
+
+def _cheap_drafts(eng, cfg):
+    """Price a draft step at a few hundredths of a plain step (the CPU measures no costs), so that the planner drafts
+    long chains where they are accepted."""
+    accelerator(eng, cfg).costs = CostModel(fixed=0.02, attn=0.01, mlp=0.01, verify=((16, 1.0), (32, 1.1)),
+                                            n_layers=eng.args.n_layers, measured=True)
+
+
+@pytest.mark.parametrize("case", ["planted", 0, 1, 2])
+def test_a_group_of_cycles_read_once_gives_the_tokens_of_plain_decoding(case, monkeypatch):
+    """Cycles launched one after the other and read together commit on the device what cycles read one by one
+    commit: the tokens equal vanilla's for every group size, at every budget, and at an EOS inside a group, with
+    fewer reads. The planted model's draft is exact (chains of up to 25 tokens, all accepted); the random ones
+    reject often."""
+    monkeypatch.setattr(engine_module, "KV_BUCKET", 8)  # the PyTorch path's attention bound grows every 8 slots:
+    if case == "planted":  # a group's later cycles cross such steps, which the bound must count before the read
+        eng, skip = _planted_model()
+    else:
+        eng, _ = tiny_engine(seed=case, scale=6, num_hidden_layers=6)
+        skip = (LayerSkip.of(mlp=[2]), LayerSkip.of(attn=[1, 3], mlp=[2, 4]), LayerSkip.of(attn=[1, 2, 3, 4]))[case]
+    prompt = _prompt(seed=3 if case == "planted" else case)
+    want = vanilla_generate(eng, prompt, 160).tokens
+    reads = {}
+    for n in (1, 2, 4, 7):
+        cfg = SwiftConfig(guard=False, sync_cycles=n)
+        _cheap_drafts(eng, cfg)
+        prof = CycleProfile(cuda=False)
+        res = swift_generate(eng, prompt, 160, cfg=cfg, skip=skip, profile=prof)
+        assert res.tokens == want, n
+        assert sum(res.accept_lengths) == 160 and res.num_drafted > 0
+        groups = [c["group"] for c in prof.cycles]
+        assert len(groups) == sum(res.stats["cycles"].values()) and max(groups) == n  # every cycle profiled
+        reads[n] = res.stats["reads"]
+        assert reads[n] >= 1 + round(sum(1 / g for g in groups))  # the prefill's read and one per group
+        if case == "planted":
+            assert max(c["C"] for c in prof.cycles) >= 15 and res.stats["accepted_from"]["draft"] >= 100
+    assert reads[7] < reads[1] and reads[2] < reads[1]
+    cfg = SwiftConfig(guard=False, sync_cycles=4)
+    for budget in (1, 2, 3, 5, 8, 13, 21, 34, 55):
+        assert swift_generate(eng, prompt, budget, cfg=cfg, skip=skip).tokens == want[:budget], budget
+    for at in (9, 30, 31, 32, 33, 61, 97, 140):
+        eos = want[at]
+        expect = vanilla_generate(eng, prompt, 160, eos_ids=(eos,)).tokens
+        got = swift_generate(eng, prompt, 160, eos_ids=(eos,), cfg=cfg, skip=skip)
+        assert got.tokens == expect and got.tokens[-1] == eos and sum(got.accept_lengths) == len(expect), at
+
+
+def test_a_group_of_cycles_samples_what_one_read_per_cycle_samples():
+    """With the draft length fixed (one token: the planner has no choice to make later in a group than it would after
+    each read), sampling draws its random numbers per cycle in the same order whether cycles are read one by one or
+    in groups, so with one seed both give the same tokens. (With free lengths a group's later cycles may draft
+    other lengths than after a read, and so sample other, equally distributed, tokens: the chi-square test below
+    checks grouped cycles.)"""
+    eng, _ = tiny_engine(seed=3, scale=6, num_hidden_layers=6)
+    prompt = _prompt(seed=3)
+    skip = LayerSkip.of(attn=[2], mlp=[1, 4])
+    for sampling in (SamplingConfig(temperature=1.0), WARPED):
+        out = {}
+        for n in (1, 4):
+            torch.manual_seed(11)
+            cfg = SwiftConfig(guard=False, sync_cycles=n, max_draft_len=1)
+            res = swift_generate(eng, prompt, 90, sampling, cfg=cfg, skip=skip)
+            out[n] = res.tokens
+            assert len(res.tokens) == 90 and res.num_drafted > 0
+        assert out[1] == out[4], sampling
+
+
+def test_no_group_while_the_search_runs_or_with_context_drafts():
+    """The search scores candidates between cycles, and a context continuation needs the tokens read: those cycles
+    are read one by one (one read per cycle), whatever sync_cycles says."""
+    eng, _ = tiny_engine(seed=2, scale=6, num_hidden_layers=6)
+    prompt = _prompt(seed=2)
+    want = vanilla_generate(eng, prompt, 80).tokens
+    cfg = SwiftConfig(skip_ratio=0.25, context_window=16, guard=False, sync_cycles=8, max_opt_iter=1000,
+                      max_tolerance_iter=1000, max_score=1.0)
+    prof = CycleProfile(cuda=False)
+    res = swift_generate(eng, prompt, 80, cfg=cfg, search=LayerSearch(6, cfg), profile=prof)
+    assert res.tokens == want and res.stats["search"]["active"] and prof.cycles
+    assert {c["group"] for c in prof.cycles} == {1}
+    hybrid = SwiftConfig(guard=False, sync_cycles=8, context_drafts=True)
+    prof = CycleProfile(cuda=False)
+    res = swift_generate(eng, prompt, 80, cfg=hybrid, skip=LayerSkip.of(mlp=[2]), profile=prof)
+    assert res.tokens == want and res.stats["cycles"]["draft"] > 0 and res.stats["cycles"]["context"] > 0
+    assert {c["group"] for c in prof.cycles} == {1}
+
+
 # ---- sampling is lossless ------------------------------------------------------------------------------------------
 VOCAB = 8
 
@@ -87,12 +183,12 @@ def _exact_joint(eng, prompt, sampling=SamplingConfig(temperature=1.0)):
     return joint.reshape(-1)  # index b*VOCAB + c
 
 
-def _swift_samples(eng, prompt, n, cfg, sampling=SamplingConfig(temperature=1.0)):
+def _swift_samples(eng, prompt, n, cfg, sampling=SamplingConfig(temperature=1.0), new_tokens=3, profile=None):
     counts = np.zeros(VOCAB * VOCAB)
     skip = LayerSkip.of(mlp=[1], attn=[2])
     for i in range(n):
         torch.manual_seed(1000 + i)
-        t = swift_generate(eng, prompt, 3, sampling, cfg=cfg, skip=skip).tokens
+        t = swift_generate(eng, prompt, new_tokens, sampling, cfg=cfg, skip=skip, profile=profile).tokens
         counts[t[1] * VOCAB + t[2]] += 1
     return counts
 
@@ -117,6 +213,17 @@ def sampling_setup():
 def test_sampling_matches_exact_distribution(sampling_setup):
     eng, prompt, cfg, exact = sampling_setup
     counts = _swift_samples(eng, prompt, 1500, cfg)
+    assert _chi2_pvalue(counts, exact) > 1e-3
+
+
+def test_sampling_in_groups_of_cycles_matches_exact_distribution(sampling_setup):
+    """Tokens 2 and 3 of 8, drafted one token per cycle: the first 3 cycles of each stream, which commit them, are
+    launched together and read once."""
+    eng, prompt, cfg, exact = sampling_setup
+    grouped = dataclasses.replace(cfg, sync_cycles=4, max_draft_len=1)
+    prof = CycleProfile(cuda=False)
+    counts = _swift_samples(eng, prompt, 1500, grouped, new_tokens=8, profile=prof)
+    assert sum(c["group"] == 3 for c in prof.cycles) >= 3 * 1500
     assert _chi2_pvalue(counts, exact) > 1e-3
 
 

@@ -35,7 +35,7 @@ from model import sampling as rules
 from model.engine import Engine
 from model.llama import NO_SKIP, LayerSkip, Pass
 from model.sampling import SamplingConfig, logits_to_probs, sample_from_probs
-from model.swift.config import SwiftConfig
+from model.swift.config import MAX_SYNC_CYCLES, SwiftConfig
 from model.swift.planner import DRAFT_LENGTHS
 from model.kernels import topk as topk_kernels
 from model.kernels import tree as tree_kernels
@@ -211,6 +211,10 @@ class Verifier:
         # report: [tokens committed, chain tokens accepted, alternative accepted, branch tokens accepted,
         #          committed tokens (D + B + 1)]
         self.report = torch.zeros(4 + D + self.B + 1, dtype=torch.long, device=dev)
+        # the reports of a group of cycles read with one sync (`keep`), one row per cycle; sized for the largest
+        # group, so that every sync_cycles shares this object (and its graphs)
+        self.reports = torch.zeros(MAX_SYNC_CYCLES, self.report.shape[0], dtype=torch.long, device=dev)
+        self._context_len = None  # the context length last copied to the device (`verify`)
         K, n = drafter.table.shape[1], cfg.max_tree_nodes  # the tree's bookkeeping in two kernels
         self.fused = fused_tails(engine, ("tree", cfg.tree_rule, self.sizes, n, D, K, self.B),
                                  lambda: _tree_kernels_disagree(dev, cfg.tree_rule, self.sizes, n, D, K, self.B))
@@ -231,9 +235,12 @@ class Verifier:
             raise ValueError(f"a tree of {n} nodes cannot hold the root, {chain_len} chain and {len(ctx)} context "
                              f"tokens")
         self.chain.fill_(chain_len)
-        self._host[0] = len(ctx)
-        self._host[1:1 + len(ctx)] = torch.tensor(ctx, dtype=torch.long)
-        self.context.copy_(self._host, non_blocking=True)
+        if ctx or self._context_len != 0:  # without a context the device already holds length 0: no copy, so the
+            # pinned buffer is not written while an earlier copy from it may still be queued (a group of cycles)
+            self._host[0] = len(ctx)
+            self._host[1:1 + len(ctx)] = torch.tensor(ctx, dtype=torch.long)
+            self.context.copy_(self._host, non_blocking=True)
+            self._context_len = len(ctx)
         if not sampling.greedy:
             e.buffer(("verify-noise", self.key, n), (n, e.args.vocab_size)).exponential_(1)
             e.buffer(("verify-u", self.key), (self.drafter.table.shape[0], self.drafter.table.shape[1] + 1)).uniform_()
@@ -243,6 +250,10 @@ class Verifier:
         e.run(("verify", (self.key, self.fused), n, sampling, kv), lambda: self._cycle(n, sampling, kv),
               plain_launches=self.cfg.plain_multirow)
         return self.report
+
+    def keep(self, j: int) -> None:
+        """Keep the report of the cycle just verified as row j of `reports` (a group of cycles, read together)."""
+        self.reports[j].copy_(self.report)
 
     def chain_for(self, size: int) -> int:
         """The longest chain a tree of `size` nodes holds (what its verification is measured with)."""

@@ -9,6 +9,7 @@ from model.errors import UserError
 # (threshold, candidates): depth d gets the count of the first row whose threshold <= the draft's top-1 probability
 DEFAULT_TREE_RULE = ((0.95, 1), (0.8, 2), (0.5, 4), (0.0, 8))
 MULTIROW_LAUNCHES = ("dependent", "plain")  # the values of SwiftConfig.multirow_launches
+MAX_SYNC_CYCLES = 32  # the most cycles of SwiftConfig.sync_cycles
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class SwiftConfig:
     # `draft_chunk` tokens; "calibrated": the same with the probability mapped to the observed acceptance rate
     draft_stop: str = "speed"
     draft_chunk: int = 4
+    # with draft_stop="speed", once no search runs (and without context drafts): up to this many draft/verify cycles
+    # are launched before the host reads their results, with one sync (1: a read after every cycle). The cycles run
+    # on the device one after the other, as they would with a read between them; the host's work of a read no
+    # longer leaves the GPU idle after each cycle
+    sync_cycles: int = 4
     max_draft_len: int = 25
     tree_rule: tuple = DEFAULT_TREE_RULE
     max_tree_nodes: int = 32
@@ -95,6 +101,8 @@ class SwiftConfig:
         need(self.draft_stop in ("speed", "confidence", "calibrated"),
              f"draft stop rule must be 'speed', 'confidence' or 'calibrated', got '{self.draft_stop}'.")
         need(1 <= self.draft_chunk <= 32, f"draft chunk must be in [1, 32], got {self.draft_chunk}.")
+        need(1 <= self.sync_cycles <= MAX_SYNC_CYCLES,
+             f"cycles per sync must be in [1, {MAX_SYNC_CYCLES}], got {self.sync_cycles}.")
         need(1 <= self.context_len <= 32, f"context draft length must be in [1, 32], got {self.context_len}.")
         need(1 <= self.ngram_min <= self.ngram_max <= 8,
              f"n-gram sizes must satisfy 1 <= min <= max <= 8, got {self.ngram_min}..{self.ngram_max}.")

@@ -6,7 +6,8 @@ One stream, as in the paper's algorithm box:
         optimize: score candidate skip sets on the last gamma tokens (one batched pass), update the search
         draft:    k tokens with the current skip set (one graph replay; k planned for speed, or until confidence drops)
         verify:   build the tree, run the full model over it, accept the longest valid path + bonus, commit
-                  (one graph replay on the smallest tree size that holds the cycle, one host sync)
+                  (one graph replay on the smallest tree size that holds the cycle, one host sync; once no
+                  search runs, up to `sync_cycles` cycles are launched before that one sync)
 
 The device-side cycle lives in `acceleration.py`, the search in `layer_search.py`, the draft-length and ratio model
 in `planner.py`. With context drafts (hybrid), each cycle's chain is the context continuation or the layer-skip draft,
@@ -238,10 +239,11 @@ def accelerator(engine: Engine, cfg: SwiftConfig) -> Accelerator:
 
 class CycleProfile:
     """Per-cycle timings of `swift_generate` (scripts/profile_swift.py): host wall time of the cycle and of its parts,
-    and GPU time of the draft and of the verification replays (CUDA events, read once the cycle has synced)."""
+    and GPU time of the draft and of the verification replays (CUDA events, read once the cycle has synced). The
+    cycles of a group read with one sync (`SwiftConfig.sync_cycles`) share the group's wall time and read evenly."""
 
     def __init__(self, cuda: bool):
-        self.cuda, self.cycles, self._ev = cuda, [], None
+        self.cuda, self.cycles, self._pending = cuda, [], []
 
     def _event(self):
         if not self.cuda:
@@ -251,25 +253,28 @@ class CycleProfile:
         return e
 
     def begin(self, t: float) -> None:
-        self._t = [t]
-        self._ev = [self._event()]
+        self._pending.append(([t], [self._event()]))
 
     def drafted(self, t: float) -> None:
-        self._t.append(t)
-        self._ev.append(self._event())
+        times, events = self._pending[-1]
+        times.append(t)
+        events.append(self._event())
 
     def verified(self) -> None:
-        self._t.append(time.perf_counter())
-        self._ev.append(self._event())
+        self.drafted(time.perf_counter())
 
-    def end(self, t: float, **info) -> None:
-        t0, t1, t2 = self._t
-        row = dict(info, wall_ms=(t - t0) * 1e3, draft_launch_ms=(t1 - t0) * 1e3, verify_launch_ms=(t2 - t1) * 1e3,
-                   read_and_host_ms=(t - t2) * 1e3)
-        if self.cuda:
-            e0, e1, e2 = self._ev
-            row.update(gpu_draft_ms=e0.elapsed_time(e1), gpu_verify_ms=e1.elapsed_time(e2))
-        self.cycles.append(row)
+    def end(self, t: float, infos: list[dict]) -> None:
+        """The group's cycles were read at `t`; `infos`: one dict per cycle the stream used (fewer than were launched
+        when it ended inside the group)."""
+        pending, self._pending = self._pending, []
+        n = len(pending)
+        wall, read = (t - pending[0][0][0]) / n, (t - pending[-1][0][2]) / n
+        for info, ((t0, t1, t2), ev) in zip(infos, pending):
+            row = dict(info, group=n, wall_ms=wall * 1e3, draft_launch_ms=(t1 - t0) * 1e3,
+                       verify_launch_ms=(t2 - t1) * 1e3, read_and_host_ms=read * 1e3)
+            if self.cuda:
+                row.update(gpu_draft_ms=ev[0].elapsed_time(ev[1]), gpu_verify_ms=ev[1].elapsed_time(ev[2]))
+            self.cycles.append(row)
 
 
 @dataclass
@@ -280,6 +285,7 @@ class _Stream:
     new: list = field(default_factory=list)
     accept_lengths: list = field(default_factory=list)  # tokens committed per step, bonus included
     done: bool = False
+    reads: int = 0  # host syncs that read generated tokens (prefill, plain-step chunks, cycles or groups of cycles)
     times: dict = field(default_factory=lambda: dict(prefill=0.0, optimize=0.0, draft=0.0, verify=0.0, plain=0.0))
 
     def append(self, tokens: list[int], one_step: bool) -> int:
@@ -301,6 +307,7 @@ def plain_steps(engine: Engine, s: _Stream, n: int, sampling: SamplingConfig) ->
         c = engine.decode_chunk(min(n, s.max_new - len(s.new)))
         engine.decode(c, sampling)
         s.append(engine.seq[engine.length - c:engine.length].tolist(), one_step=False)  # sync: EOS check
+        s.reads += 1
         n -= c
 
 
@@ -316,6 +323,13 @@ def choose_source(cfg: SwiftConfig, layers: bool, context: list[int], planner: D
         return "union"
     draft_value = planner.best(limit, skip)[0]
     return "context" if ctx_rate.value(len(context), costs) >= draft_value else "draft"
+
+
+def cycles_per_read(most: int, k: int, remaining: int) -> int:
+    """How many cycles drafting k tokens each to launch before one read: up to `most`, as many as fit `remaining`
+    new tokens when every cycle commits its most (k + 1 tokens) and leaves the last place to a cycle's own token, as
+    a single cycle's draft limit does; at least 1."""
+    return max(1, min(most, (remaining - 1) // (k + 1)))
 
 
 def draft_chain(acc: Accelerator, cfg: SwiftConfig, planner: DraftPlanner, skip: LayerSkip, limit: int,
@@ -376,6 +390,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     acc.drafter.vocab.update()
     engine.start(prompt_ids, sampling)                                     # prefill -> the first root
     s.append(engine.seq[len(prompt_ids):len(prompt_ids) + 1].tolist(), one_step=False)
+    s.reads += 1
     s.times["prefill"] = time.perf_counter() - t0
     if cfg.guard and not s.done:                                          # probe: plain steps, timed
         t, n0 = time.perf_counter(), len(s.new)
@@ -421,52 +436,73 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             continue
         if layers and (not skip_log or skip_log[-1][1] != current):
             skip_log.append((len(s.new), current))
+        group = 1  # cycles launched before the one read
+        if source == "draft" and ctx is None and cfg.draft_stop == "speed" and (search is None or not search.active):
+            group = cycles_per_read(cfg.sync_cycles, planner.length(limit, current), max_new_tokens - len(s.new))
         captures = engine.graph_captures
         t = time.perf_counter()
-        if profile:
-            profile.begin(t)
-        offered = source == "draft" and len(context) > 0  # a continuation was there, and the draft was chosen
-        if source == "context":  # the continuation is the chain: its nodes reduce like plain decoding
-            chain, context = acc.drafter.propose(context[:limit]), []
-        else:
-            if source == "draft":
-                context = []
-            extra = min(len(context), acc.verifier.B)
-            chain = draft_chain(acc, cfg, planner, current, limit, calibrate, extra)  # draft with the skip set
-        t1 = time.perf_counter()
-        if profile:
-            profile.drafted(t1)
-        C = chain if isinstance(chain, int) else len(chain)
-        context = context[:max(0, min(limit, acc.verifier.sizes[-1] - 1 - C))]  # a union tree holds the chain first
-        report = acc.verifier.verify(C, sampling, context)
-        if profile:
-            profile.verified()
-        report = report.tolist()  # sync: tree, verify, accept, commit on the device; the cycle's one read
-        n_new, a, leaf, nb = report[:4]
-        engine.length += n_new
-        n_new = s.append(report[4:4 + n_new], one_step=True)  # may stop short at EOS or the budget
-        accepted = n_new - 1  # as the metrics count it: the step's last token is its bonus
-        cycles[source] += 1
-        sources["context" if source == "context" else "draft"] += min(a, accepted) + min(leaf, max(0, accepted - a))
-        sources["context"] += min(nb, max(0, accepted - a))
-        if source == "context":
-            ctx_rate.observe(a)
-        else:
-            if offered:
-                ctx_rate.idle()
-            planner.observe(C, a)
-            if calibrate:
-                calibrator.update(chain, a)
+        launched = []  # per cycle: (chain length, context tokens, chain (its top-1 probabilities, or its length),
+        for _ in range(group):  # whether a continuation was offered and the draft chosen, seconds launching the draft)
+            tj = time.perf_counter()
+            if profile:
+                profile.begin(tj)
+            offered = source == "draft" and len(context) > 0  # a continuation was there, and the draft was chosen
+            if source == "context":  # the continuation is the chain: its nodes reduce like plain decoding
+                chain, context = acc.drafter.propose(context[:limit]), []
+            else:
+                if source == "draft":
+                    context = []
+                extra = min(len(context), acc.verifier.B)
+                chain = draft_chain(acc, cfg, planner, current, limit, calibrate, extra)  # draft with the skip set
+            t1 = time.perf_counter()
+            if profile:
+                profile.drafted(t1)
+            C = chain if isinstance(chain, int) else len(chain)
+            context = context[:max(0, min(limit, acc.verifier.sizes[-1] - 1 - C))]  # a union tree holds the chain first
+            report = acc.verifier.verify(C, sampling, context)
+            if group > 1:
+                acc.verifier.keep(len(launched))
+                engine.ahead += C + 1  # the most this cycle commits before the read
+            if profile:
+                profile.verified()
+            launched.append((C, len(context), chain, offered, t1 - tj))
+        # sync: tree, verify, accept, commit on the device; the one read of the cycle (or of the group)
+        rows = (acc.verifier.reports[:group] if group > 1 else report[None]).tolist()
+        s.reads += 1
+        engine.ahead = 0
+        infos = []
+        for (C, n_context, chain, offered, t_draft), row in zip(launched, rows):
+            n_new, a, leaf, nb = row[:4]
+            engine.length += n_new
+            n_new = s.append(row[4:4 + n_new], one_step=True)  # may stop short at EOS or the budget
+            accepted = n_new - 1  # as the metrics count it: the step's last token is its bonus
+            cycles[source] += 1
+            sources["context" if source == "context" else "draft"] += min(a, accepted) + min(leaf, max(0, accepted - a))
+            sources["context"] += min(nb, max(0, accepted - a))
+            if source == "context":
+                ctx_rate.observe(a)
+            else:
+                if offered:
+                    ctx_rate.idle()
+                planner.observe(C, a)
+                if calibrate:
+                    calibrator.update(chain, a)
+            drafted += C + n_context
+            infos.append(dict(C=C, committed=n_new, accepted=a, context=n_context, source=source,
+                              captures=engine.graph_captures - captures if not infos else 0,
+                              searching=search is not None and search.active,
+                              syncs=1 / group if isinstance(chain, int) else 1 + -(-len(chain) // cfg.draft_chunk)))
+            if s.done:  # at EOS: the group's later cycles ran on the device, and their tokens are dropped
+                break
         t2 = time.perf_counter()
-        s.times["draft"] += t1 - t
-        s.times["verify"] += t2 - t1
-        drafted += C + len(context)
+        t_drafts = sum(x[-1] for x in launched)
+        s.times["draft"] += t_drafts
+        s.times["verify"] += t2 - t - t_drafts
         if engine.graph_captures == captures and (source == "context" or search is None or not search.active):
-            guards["context" if source == "context" else "draft"].observe(n_new, t2 - t)
+            for info in infos:  # each cycle with its share of the group's time
+                guards["context" if source == "context" else "draft"].observe(info["committed"], (t2 - t) / group)
         if profile:
-            profile.end(time.perf_counter(), C=C, committed=n_new, accepted=a, context=len(context), source=source,
-                        captures=engine.graph_captures - captures, searching=search is not None and search.active,
-                        syncs=1 if isinstance(chain, int) else 1 + -(-len(chain) // cfg.draft_chunk))
+            profile.end(time.perf_counter(), infos)
     acc.drafter.vocab.observe(s.new)
     sync(dev)
     wall = time.perf_counter() - t0
@@ -485,6 +521,6 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
              if (search.best if search is not None else skip) is not None else None,
              "draft_costs": acc.costs.to_dict(), "accepted_from": sources,
              "tail_kernels": {"draft": acc.drafter.fused, "verify": acc.verifier.fused},
-             "graph_captures": engine.graph_captures - captures0}
+             "graph_captures": engine.graph_captures - captures0, "reads": s.reads}
     return GenerationResult(tokens=s.new, num_new_tokens=len(s.new), num_steps=len(s.accept_lengths),
                             accept_lengths=s.accept_lengths, num_drafted=drafted, wall_time_s=wall, stats=stats)
