@@ -232,8 +232,11 @@ def swift_record(cfg: SwiftConfig) -> dict:
     before it existed ran with (recording nothing) is left out: the configuration, and its hash, of such a run stay
     as they were, so it resumes (`SwiftRun.from_dict` reads the absence back as that value). "dependent" launches are
     the default; one read per cycle (sync_cycles 1) is not, so a run with the default records its sync_cycles and
-    does not resume answers timed with a read after every cycle."""
+    does not resume answers timed with a read after every cycle, unless its cycles are read one by one anyway
+    (context drafts, or a confidence rule for the draft length)."""
     d = cfg.to_dict()
+    if cfg.draft_stop != "speed" or cfg.context_drafts:  # cycles are read one by one: sync_cycles does nothing
+        d["sync_cycles"] = RECORDED_BEFORE["sync_cycles"]
     for key, before in RECORDED_BEFORE.items():
         if d[key] == before:
             del d[key]

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """The cycle profile: where a SWIFT draft/verify cycle's time goes on a real model, one row per cycle.
 
+Cycles launched together and read with one sync (`--sync-cycles`, once the search has stopped) share their group's
+host wall time and read time evenly; each keeps its own launch times and GPU times.
+
 Runs vanilla decoding and SWIFT (search carried over the task's instances, as the runner does, after the same
 warm-up) on `--num-samples` instances of each task, and records for every cycle (`model.swift.decoding.CycleProfile`):
 its host wall time, the GPU time of the draft replay and of the verification replay (CUDA events), the host time
@@ -206,7 +209,7 @@ def main() -> int:
                    gpu_verify_ms=statistics.mean(c.get("gpu_verify_ms", 0) for c in cyc) if cyc else None,
                    host_launch_ms=statistics.mean(c["draft_launch_ms"] + c["verify_launch_ms"] for c in cyc)
                    if cyc else None, syncs_per_cycle=statistics.mean(c["syncs"] for c in prof.cycles)
-                   if prof.cycles else None, cycles_per_read=statistics.mean(c["group"] for c in cyc) if cyc else None,
+                   if prof.cycles else None, cycles_per_read=len(cyc) / sum(1 / c["group"] for c in cyc) if cyc else None,
                    captures_in_timed_runs=sum(c["captures"] for c in prof.cycles),
                    draft_len=statistics.mean(c["C"] for c in cyc) if cyc else None,
                    M=sum(steps) / len(steps), c_r=c_r, v=acc.costs.to_dict()["verify"], ceiling=ceiling,

@@ -451,6 +451,11 @@ def test_runs_from_before_the_launch_and_read_settings_resume_as_they_ran():
         assert plain["multirow_launches"] == "plain"
         now = method.record_config(wrap(SwiftConfig()))["swift"]
         assert now["sync_cycles"] == SwiftConfig().sync_cycles and "multirow_launches" not in now
+    # cycles read one by one whatever sync_cycles says (prompt lookup's context drafts, the paper's confidence rule):
+    # nothing recorded, so such runs resume as before
+    for cfg in (methods.PromptLookup.build_config(runner.build_parser("pld").parse_args(["--task", "gsm8k"])),
+                SwiftConfig(draft_stop="confidence", sync_cycles=1), SwiftConfig(draft_stop="confidence")):
+        assert "sync_cycles" not in methods.swift_record(cfg), cfg
     back = methods.SwiftRun.from_dict({"swift": old}).swift
     assert back.multirow_launches == "dependent" and back.sync_cycles == 1
     plain = methods.SwiftRun.from_dict({"swift": SwiftConfig(multirow_launches="plain").to_dict()}).swift

@@ -108,18 +108,38 @@ def test_a_group_of_cycles_read_once_gives_the_tokens_of_plain_decoding(case, mo
         groups = [c["group"] for c in prof.cycles]
         assert len(groups) == sum(res.stats["cycles"].values()) and max(groups) == n  # every cycle profiled
         reads[n] = res.stats["reads"]
-        assert reads[n] >= 1 + round(sum(1 / g for g in groups))  # the prefill's read and one per group
+        plain = len(res.accept_lengths) - 1 - len(groups)  # entries of plain steps (one token each, here at the end)
+        assert reads[n] == 1 + round(sum(1 / g for g in groups)) + (plain > 0)  # prefill, each group, a plain chunk
         if case == "planted":
             assert max(c["C"] for c in prof.cycles) >= 15 and res.stats["accepted_from"]["draft"] >= 100
     assert reads[7] < reads[1] and reads[2] < reads[1]
     cfg = SwiftConfig(guard=False, sync_cycles=4)
     for budget in (1, 2, 3, 5, 8, 13, 21, 34, 55):
         assert swift_generate(eng, prompt, budget, cfg=cfg, skip=skip).tokens == want[:budget], budget
+        # the device went no further than the budget: its cursor is the host's last committed slot
+        assert eng.length == len(prompt) + budget and eng.cursor.item() == eng.length - 1, budget
     for at in (9, 30, 31, 32, 33, 61, 97, 140):
         eos = want[at]
         expect = vanilla_generate(eng, prompt, 160, eos_ids=(eos,)).tokens
         got = swift_generate(eng, prompt, 160, eos_ids=(eos,), cfg=cfg, skip=skip)
         assert got.tokens == expect and got.tokens[-1] == eos and sum(got.accept_lengths) == len(expect), at
+
+
+def test_the_guard_times_each_cycle_of_a_group_by_its_share():
+    """The speed guard sees a group of cycles as its cycles, each with an even share of the group's time: its window's
+    tokens/s is the cycles' tokens over their time (not a group's time per cycle)."""
+    eng, skip = _planted_model()
+    prompt = _prompt(seed=3)
+    want = vanilla_generate(eng, prompt, 300).tokens
+    cfg = SwiftConfig(guard_margin=1e-6, guard_min_cycles=32, sync_cycles=8, max_draft_len=4)
+    _cheap_drafts(eng, cfg)
+    prof = CycleProfile(cuda=False)
+    res = swift_generate(eng, prompt, 300, cfg=cfg, skip=skip, profile=prof)
+    assert res.tokens == want and res.stats["fallback_at"] is None
+    assert len(prof.cycles) >= 40 and max(c["group"] for c in prof.cycles) == 8
+    t = res.stats["times"]
+    overall = sum(c["committed"] for c in prof.cycles) / (t["draft"] + t["verify"])
+    assert 0.5 < res.stats["guard_swift_tps"] / overall < 2
 
 
 def test_a_group_of_cycles_samples_what_one_read_per_cycle_samples():

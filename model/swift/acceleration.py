@@ -10,7 +10,8 @@ nothing. Every node at depth d attends to the committed prefix plus its chain an
 
 `Drafter.draft(k)` runs k draft steps as one graph replay: each step's input is the previous step's top-1 token, on
 the device; the top-k ids and the top-1 probability of every step land in `table` / `top1`. `Verifier.verify()` is
-the rest of the cycle as one replay; its `report` holds what the host needs, read with the cycle's one sync. Where
+the rest of the cycle as one replay; its `report` holds what the host needs, read with the cycle's one sync (or, for
+a group of cycles read together, kept as a row of `reports` before the next cycle overwrites it: `keep`). Where
 the passes run the Triton kernels, the work around them (a draft step's top-k and table writes; the tree, greedy
 acceptance and commit) is a few kernels of model/kernels/topk.py and tree.py; elsewhere it is the PyTorch code here.
 
@@ -227,7 +228,8 @@ class Verifier:
     def verify(self, chain_len: int, sampling: SamplingConfig, context: list[int] = (),
                size: int | None = None) -> torch.Tensor:
         """Verify the drafted chain of `chain_len` tokens, its alternatives and the `context` branch, on the tree size
-        that holds them (or `size`); returns the report (on the device; read it with the cycle's one sync)."""
+        that holds them (or `size`); returns the report (on the device; read it with the cycle's one sync, or `keep` it
+        before the next cycle of a group overwrites it)."""
         e = self.engine
         ctx = list(context)[:self.B]
         n = size or self.size_for(1 + chain_len + len(ctx))

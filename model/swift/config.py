@@ -38,7 +38,7 @@ class SwiftConfig:
     # acceleration phase
     draft_stop_threshold: float = 0.8
     # "speed": draft the length that maximises expected tokens/s (measured step costs, observed acceptance), one host
-    # sync per cycle; "confidence" (paper): stop at the first top-1 probability below the threshold, read once per
+    # sync per cycle or per group of cycles (`sync_cycles`); "confidence" (paper): stop at the first top-1 probability below the threshold, read once per
     # `draft_chunk` tokens; "calibrated": the same with the probability mapped to the observed acceptance rate
     draft_stop: str = "speed"
     draft_chunk: int = 4

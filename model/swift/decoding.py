@@ -265,7 +265,8 @@ class CycleProfile:
 
     def end(self, t: float, infos: list[dict]) -> None:
         """The group's cycles were read at `t`; `infos`: one dict per cycle the stream used (fewer than were launched
-        when it ended inside the group)."""
+        when it ended inside the group: every launched cycle takes its share of the group's time, and the rows of
+        the unused ones are left out, as their tokens are)."""
         pending, self._pending = self._pending, []
         n = len(pending)
         wall, read = (t - pending[0][0][0]) / n, (t - pending[-1][0][2]) / n
@@ -442,34 +443,36 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         captures = engine.graph_captures
         t = time.perf_counter()
         launched = []  # per cycle: (chain length, context tokens, chain (its top-1 probabilities, or its length),
-        for _ in range(group):  # whether a continuation was offered and the draft chosen, seconds launching the draft)
-            tj = time.perf_counter()
-            if profile:
-                profile.begin(tj)
-            offered = source == "draft" and len(context) > 0  # a continuation was there, and the draft was chosen
-            if source == "context":  # the continuation is the chain: its nodes reduce like plain decoding
-                chain, context = acc.drafter.propose(context[:limit]), []
-            else:
-                if source == "draft":
-                    context = []
-                extra = min(len(context), acc.verifier.B)
-                chain = draft_chain(acc, cfg, planner, current, limit, calibrate, extra)  # draft with the skip set
-            t1 = time.perf_counter()
-            if profile:
-                profile.drafted(t1)
-            C = chain if isinstance(chain, int) else len(chain)
-            context = context[:max(0, min(limit, acc.verifier.sizes[-1] - 1 - C))]  # a union tree holds the chain first
-            report = acc.verifier.verify(C, sampling, context)
-            if group > 1:
-                acc.verifier.keep(len(launched))
-                engine.ahead += C + 1  # the most this cycle commits before the read
-            if profile:
-                profile.verified()
-            launched.append((C, len(context), chain, offered, t1 - tj))
-        # sync: tree, verify, accept, commit on the device; the one read of the cycle (or of the group)
-        rows = (acc.verifier.reports[:group] if group > 1 else report[None]).tolist()
+        try:  # whether a continuation was offered and the draft chosen, seconds launching the draft)
+            for _ in range(group):
+                tj = time.perf_counter()
+                if profile:
+                    profile.begin(tj)
+                offered = source == "draft" and len(context) > 0  # a continuation was there, and the draft chosen
+                if source == "context":  # the continuation is the chain: its nodes reduce like plain decoding
+                    chain, context = acc.drafter.propose(context[:limit]), []
+                else:
+                    if source == "draft":
+                        context = []
+                    extra = min(len(context), acc.verifier.B)
+                    chain = draft_chain(acc, cfg, planner, current, limit, calibrate, extra)  # draft, skip set
+                t1 = time.perf_counter()
+                if profile:
+                    profile.drafted(t1)
+                C = chain if isinstance(chain, int) else len(chain)
+                context = context[:max(0, min(limit, acc.verifier.sizes[-1] - 1 - C))]  # a union tree: chain first
+                report = acc.verifier.verify(C, sampling, context)
+                if group > 1:
+                    acc.verifier.keep(len(launched))
+                    engine.ahead += C + 1  # the most this cycle commits before the read
+                if profile:
+                    profile.verified()
+                launched.append((C, len(context), chain, offered, t1 - tj))
+            # sync: tree, verify, accept, commit on the device; the one read of the cycle (or of the group)
+            rows = (acc.verifier.reports[:group] if group > 1 else report[None]).tolist()
+        finally:
+            engine.ahead = 0
         s.reads += 1
-        engine.ahead = 0
         infos = []
         for (C, n_context, chain, offered, t_draft), row in zip(launched, rows):
             n_new, a, leaf, nb = row[:4]
