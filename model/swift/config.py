@@ -38,8 +38,9 @@ class SwiftConfig:
     # acceleration phase
     draft_stop_threshold: float = 0.8
     # "speed": draft the length that maximises expected tokens/s (measured step costs, observed acceptance), one host
-    # sync per cycle or per group of cycles (`sync_cycles`); "confidence" (paper): stop at the first top-1 probability below the threshold, read once per
-    # `draft_chunk` tokens; "calibrated": the same with the probability mapped to the observed acceptance rate
+    # sync per cycle or per group of cycles (`sync_cycles`); "confidence" (paper): stop at the first top-1 probability
+    # below the threshold, read once per `draft_chunk` tokens; "calibrated": the same with the probability mapped to
+    # the observed acceptance rate
     draft_stop: str = "speed"
     draft_chunk: int = 4
     # with draft_stop="speed", once no search runs (and without context drafts): up to this many draft/verify cycles
