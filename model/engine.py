@@ -182,8 +182,14 @@ class Engine:
         key = self._graph_key(key, plain_launches)
         entry = self._graphs.get(key)
         if entry is None:
+            # a capture first runs `fn` once for real (graphs.capture's warm-up call): a pass that advances the cursor
+            # (plain steps, a verification's commit) would then advance it twice with the replay that follows. Every
+            # pass derives its slots from the cursor and rewrites what it reads, so with the cursor put back the
+            # replay repeats the warm-up call's work exactly, and a graph first used inside a stream acts once
+            cursor = self.cursor.clone()
             with kernels.dependent_launches(False) if plain_launches else contextlib.nullcontext():
                 entry = graphs.capture(fn, self._pool, track=track)
+            self.cursor.copy_(cursor)
             self.graph_captures += 1
             self._graphs[key] = entry
             if len(self._graphs) > MAX_GRAPHS:  # the least recently used, but never a prefill graph: warm-up

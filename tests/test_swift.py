@@ -490,6 +490,34 @@ def test_warm_up_captures_and_prices_the_multirow_graphs_as_configured(monkeypat
     assert accs["plain"] is not accs["dependent"]
 
 
+def test_a_graph_first_captured_inside_a_stream_acts_once(monkeypatch):
+    """A capture runs its function once for real before recording it (graphs.capture's warm-up call), and the engine
+    then replays the graph: for a verification (which commits and advances the cursor) or plain steps, that would
+    act twice. The PyTorch path's graphs are keyed by the attention bound, so a stream that crosses a bound first
+    used after warm-up captures inside the stream: its tokens must still be vanilla's. Stand-in graphs here make the
+    warm-up call as the real capture does, and the bound grows every 8 slots."""
+    from model import graphs
+
+    def capture(fn, pool=None, track=False):
+        fn(lambda key: None) if track else fn()  # the warm-up call of a real capture
+        return FakeGraph(fn, track)
+    monkeypatch.setattr(graphs, "capture", capture)
+    monkeypatch.setattr(engine_module, "KV_BUCKET", 8)
+    eng, skip = _planted_model()
+    eng.cuda_graphs = True
+    prompt = _prompt(seed=3)
+    want = vanilla_generate(_planted_model()[0], prompt, 120).tokens  # an engine without graphs
+    assert vanilla_generate(eng, prompt, 120).tokens == want  # graphs captured as each bound is met, in the stream
+    assert eng.graph_captures > 5
+    for n in (1, 4):
+        cfg = SwiftConfig(guard=False, sync_cycles=n)
+        _cheap_drafts(eng, cfg)
+        captures = eng.graph_captures
+        res = swift_generate(eng, prompt, 120, cfg=cfg, skip=skip)
+        assert res.tokens == want and eng.graph_captures > captures, n
+        assert eng.cursor.item() == eng.length - 1
+
+
 def test_plain_launch_graphs_are_captured_apart_without_dependent_launches(monkeypatch):
     """A graph asked for with plain launches is captured with dependent launches switched off, whatever SWIFT_PDL
     says, and is kept apart from the graph of the same key captured as plain decoding captures it."""
