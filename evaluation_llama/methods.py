@@ -235,7 +235,7 @@ def swift_record(cfg: SwiftConfig) -> dict:
     does not resume answers timed with a read after every cycle, unless its cycles are read one by one anyway
     (context drafts, or a confidence rule for the draft length)."""
     d = cfg.to_dict()
-    if cfg.draft_stop != "speed" or cfg.context_drafts:  # cycles are read one by one: sync_cycles does nothing
+    if not cfg.groups_cycles:  # cycles are read one by one: sync_cycles does nothing
         d["sync_cycles"] = RECORDED_BEFORE["sync_cycles"]
     for key, before in RECORDED_BEFORE.items():
         if d[key] == before:

@@ -60,6 +60,7 @@ from evaluation_llama import metrics, paths  # noqa: E402
 from evaluation_llama.flags import NONNEG_INT, POS_INT, WARMUP_MAX_NEW_TOKENS, task_list  # noqa: E402
 from evaluation_llama.methods import (EarlyExit, EarlyExitRun, PromptLookup, Swift, SwiftRun, TaskRun,  # noqa: E402
                                       Vanilla, instance_seed)
+from evaluation_llama.methods import RECORDED_BEFORE as SWIFT_RECORDED_BEFORE  # noqa: E402
 from evaluation_llama.prompting import PromptTooLong, tokenize_prompt  # noqa: E402
 from model.kernels import settings as kernel_settings  # noqa: E402
 from model.backends import COMPILE, KERNELS, TAILS, Backends  # noqa: E402
@@ -707,8 +708,8 @@ def time_breakdown(rows: list[dict], key: str) -> list[str]:
     return lines
 
 
-# what rows made before a setting existed ran with
-RECORDED_BEFORE = {"guard": True, "multirow_launches": "dependent", "sync_cycles": 1}
+# what rows made before a setting existed ran with (the SWIFT settings as the runners' records read them back)
+RECORDED_BEFORE = {"guard": True, **SWIFT_RECORDED_BEFORE}
 
 
 def _knob(row: dict, key: str):

@@ -136,6 +136,12 @@ class SwiftConfig:
         return self.skip_ratio is None
 
     @property
+    def groups_cycles(self) -> bool:
+        """Whether cycles may be read in groups (`sync_cycles`): with the planned draft length and no context drafts;
+        the confidence rules and context continuations need each cycle read."""
+        return self.draft_stop == "speed" and not self.context_drafts
+
+    @property
     def plain_multirow(self) -> bool:
         """Whether the verification and search-scoring graphs are captured with plain launches."""
         return self.multirow_launches == "plain"

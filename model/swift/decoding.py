@@ -223,7 +223,7 @@ class Accelerator:
         fixed = max(0.0, steps["none"] / full - (attn + mlp) * (L - 2))
         cands = [LayerSkip()] * self.cfg.num_candidates
         search = ms(lambda: score_candidates(e, cands, self.cfg.context_window,
-                                                   plain_launches=self.cfg.plain_multirow)) / full
+                                             plain_launches=self.cfg.plain_multirow)) / full
         return CostModel(fixed=fixed, attn=attn, mlp=mlp, verify=verify, n_layers=L, measured=True, search=search)
 
 
@@ -438,7 +438,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         if layers and (not skip_log or skip_log[-1][1] != current):
             skip_log.append((len(s.new), current))
         group = 1  # cycles launched before the one read
-        if source == "draft" and ctx is None and cfg.draft_stop == "speed" and (search is None or not search.active):
+        if source == "draft" and cfg.groups_cycles and (search is None or not search.active):
             group = cycles_per_read(cfg.sync_cycles, planner.length(limit, current), max_new_tokens - len(s.new))
         captures = engine.graph_captures
         t = time.perf_counter()
