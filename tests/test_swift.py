@@ -162,6 +162,96 @@ def test_a_group_of_cycles_samples_what_one_read_per_cycle_samples():
         assert out[1] == out[4], sampling
 
 
+# ---- a group of cycles as one graph (SwiftConfig.fuse_cycles, acceleration.CycleGroups) ------------------------------
+def _settled(eng, cfg, skip, sampling, monkeypatch):
+    """Graphs on the CPU (each capture runs its function once first, as a real one does; replays run it again), the
+    warm-up, then `Accelerator.settle` of `skip` for `cfg`; returns the accelerator."""
+    from model import graphs
+
+    def capture(fn, pool=None, track=False):
+        fn(lambda key: None) if track else fn()
+        return FakeGraph(fn, track)
+
+    monkeypatch.setattr(graphs, "capture", capture)
+    eng.cuda_graphs = True
+    acc = accelerator(eng, cfg)
+    acc.drafter.tracked = True
+    monkeypatch.setattr(acc, "measure", lambda at, sampling: acc.costs)
+    eng.warm_up_decode(sampling)
+    acc.warm_up(sampling)
+    acc.costs.measured = False  # settling times the set's draft step with CUDA events where costs are measured
+    before, keys = eng.graph_captures, set(eng._graphs)
+    assert acc.settle(skip, sampling, cfg)
+    new = set(eng._graphs) - keys
+    assert eng.graph_captures == before + len(new)
+    assert sorted(key[2] for key in new if key[0] == "cycles") == list(acc.groups.lengths())
+    assert not acc.settle(skip, sampling, cfg) and eng.graph_captures == before + len(new)  # once per set
+    assert eng.length == 0
+    return acc
+
+
+@pytest.mark.parametrize("case", ["planted", 1])
+def test_a_group_of_cycles_in_one_graph_gives_the_tokens_of_plain_decoding(case, monkeypatch):
+    """Once the skip set settles, a group of cycles runs as one graph: one per draft length up to FUSED_DRAFTS,
+    captured then and never inside a stream. A stream replays them and does what the draft and verification graphs
+    replayed per cycle do (the same tokens, cycles and reads), with vanilla's tokens at every budget and at an EOS
+    inside a group."""
+    from model.swift.acceleration import FUSED_DRAFTS
+    if case == "planted":
+        eng, skip = _planted_model()
+    else:
+        eng, _ = tiny_engine(seed=case, scale=6, num_hidden_layers=6)
+        skip = LayerSkip.of(attn=[1, 3], mlp=[2, 4])
+    prompt = _prompt(seed=3 if case == "planted" else case)
+    want = vanilla_generate(eng, prompt, 160).tokens
+    cfg = SwiftConfig(guard=False, sync_cycles=4, max_draft_len=FUSED_DRAFTS)
+    _cheap_drafts(eng, cfg)
+    acc = _settled(eng, cfg, skip, SamplingConfig(), monkeypatch)
+    fused_keys = [key for key in eng._graphs if key[0] == "cycles"]
+    assert sorted(key[2] for key in fused_keys) == list(acc.groups.lengths()) == list(acc.drafter.chunks())
+    assert all(key[3] == 4 and key[-1] == skip for key in fused_keys)
+    captures = eng.graph_captures
+    prof = CycleProfile(cuda=False)
+    res = swift_generate(eng, prompt, 160, cfg=cfg, skip=skip, profile=prof)
+    assert res.tokens == want and eng.graph_captures == captures and res.stats["graph_captures"] == 0
+    assert res.stats["fused_cycles"] >= 8 and sum(eng._graphs[key].replays for key in fused_keys) >= 2
+    assert sum(c["fused"] for c in prof.cycles) == res.stats["fused_cycles"]
+    assert all(c["group"] == 4 for c in prof.cycles if c["fused"])
+    apart = swift_generate(eng, prompt, 160, cfg=dataclasses.replace(cfg, fuse_cycles=False), skip=skip)
+    assert apart.stats["fused_cycles"] == 0 and apart.tokens == want
+    assert apart.accept_lengths == res.accept_lengths and apart.stats["reads"] == res.stats["reads"]
+    if case == "planted":
+        assert max(res.accept_lengths) == FUSED_DRAFTS + 1  # whole chains accepted inside fused groups
+    for budget in (1, 2, 3, 5, 8, 13, 21, 34, 55):
+        assert swift_generate(eng, prompt, budget, cfg=cfg, skip=skip).tokens == want[:budget], budget
+        assert eng.length == len(prompt) + budget and eng.cursor.item() == eng.length - 1, budget
+    for at in (9, 30, 31, 61, 97, 140):
+        eos = want[at]
+        expect = vanilla_generate(eng, prompt, 160, eos_ids=(eos,)).tokens
+        got = swift_generate(eng, prompt, 160, eos_ids=(eos,), cfg=cfg, skip=skip)
+        assert got.tokens == expect and got.tokens[-1] == eos and sum(got.accept_lengths) == len(expect), at
+    assert eng.graph_captures == captures
+
+
+def test_a_group_of_cycles_in_one_graph_samples_what_separate_graphs_sample(monkeypatch):
+    """Each cycle of a group in one graph reads random numbers of its own, drawn before the replay in the order the
+    cycles replayed one by one draw theirs: with one seed both give the same samples (the draft length fixed at
+    one token, as in the test of groups read once above)."""
+    eng, _ = tiny_engine(seed=3, scale=6, num_hidden_layers=6)
+    prompt = _prompt(seed=3)
+    skip = LayerSkip.of(attn=[2], mlp=[1, 4])
+    for sampling in (SamplingConfig(temperature=1.0), WARPED):
+        cfg = SwiftConfig(guard=False, sync_cycles=4, max_draft_len=1)
+        _settled(eng, cfg, skip, sampling, monkeypatch)
+        out = {}
+        for fuse in (True, False):
+            torch.manual_seed(11)
+            res = swift_generate(eng, prompt, 90, sampling, cfg=dataclasses.replace(cfg, fuse_cycles=fuse), skip=skip)
+            out[fuse] = res.tokens
+            assert len(res.tokens) == 90 and (res.stats["fused_cycles"] >= 40) == fuse, (sampling, fuse)
+        assert out[True] == out[False], sampling
+
+
 def test_no_group_while_the_search_runs_or_with_context_drafts():
     """The search scores candidates between cycles, and a context continuation needs the tokens read: those cycles
     are read one by one (one read per cycle), whatever sync_cycles says."""
