@@ -76,9 +76,11 @@ def tree_overhead_ms(engine: Engine, acc, reps: int = 10) -> dict:
 
 def kernel_table(engine: Engine, acc, skip, steps: int = 8, reps: int = 3) -> list[dict]:
     """Where a step's GPU time goes: for a plain step, a draft step on the shared graph with `skip`'s kernels switched
-    off, and a draft step on `skip`'s own graphs (`Accelerator.settle`), the GPU time per step of the replays (CUDA
-    events) next to the kernels they ran (torch.profiler: count and busy time per step, by kernel name). The
-    difference between the two is what the graph spends between and around its kernels."""
+    off, a draft step on `skip`'s own graphs (`Accelerator.settle`), a verification of the smallest tree size (a
+    chain of one token: the draft length on small models), and a cycle of a group in one graph drafting one token
+    (`CycleGroups`, where it has one), the GPU time per step of the replays (CUDA events) next to the kernels they ran
+    (torch.profiler: count and busy time per step, by kernel name). The difference between the two is what the graph
+    spends between and around its kernels."""
     from model import graphs
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -88,7 +90,7 @@ def kernel_table(engine: Engine, acc, skip, steps: int = 8, reps: int = 3) -> li
     def put_back():
         acc._at(at)
 
-    def measure(name, fn):
+    def measure(name, fn, steps=steps):
         ms = graphs.gpu_ms(fn, reps, before=put_back) / steps
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(reps):
@@ -116,6 +118,13 @@ def kernel_table(engine: Engine, acc, skip, steps: int = 8, reps: int = 3) -> li
         dr.settled = own
         acc.settle(skip)
         rows.append(measure(f"draft step, own graph ({len(skip)} sub-layers skipped)", lambda: dr.draft(steps)))
+    vf, greedy = acc.verifier, SamplingConfig()
+    n = vf.sizes[0]
+    rows.append(measure(f"verification, {n}-node tree, chain of 1", lambda: vf.verify(1, greedy, size=n), steps=1))
+    group = acc.cfg.fused_group
+    if skip is not None and len(skip) and acc.groups.has(skip, 1, group, greedy):
+        rows.append(measure(f"cycle drafting 1 token, {group} in one graph",
+                            lambda: acc.groups.run(skip, 1, group, greedy), steps=group))
     engine.length = 0
     return rows
 
