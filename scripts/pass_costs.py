@@ -41,9 +41,23 @@ def main(argv=None) -> int:
                     help="how SWIFT's verification and search graphs are captured: with dependent launches (as "
                          "plain decoding, the runners' default), with plain launches, or both side by side "
                          "(default)")
+    ap.add_argument("--max-tree-nodes", type=int, default=None,
+                    help="most nodes of a verified tree (SwiftConfig.max_tree_nodes): the tree sizes measured are "
+                         "the buckets from 16, or this one alone below 16; needs --max-draft-len at most 2 below it "
+                         "(default: the runners' default)")
+    ap.add_argument("--max-draft-len", type=int, default=None,
+                    help="most tokens drafted per cycle (SwiftConfig.max_draft_len; default: the runners' default)")
     ap.add_argument("--out", default=None, help="folder for pass_costs.jsonl, one row per shape and launch mode, "
                                                 "written as each is measured (default: print only)")
     args = ap.parse_args(argv)
+    from model.errors import UserError
+    from model.swift.config import SwiftConfig
+    sizes = {k: v for k, v in (("max_tree_nodes", args.max_tree_nodes), ("max_draft_len", args.max_draft_len))
+             if v is not None}
+    try:
+        SwiftConfig(**sizes)
+    except UserError as e:
+        ap.error(str(e))
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = [s for s in shapes if s not in SHAPES]
     if not shapes:
@@ -66,7 +80,6 @@ def main(argv=None) -> int:
     from model.engine import Engine
     from model.loading import build_model
     from model.sampling import SamplingConfig
-    from model.swift.config import SwiftConfig
     from model.swift.decoding import accelerator
 
     for shape in shapes:
@@ -76,14 +89,14 @@ def main(argv=None) -> int:
         for launches in LAUNCHES[args.accelerator_launches]:
             engine = Engine(model, 1024)
             engine.warm_up_decode()  # the plain step: as every stream decodes
-            cfg = SwiftConfig(multirow_launches=launches)
+            cfg = SwiftConfig(multirow_launches=launches, **sizes)
             acc = accelerator(engine, cfg)
             acc.warm_up(SamplingConfig())
             c = acc.costs
             row = dict(shape=shape, accelerator_launches=launches, gpu=torch.cuda.get_device_name(),
                        torch=torch.__version__, dtype="bfloat16", kernel_settings=kernels.settings(),
                        backends=engine.backends.to_dict(), kernel_note=engine.kernel_note,
-                       full_step_ms=round(acc.full_ms, 4), candidates=cfg.num_candidates, gamma=cfg.context_window,
+                       full_step_ms=round(acc.full_ms, 4), tree_sizes=list(acc.verifier.sizes), candidates=cfg.num_candidates, gamma=cfg.context_window,
                        costs=c.to_dict())
             print(f"{shape} [{launches} accelerator launches]: plain step {acc.full_ms:.3f} ms; draft step with "
                   f"nothing skipped {c.draft(0, 0):.3f}, verification "
