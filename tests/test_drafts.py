@@ -139,16 +139,17 @@ def test_hybrid_chooses_the_source_predicted_faster():
 
 
 def test_verification_runs_on_the_smallest_tree_that_holds_the_cycle():
-    """A short chain is verified on a 16-node tree, a long one on 32 nodes; the planner prices each length at the
-    cost of its tree size."""
+    """A short chain is verified on an 8-node tree, a longer one on 16 or 32 nodes; the planner prices each length at
+    the cost of its tree size."""
     from model.swift.acceleration import tree_sizes
     from model.swift.planner import CostModel, expected_speedup
 
-    assert tree_sizes(32) == (16, 32) and tree_sizes(16) == (16,) and tree_sizes(8) == (8,)
-    assert tree_sizes(100) == (16, 32, 64, 128)
+    assert tree_sizes(32) == (8, 16, 32) and tree_sizes(16) == (8, 16) and tree_sizes(8) == (8,)
+    assert tree_sizes(100) == (8, 16, 32, 64, 128)
     eng, _ = tiny_engine(seed=0, num_hidden_layers=4)
     acc = accelerator(eng, SwiftConfig(max_draft_len=25, max_tree_nodes=32))
     vf = acc.verifier
+    assert vf.size_for(1 + 1) == 8 and vf.size_for(1 + 7) == 8 and vf.size_for(1 + 8) == 16
     assert vf.size_for(1 + 15) == 16 and vf.size_for(1 + 16) == 32 and vf.size_for(1 + 4 + 10) == 16
     costs = CostModel(fixed=0.1, attn=0.0, mlp=0.0, verify=((16, 1.0), (32, 2.0)), n_layers=4)
     v = costs.verify_chain()

@@ -275,7 +275,7 @@ def test_kernels_that_disagree_fall_back_to_the_pytorch_code(monkeypatch):
         return report, moves
 
     monkeypatch.setattr(acceleration, "accept_and_commit", spy)
-    assert acceleration._tree_kernels_disagree(cpu, rule, (16, 32), 32, 25, 8, 10) is None
+    assert acceleration._tree_kernels_disagree(cpu, rule, (8, 16, 32), 32, 25, 8, 10) is None
     assert [2, 0, 2] in [r[1:] for r in seen] and [1, 1, 0] in [r[1:] for r in seen]  # branch, alternative
     assert any(r[1] >= 15 and r[2] == r[3] == 0 for r in seen)  # the whole chain
     assert acceleration._tree_kernels_disagree(cpu, rule, (16,), 16, 5, 1, 1) is None  # K = 1, no branch room

@@ -514,10 +514,12 @@ def _topk_kernel_disagrees(device, K: int, V: int, vocab_map: torch.Tensor | Non
 
 
 def tree_sizes(max_nodes: int) -> tuple[int, ...]:
-    """The tree sizes verification has graphs for: every bucket from 16 (one row block of the products) up to the
-    one holding `max_nodes`, so a short chain is not verified at the cost of a large tree."""
+    """The tree sizes verification has graphs for: every bucket up to the one holding `max_nodes`, so a short chain
+    is not verified at the cost of a large tree. On the small models the planner mostly drafts one token, and a
+    verification of 8 nodes cost 1.04 (SmolLM2's shape) and 1.12 (Qwen2.5-0.5B's) plain steps on an H100, against
+    1.36 and 1.40 for 16 nodes (scripts/pass_costs.py, docs/RESULTS.md)."""
     top = padded_size(max_nodes)
-    return tuple(b for b in BUCKETS if 16 <= b <= top) or (top,)
+    return tuple(b for b in BUCKETS if b <= top)
 
 
 def _branch_children(t: DeviceTreeTensors) -> torch.Tensor:

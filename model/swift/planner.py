@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# draft steps per cycle that have a graph; 15 is the longest chain a 16-node tree holds beside its root
-DRAFT_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 16, 20, 25, 32)
+# draft steps per cycle that have a graph; 7 and 15 are the longest chains an 8- and a 16-node tree hold beside the root
+DRAFT_LENGTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 16, 20, 25, 32)
 
 
 def expected_speedup(rates, c: float, v, lengths) -> tuple[float, int]:
