@@ -224,7 +224,7 @@ MULTIROW_HELP = ("how the graphs that pass many rows at once (the tree's verific
 
 
 # SwiftConfig fields that runs were recorded without, and the value those runs ran with
-RECORDED_BEFORE = {"multirow_launches": "dependent", "sync_cycles": 1, "fuse_cycles": False}
+RECORDED_BEFORE = {"multirow_launches": "dependent", "sync_cycles": 1}
 
 
 def swift_record(cfg: SwiftConfig) -> dict:
@@ -235,22 +235,12 @@ def swift_record(cfg: SwiftConfig) -> dict:
     does not resume answers timed with a read after every cycle, unless its cycles are read one by one anyway
     (context drafts, or a confidence rule for the draft length)."""
     d = cfg.to_dict()
-    if not cfg.groups_cycles:  # cycles are read one by one: sync_cycles and fuse_cycles do nothing
+    if not cfg.groups_cycles:  # cycles are read one by one: sync_cycles does nothing
         d["sync_cycles"] = RECORDED_BEFORE["sync_cycles"]
-        d["fuse_cycles"] = RECORDED_BEFORE["fuse_cycles"]
     for key, before in RECORDED_BEFORE.items():
         if d[key] == before:
             del d[key]
     return d
-
-
-FUSE_HELP = ("replay a draft and a verification graph for each cycle of a group read with one sync, not the group "
-             "as one graph (captured when the skip set settles, for drafts of up to 8 tokens); the output is the "
-             "same (default: one graph)")
-
-
-def add_fuse_flag(group) -> None:
-    group.add_argument("--no-fuse-cycles", action="store_true", help=FUSE_HELP)
 
 
 def add_multirow_flag(group) -> None:
@@ -354,7 +344,6 @@ class Swift(Method):
             f"--context-drafts): up to this many draft/verify cycles are launched before one read of "
             f"their results, in [1, 32]; 1 = a read after every cycle. The output is the same; fewer "
             f"reads leave the GPU idle less often (default {d['sync_cycles']})", type=INT)
-        add_fuse_flag(g)
         add("draft_vocab", f"keep only this many token ids in the draft's LM head (the most "
             f"frequent in the task's prompts and answers so far, then the lowest ids); "
             f"verification keeps the whole vocabulary, so the output does not change; 0 = the "
@@ -417,7 +406,7 @@ class Swift(Method):
                   "multirow_launches"]
         values = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
         given = {f: "--" + f.replace("_", "-") for f in values}
-        values.update(guard=not args.no_guard, seed=args.seed, fuse_cycles=not getattr(args, "no_fuse_cycles", False),
+        values.update(guard=not args.no_guard, seed=args.seed,
                       context_drafts=bool(getattr(args, "context_drafts", False)))
         idle = [given[f] for f in ("context_tree", "context_retry") if f in given and not values["context_drafts"]]
         if idle:  # they would do nothing, yet enter the run's configuration (a rerun without them: "another one")
@@ -582,7 +571,7 @@ class Swift(Method):
         if skip is None and self.search is not None and not self.search.active:
             skip = self.search.best
         if skip is not None:
-            accelerator(self.engine, self.config.swift).settle(skip, self.run.sampling, self.config.swift)
+            accelerator(self.engine, self.config.swift).settle(skip)
 
     def generate(self, prompt_ids, max_new_tokens):
         self._was_active = self.search is not None and self.search.active
@@ -682,7 +671,7 @@ class _FixedDrafter(Method):
 
         acc = accelerator(self.engine, self.swift)
         acc.warm_up(self.run.sampling)
-        acc.settle(self.skip(), self.run.sampling, self.swift)  # the skip set is fixed: its own graphs
+        acc.settle(self.skip())  # the skip set is fixed: its own draft graphs (none for an empty set)
 
     def __init__(self, config, run):
         from model.swift.decoding import DraftRest
@@ -761,7 +750,6 @@ class EarlyExit(_FixedDrafter):
                        help=f"up to this many draft/verify cycles are launched before one read of their "
                             f"results, in [1, 32]; 1 = a read after every cycle; the output is the same "
                             f"(default {d['sync_cycles']})")
-        add_fuse_flag(g)
         cls.add_guard_flags(g)
         g.add_argument("--draft-rest", type=INT, default=None,
                        help=f"after an answer in which the guard stopped the draft, the next N answers start "
@@ -773,7 +761,7 @@ class EarlyExit(_FixedDrafter):
     def build_config(cls, args):
         values = {f: getattr(args, f) for f in ("max_draft_len", "sync_cycles") if getattr(args, f) is not None}
         given = {f: "--" + f.replace("_", "-") for f in values} | cls.guard_given(args)
-        values.update(cls.swift_values(args), fuse_cycles=not getattr(args, "no_fuse_cycles", False))
+        values.update(cls.swift_values(args))
         if args.exit_layer is not None and args.exit_layer < 1:
             raise UserError(f"--exit-layer must be >= 1, got {args.exit_layer}.")
         return EarlyExitRun(swift_config(values, given, "early exit settings"), args.exit_layer)

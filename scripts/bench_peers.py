@@ -76,15 +76,13 @@ METHODS = ("vanilla", "pld", "early-exit", "swift", "swift-cached", "hybrid", "h
 HF_METHODS = ("hf-generate", "hf-early-exit", "hf-prompt-lookup")
 # settings of ours -> the methods they apply to: the guard of context drafts, the guard's verdict on a layer-skip
 # draft, the layer-skip draft's LM head, the speed guard itself (--no-guard; guard=0 in a --variant), and how the
-# verification and search graphs launch (multirow-launches=plain or dependent in a --variant), how many
-# layer-skip draft cycles are read with one sync (sync-cycles), and whether such a group runs as one graph
-# (fuse-cycles=0 or 1 in a --variant; --no-fuse-cycles)
+# verification and search graphs launch (multirow-launches=plain or dependent in a --variant), and how many
+# layer-skip draft cycles are read with one sync (sync-cycles)
 KNOBS = {"context_retry": ("pld", "hybrid"), "draft_rest": ("swift", "swift-cached", "hybrid", "early-exit"),
          "draft_vocab": ("swift", "swift-cached", "hybrid"),
          "guard": ("pld", "early-exit", "swift", "swift-cached", "hybrid"),
          "multirow_launches": ("pld", "early-exit", "swift", "swift-cached", "hybrid"),
-         "sync_cycles": ("swift", "swift-cached", "early-exit"),
-         "fuse_cycles": ("swift", "swift-cached", "early-exit")}
+         "sync_cycles": ("swift", "swift-cached", "early-exit")}
 VARIANT_BASES = ("pld", "early-exit", "swift", "hybrid")  # methods of ours a --variant may change
 LENGTH_METHODS = ("vanilla", "swift", "swift-cached")
 PROMPT_LOOKUP_TOKENS = 10
@@ -159,7 +157,7 @@ def _variant(text: str) -> Variant:
             knobs[key] = value.strip()
             continue
         knobs[key] = NONNEG_INT(value.strip())
-        if key in ("guard", "fuse_cycles"):
+        if key == "guard":
             knobs[key] = bool(knobs[key])
     return Variant(label, method, tuple(sorted(knobs.items())))
 
@@ -251,10 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="swift, swift-cached, early-exit: once no search runs, up to N draft/verify cycles are "
                          "launched before one read of their results (1: a read after every cycle); the output is the "
                          f"same (default: the runners' default, {SwiftConfig().sync_cycles})")
-    ap.add_argument("--no-fuse-cycles", dest="fuse_cycles", action="store_const", const=False, default=None,
-                    help="swift, swift-cached, early-exit: replay a draft and a verification graph per cycle of a "
-                         "group read with one sync, not the group as one graph; the output is the same (default: "
-                         "one graph; fuse-cycles=0 in a --variant)")
     ap.add_argument("--no-guard", dest="guard", action="store_const", const=False, default=None,
                     help="our drafting methods never fall back to plain decoding (SwiftConfig guard off): for "
                          "checks that every method drafts, not for speed; a --variant sets it as guard=0")
@@ -722,7 +716,7 @@ def _knob(row: dict, key: str):
     """A setting as a row records it (none recorded: the earlier code's, `RECORDED_BEFORE` or 0); --draft-rest with
     whether its rest doubles after each further stop (rows from before the doubling have no `draft_rest_doubles`)."""
     value = row.get(key, RECORDED_BEFORE.get(key, 0))
-    value = bool(value) if key in ("guard", "fuse_cycles") else value
+    value = bool(value) if key == "guard" else value
     return (value, bool(row.get("draft_rest_doubles"))) if key == "draft_rest" else value
 
 

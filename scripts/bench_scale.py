@@ -123,7 +123,7 @@ def run_level(engine, args, a, task, env) -> dict:
             break
     search_s = time.perf_counter() - t0
     found = search.best or LayerSkip()
-    acc.settle(found, SamplingConfig(), cfg)
+    acc.settle(found)
     v_runs, s_runs, captures = [], [], 0
     for text in texts[a.search_prompts:]:
         v_runs.append(vanilla_generate(engine, text[:a.prompt_len], a.max_new_tokens))

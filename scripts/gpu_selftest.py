@@ -34,7 +34,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import astuple, replace
+from dataclasses import astuple
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -306,8 +306,8 @@ def swift_checks(shape, eng, args, prompt, n_new, want, row, label, accepted=Non
     acc = accelerator(eng, cfg)
     acc.warm_up(SamplingConfig())
     row["costs" + key] = acc.costs.to_dict()
-    if pdl:  # graphs of the skip set alone (settled, or one per set without node switching), and of whole groups
-        acc.settle(skip, SamplingConfig(), cfg)  # of cycles: dependent launches
+    if pdl:  # graphs of the skip set alone (settled, or one per set without node switching): dependent launches
+        acc.drafter.settle(skip)
         check(f"{shape} draft graph of the skip set (dependent launches) == eager draft", same_draft(eng, acc, skip))
     captures = eng.graph_captures
     res = swift_generate(eng, prompt, n_new, cfg=cfg, skip=skip)
@@ -315,15 +315,9 @@ def swift_checks(shape, eng, args, prompt, n_new, want, row, label, accepted=Non
           res.tokens == want,
           same_prefix=next((i for i, (a, b) in enumerate(zip(res.tokens, want)) if a != b), len(want)),
           mean_accept=round(sum(res.accept_lengths) / len(res.accept_lengths), 3),
-          captures_in_timed_run=eng.graph_captures - captures, fused_cycles=res.stats["fused_cycles"],
-          cycles=sum(res.stats["cycles"].values()))
+          captures_in_timed_run=eng.graph_captures - captures)
     row["swift_tps_fixed_skip" + key] = round(res.num_new_tokens / res.wall_time_s, 1)
     if pdl:
-        apart = swift_generate(eng, prompt, n_new, cfg=replace(cfg, fuse_cycles=False), skip=skip)
-        check(f"{shape} SWIFT with groups of cycles in one graph == with a draft and a verify graph per cycle",
-              res.tokens == apart.tokens and res.stats["fused_cycles"] > 0 and apart.stats["fused_cycles"] == 0,
-              fused_cycles=res.stats["fused_cycles"], tps_fused=round(res.num_new_tokens / res.wall_time_s, 1),
-              tps_apart=round(apart.num_new_tokens / apart.wall_time_s, 1))
         if accepted is not None:
             check(f"{shape} SWIFT's acceptances with dependent launches == without", res.accept_lengths == accepted)
         return res.accept_lengths

@@ -43,8 +43,8 @@ def main(argv=None) -> int:
                          "(default)")
     ap.add_argument("--max-tree-nodes", type=int, default=None,
                     help="most nodes of a verified tree (SwiftConfig.max_tree_nodes): the tree sizes measured are "
-                         "the buckets from 16, or this one alone below 16; needs --max-draft-len at most 2 below it "
-                         "(default: the runners' default)")
+                         "the buckets (8, 16, 32, ...) up to the one holding it; needs --max-draft-len at most 2 "
+                         "below it (default: the runners' default)")
     ap.add_argument("--max-draft-len", type=int, default=None,
                     help="most tokens drafted per cycle (SwiftConfig.max_draft_len; default: the runners' default)")
     ap.add_argument("--out", default=None, help="folder for pass_costs.jsonl, one row per shape and launch mode, "
@@ -96,7 +96,8 @@ def main(argv=None) -> int:
             row = dict(shape=shape, accelerator_launches=launches, gpu=torch.cuda.get_device_name(),
                        torch=torch.__version__, dtype="bfloat16", kernel_settings=kernels.settings(),
                        backends=engine.backends.to_dict(), kernel_note=engine.kernel_note,
-                       full_step_ms=round(acc.full_ms, 4), tree_sizes=list(acc.verifier.sizes), candidates=cfg.num_candidates, gamma=cfg.context_window,
+                       full_step_ms=round(acc.full_ms, 4), tree_sizes=list(acc.verifier.sizes),
+                       candidates=cfg.num_candidates, gamma=cfg.context_window,
                        costs=c.to_dict())
             print(f"{shape} [{launches} accelerator launches]: plain step {acc.full_ms:.3f} ms; draft step with "
                   f"nothing skipped {c.draft(0, 0):.3f}, verification "

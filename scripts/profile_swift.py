@@ -2,9 +2,7 @@
 """The cycle profile: where a SWIFT draft/verify cycle's time goes on a real model, one row per cycle.
 
 Cycles launched together and read with one sync (`--sync-cycles`, once the search has stopped) share their group's
-host wall time and read time evenly; each keeps its own launch times and GPU times, unless the group ran as one graph
-(`--no-fuse-cycles` turns that off): then its cycles share its launch and GPU time too, which has no draft and
-verification parts (the table's draft and verify columns average the other cycles).
+host wall time and read time evenly; each keeps its own launch times and GPU times.
 
 Runs vanilla decoding and SWIFT (search carried over the task's instances, as the runner does, after the same
 warm-up) on `--num-samples` instances of each task, and records for every cycle (`model.swift.decoding.CycleProfile`):
@@ -76,11 +74,10 @@ def tree_overhead_ms(engine: Engine, acc, reps: int = 10) -> dict:
 
 def kernel_table(engine: Engine, acc, skip, steps: int = 8, reps: int = 3) -> list[dict]:
     """Where a step's GPU time goes: for a plain step, a draft step on the shared graph with `skip`'s kernels switched
-    off, a draft step on `skip`'s own graphs (`Accelerator.settle`), a verification of the smallest tree size (a
-    chain of one token: the draft length on small models), and a cycle of a group in one graph drafting one token
-    (`CycleGroups`, where it has one), the GPU time per step of the replays (CUDA events) next to the kernels they ran
-    (torch.profiler: count and busy time per step, by kernel name). The difference between the two is what the graph
-    spends between and around its kernels."""
+    off, a draft step on `skip`'s own graphs (`Accelerator.settle`), and a verification of the smallest tree size
+    (a chain of one token: the draft length on the small models), the GPU time per step of the replays (CUDA events)
+    next to the kernels they ran (torch.profiler: count and busy time per step, by kernel name). The difference
+    between the two is what the graph spends between and around its kernels."""
     from model import graphs
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -118,13 +115,9 @@ def kernel_table(engine: Engine, acc, skip, steps: int = 8, reps: int = 3) -> li
         dr.settled = own
         acc.settle(skip)
         rows.append(measure(f"draft step, own graph ({len(skip)} sub-layers skipped)", lambda: dr.draft(steps)))
-    vf, greedy = acc.verifier, SamplingConfig()
-    n = vf.sizes[0]
-    rows.append(measure(f"verification, {n}-node tree, chain of 1", lambda: vf.verify(1, greedy, size=n), steps=1))
-    group = acc.cfg.fused_group
-    if skip is not None and len(skip) and acc.groups.has(skip, 1, group, greedy):
-        rows.append(measure(f"cycle drafting 1 token, {group} in one graph",
-                            lambda: acc.groups.run(skip, 1, group, greedy), steps=group))
+    n = acc.verifier.sizes[0]
+    rows.append(measure(f"verification, {n}-node tree, chain of 1",
+                        lambda: acc.verifier.verify(1, SamplingConfig(), size=n), steps=1))
     engine.length = 0
     return rows
 
@@ -154,14 +147,11 @@ def main() -> int:
     ap.add_argument("--sync-cycles", type=int, default=SwiftConfig().sync_cycles,
                     help="draft/verify cycles launched before one read once the search has stopped "
                          "(SwiftConfig.sync_cycles), in [1, 32] (default %(default)s)")
-    ap.add_argument("--no-fuse-cycles", dest="fuse_cycles", action="store_false",
-                    help="replay a draft and a verification graph per cycle of a group, not the group as one graph "
-                         "(SwiftConfig.fuse_cycles; default: one graph)")
     ap.add_argument("--out", default="outputs/profile", help="output folder")
     a = ap.parse_args()
     try:
         backends = Backends(a.kernels, tails=a.tails)
-        cfg = SwiftConfig(sync_cycles=a.sync_cycles, fuse_cycles=a.fuse_cycles)
+        cfg = SwiftConfig(sync_cycles=a.sync_cycles)
     except UserError as e:
         ap.error(str(e))
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -200,14 +190,12 @@ def main() -> int:
             torch.manual_seed(i)
             v.append(vanilla_generate(engine, p, a.max_new_tokens, eos_ids=eos))
             if not search.active and search.best is not None:
-                acc.settle(search.best, SamplingConfig(), cfg)  # as the runner does before an answer: the final
-                # set's own graphs
+                acc.settle(search.best)  # as the runner does before an answer: the final set's own graphs
             torch.manual_seed(i)
             s.append(swift_generate(engine, p, a.max_new_tokens, eos_ids=eos, cfg=cfg, search=search,
                                     planner=planner, profile=prof))
         cyc = [c for c in prof.cycles if not c["searching"]] or prof.cycles
-        gpu = [c["gpu_cycle_ms"] for c in cyc if "gpu_cycle_ms" in c]
-        parts = [c for c in cyc if "gpu_draft_ms" in c]
+        gpu = [c.get("gpu_draft_ms", 0.0) + c.get("gpu_verify_ms", 0.0) for c in cyc]
         wall = [c["wall_ms"] for c in cyc]
         v_tps = statistics.mean(r.num_new_tokens / r.wall_time_s for r in v)
         s_tps = statistics.mean(r.num_new_tokens / r.wall_time_s for r in s)
@@ -221,9 +209,8 @@ def main() -> int:
         row = dict(task=task, answers=len(s), cycles=len(prof.cycles), cycles_after_search=len(cyc),
                    wall_ms=statistics.mean(wall) if wall else None, gpu_ms=statistics.mean(gpu) if gpu else None,
                    wall_over_gpu=(sum(wall) / sum(gpu)) if gpu and sum(gpu) else None,
-                   gpu_draft_ms=statistics.mean(c["gpu_draft_ms"] for c in parts) if parts else None,
-                   gpu_verify_ms=statistics.mean(c["gpu_verify_ms"] for c in parts) if parts else None,
-                   fused=sum(c["fused"] for c in cyc) / len(cyc) if cyc else None,
+                   gpu_draft_ms=statistics.mean(c.get("gpu_draft_ms", 0) for c in cyc) if cyc else None,
+                   gpu_verify_ms=statistics.mean(c.get("gpu_verify_ms", 0) for c in cyc) if cyc else None,
                    host_launch_ms=statistics.mean(c["draft_launch_ms"] + c["verify_launch_ms"] for c in cyc)
                    if cyc else None, syncs_per_cycle=statistics.mean(c["syncs"] for c in prof.cycles)
                    if prof.cycles else None, cycles_per_read=len(cyc) / sum(1 / c["group"] for c in cyc) if cyc else None,
@@ -253,15 +240,14 @@ def main() -> int:
              f"{f(static.get('model_pass_ms'))} ms and tree + acceptance + commit "
              f"{f(static.get('tree_accept_commit_ms'))} ms. Command: `{env['command']}`", "",
              "| task | cycles | wall ms / cycle | GPU ms / cycle | wall / GPU | draft GPU ms | verify GPU ms | host "
-             "launch ms | syncs / cycle | cycles per read | in one graph | captures in timed runs | draft length | "
-             "M | c(r) | "
+             "launch ms | syncs / cycle | cycles per read | captures in timed runs | draft length | M | c(r) | "
              "v (tree size: cost) | ceiling | speedup | "
-             "share of ceiling | identical |", "|---" * 20 + "|"]
+             "share of ceiling | identical |", "|---" * 19 + "|"]
     for r in summary:
         lines.append(f"| {r['task']} | {r['cycles']} | {f(r['wall_ms'])} | {f(r['gpu_ms'])} | "
                      f"{f(r['wall_over_gpu'], '.2f')} | {f(r['gpu_draft_ms'])} | {f(r['gpu_verify_ms'])} | "
                      f"{f(r['host_launch_ms'])} | {f(r['syncs_per_cycle'], '.2f')} | "
-                     f"{f(r['cycles_per_read'], '.2f')} | {f(r['fused'], '.0%')} | "
+                     f"{f(r['cycles_per_read'], '.2f')} | "
                      f"{r['captures_in_timed_runs']} | "
                      f"{f(r['draft_len'], '.1f')} | {r['M']:.2f} | {f(r['c_r'])} | "
                      f"{', '.join(f'{n}: {c:.2f}' for n, c in r['v'].items())} | "

@@ -147,12 +147,6 @@ def test_variant_flag_parses_and_overrides_the_command_line(bench):
     b = type("B", (), {"a": a})()
     assert bench.Bench.knobs(b, "swift") == {"sync_cycles": 8} and bench.Bench.knobs(b, "s1") == {"sync_cycles": 1}
     assert bench.Bench.knobs(b, "early-exit") == {"sync_cycles": 8} and bench.Bench.knobs(b, "pld") == {}
-    a = parse(["--no-fuse-cycles", "--variant", "f1=swift:fuse-cycles=1", "--variant", "e0=early-exit:fuse-cycles=0"])
-    b = type("B", (), {"a": a})()
-    assert bench.Bench.knobs(b, "swift") == {"fuse_cycles": False}
-    assert bench.Bench.knobs(b, "f1") == {"fuse_cycles": True}
-    assert bench.Bench.knobs(b, "e0") == {"fuse_cycles": False} and bench.Bench.knobs(b, "pld") == {}
-    assert bench._knob({}, "fuse_cycles") is False and bench._knob({"fuse_cycles": 1}, "fuse_cycles") is True
     for bad, why in (("s0=swift", "expected LABEL"), ("swift=swift:draft-rest=0", "other than a method"),
                      ("S 0=swift:draft-rest=0", "lower-case"), ("v=vanilla:draft-rest=0", "not one of"),
                      ("c=swift-cached:draft-rest=0", "not one of"), ("p=pld:draft-rest=0", "has no setting"),

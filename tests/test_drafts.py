@@ -273,6 +273,9 @@ def test_pass_costs_script_refuses_unknown_shapes_and_a_machine_without_cuda():
     script = Path(__file__).resolve().parents[1] / "scripts" / "pass_costs.py"
     bad = subprocess.run([sys.executable, str(script), "--shapes", "smollm2-135m,gpt2"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown gpt2" in bad.stderr and "Traceback" not in bad.stderr
+    small = subprocess.run([sys.executable, str(script), "--max-tree-nodes", "8"], capture_output=True, text=True)
+    assert small.returncode == 2 and "max tree nodes must be in [max draft length + 2" in small.stderr
+    assert "Traceback" not in small.stderr
     if not torch.cuda.is_available():
         cpu = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
         assert cpu.returncode == 2 and "needs a CUDA GPU" in cpu.stderr and "Traceback" not in cpu.stderr
@@ -285,8 +288,8 @@ def test_a_settled_skip_set_drafts_on_graphs_of_its_own(monkeypatch):
     eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6)
     eng.cuda_graphs = True
     skip = LayerSkip.of(attn=[2, 3], mlp=[3])
-    cfg = SwiftConfig(guard=False, context_window=16, fuse_cycles=False)  # draft graphs replayed per cycle (groups
-    acc = accelerator(eng, cfg)  # in one graph: tests/test_swift.py)
+    cfg = SwiftConfig(guard=False, context_window=16)
+    acc = accelerator(eng, cfg)
     acc.drafter.tracked = True
     monkeypatch.setattr(acc, "measure", lambda at, sampling: acc.costs)
     eng.warm_up_decode()

@@ -283,7 +283,7 @@ def test_every_flag_has_help_and_both_runners_share_the_common_flags():
                 "--guard-margin", "--layer-cache", "--cache-hit", "--reset-search-per-instance",
                 "--draft-chunk", "--draft-vocab", "--ratio-objective", "--context-drafts", "--context-tree",
                 "--search-proposals", "--context-retry", "--draft-rest", "--draft-stop", "--multirow-launches",
-                "--sync-cycles", "--no-fuse-cycles"}
+                "--sync-cycles"}
     assert swift_only == expected
 
 
@@ -293,18 +293,14 @@ def test_swift_flags_map_one_to_one_onto_swift_config():
               "draft_stop_threshold": 0.7, "max_draft_len": 10, "max_tree_nodes": 40,
               "guard_margin": 1.2, "context_retry": 32, "draft_rest": 2, "draft_stop": "confidence",
               "sync_cycles": 3}
-    argv = ["--task", "gsm8k", "--seed", "5", "--no-guard", "--context-drafts",  # (--context-retry acts on them)
-            "--no-fuse-cycles"]
+    argv = ["--task", "gsm8k", "--seed", "5", "--no-guard", "--context-drafts"]  # (--context-retry acts on them)
     for name, value in values.items():
         argv += ["--" + name.replace("_", "-"), str(value)]
     args = runner.build_parser("swift").parse_args(argv)
     cfg = settings.check_flags(args, methods.get("swift")).swift
     for name, value in values.items():
         assert getattr(cfg, name) == value, name
-    assert cfg.guard is False and cfg.seed == 5 and cfg.fuse_cycles is False
-    early = settings.check_flags(runner.build_parser("early-exit").parse_args(["--task", "gsm8k", "--no-fuse-cycles"]),
-                                 methods.get("early-exit")).swift
-    assert early.fuse_cycles is False and SwiftConfig().fuse_cycles is True
+    assert cfg.guard is False and cfg.seed == 5
     default = settings.check_flags(runner.build_parser("swift").parse_args(["--task", "gsm8k"]),
                                    methods.get("swift")).swift
     assert dataclasses.asdict(default) == dataclasses.asdict(SwiftConfig())
@@ -439,30 +435,28 @@ def test_eval_codellama_script(tmp_path, smollm2_path):
 
 
 def test_runs_from_before_the_launch_and_read_settings_resume_as_they_ran():
-    """An answer file written before `multirow_launches`, `sync_cycles` and `fuse_cycles` existed records none of
-    those keys; its graphs launched dependently, it read after every cycle and replayed a draft and a verification
-    graph per cycle: the configuration with those values matches it, so the run resumes; plain launches, several
-    cycles per read or cycles in one graph (the defaults now) do not; reading such a record back gives those values."""
+    """An answer file written before `multirow_launches` and `sync_cycles` existed records neither key; its graphs
+    launched dependently and it read after every cycle: the configuration with those values matches it, so the run
+    resumes; plain launches or several cycles per read (the default now) do not; reading such a record back gives
+    those values."""
     old = dataclasses.asdict(SwiftConfig())
-    del old["multirow_launches"], old["sync_cycles"], old["fuse_cycles"]
+    del old["multirow_launches"], old["sync_cycles"]
     old["tree_rule"] = [list(r) for r in old["tree_rule"]]
-    assert SwiftConfig().sync_cycles > 1 and SwiftConfig().fuse_cycles
+    assert SwiftConfig().sync_cycles > 1
     for method, wrap in ((methods.Swift, lambda c: methods.SwiftRun(c)), (methods.PromptLookup, lambda c: c),
                          (methods.EarlyExit, lambda c: methods.EarlyExitRun(c, 2))):
-        rec = method.record_config(wrap(SwiftConfig(sync_cycles=1, fuse_cycles=False)))["swift"]
+        rec = method.record_config(wrap(SwiftConfig(sync_cycles=1)))["swift"]
         assert {k: v for k, v in rec.items() if k != "exit_layer"} == old, method.name
         plain = method.record_config(wrap(SwiftConfig(multirow_launches="plain", sync_cycles=1)))["swift"]
         assert plain["multirow_launches"] == "plain"
         now = method.record_config(wrap(SwiftConfig()))["swift"]
         assert now["sync_cycles"] == SwiftConfig().sync_cycles and "multirow_launches" not in now
-        fused = method.record_config(wrap(SwiftConfig(sync_cycles=1)))["swift"]
-        assert now["fuse_cycles"] is True and fused["fuse_cycles"] is True and "sync_cycles" not in fused
     # cycles read one by one whatever sync_cycles says (prompt lookup's context drafts, the paper's confidence rule):
     # nothing recorded, so such runs resume as before
     for cfg in (methods.PromptLookup.build_config(runner.build_parser("pld").parse_args(["--task", "gsm8k"])),
                 SwiftConfig(draft_stop="confidence", sync_cycles=1), SwiftConfig(draft_stop="confidence")):
-        assert "sync_cycles" not in methods.swift_record(cfg) and "fuse_cycles" not in methods.swift_record(cfg), cfg
+        assert "sync_cycles" not in methods.swift_record(cfg), cfg
     back = methods.SwiftRun.from_dict({"swift": old}).swift
-    assert back.multirow_launches == "dependent" and back.sync_cycles == 1 and back.fuse_cycles is False
+    assert back.multirow_launches == "dependent" and back.sync_cycles == 1
     plain = methods.SwiftRun.from_dict({"swift": SwiftConfig(multirow_launches="plain").to_dict()}).swift
     assert plain.multirow_launches == "plain" and plain.sync_cycles == SwiftConfig().sync_cycles

@@ -11,8 +11,7 @@ nothing. Every node at depth d attends to the committed prefix plus its chain an
 `Drafter.draft(k)` runs k draft steps as one graph replay: each step's input is the previous step's top-1 token, on
 the device; the top-k ids and the top-1 probability of every step land in `table` / `top1`. `Verifier.verify()` is
 the rest of the cycle as one replay; its `report` holds what the host needs, read with the cycle's one sync (or, for
-a group of cycles read together, kept as a row of `reports` before the next cycle overwrites it: `keep`; once the skip
-set has settled, `CycleGroups` runs such a group's cycles, drafts and verifications, as one replay). Where
+a group of cycles read together, kept as a row of `reports` before the next cycle overwrites it: `keep`). Where
 the passes run the Triton kernels, the work around them (a draft step's top-k and table writes; the tree, greedy
 acceptance and commit) is a few kernels of model/kernels/topk.py and tree.py; elsewhere it is the PyTorch code here.
 
@@ -43,7 +42,6 @@ from model.kernels import topk as topk_kernels
 from model.kernels import tree as tree_kernels
 from model.tree import BUCKETS, DeviceTree, DeviceTreeTensors, padded_size
 
-FUSED_DRAFTS = 8  # the longest draft whose cycles run as whole groups in one graph (`CycleGroups`)
 _SERIAL = itertools.count()  # graph and buffer keys: unique per object for the process (an id() can be reused)
 
 
@@ -78,10 +76,8 @@ class Drafter:
     def set_skip(self, skip: LayerSkip) -> None:
         self.skip = skip
 
-    def _steps(self, k: int, skip: LayerSkip, mark=None, kv=False):
-        """k draft steps (`kv`: the PyTorch path's attention bound; False: the one a single cycle needs)."""
+    def _steps(self, k: int, skip: LayerSkip, mark=None):
         e, K = self.engine, self.cfg.top_k
-        kv = e.kv_len(self.cfg.max_draft_len + 1) if kv is False else kv
         R, d0 = e.cursor, self.offset
         first = e.seq.index_select(0, R)
         prev = self.table.index_select(0, (d0 - 1).clamp_min(0))[:, 0]
@@ -89,7 +85,7 @@ class Drafter:
         positions = R + d0 + e.arange[:k]  # [k]: one launch for the whole draft
         for d in range(k):
             pos = positions[d:d + 1]
-            p = Pass(tok, e.ext(pos, pos, pos, pos), kv)
+            p = Pass(tok, e.ext(pos, pos, pos, pos), e.kv_len(self.cfg.max_draft_len + 1))
             step_mark = None if mark is None else (lambda key, d=d: mark(None if key is None else (d,) + key))
             x = e.forward(p, skip=skip, mark=step_mark)
             logits = e.logits(x, self.vocab.weight)  # [1, V'] float32
@@ -241,38 +237,21 @@ class Verifier:
             raise ValueError(f"a tree of {n} nodes cannot hold the root, {chain_len} chain and {len(ctx)} context "
                              f"tokens")
         self.chain.fill_(chain_len)
-        self.set_context(ctx)
-        self.draw(n, sampling)
-        kv = e.kv_len(n + 1)
-        # graphs read these buffers
-        e.run(("verify", (self.key, self.fused), n, sampling, kv), lambda: self._cycle(n, sampling, kv),
-              plain_launches=self.cfg.plain_multirow)
-        return self.report
-
-    def set_context(self, ctx: list[int]) -> None:
-        """The context branch's tokens on the device (read by the next verification)."""
         if ctx or self._context_len != 0:  # without a context the device already holds length 0: no copy, so the
             # pinned buffer is not written while an earlier copy from it may still be queued (a group of cycles)
             self._host[0] = len(ctx)
             self._host[1:1 + len(ctx)] = torch.tensor(ctx, dtype=torch.long)
             self.context.copy_(self._host, non_blocking=True)
             self._context_len = len(ctx)
-
-    def _draws(self, n: int, j: int = 0) -> tuple[torch.Tensor, ...]:
-        """The random numbers of a sampled verification of a tree of n nodes, as cycle j of a group in one graph
-        (`CycleGroups`) reads them: per node, exponential noise over the vocabulary; per candidate and per branch
-        node, a uniform draw."""
-        e, (D, K) = self.engine, self.drafter.table.shape
-        return (e.buffer(("verify-noise", self.key, n, j), (n, e.args.vocab_size)),
-                e.buffer(("verify-u", self.key, j), (D, K + 1)), e.buffer(("verify-ub", self.key, j), (self.B,)))
-
-    def draw(self, n: int, sampling: SamplingConfig, j: int = 0) -> None:
-        """Draw those random numbers (global generator, outside the graphs) before the verification reads them."""
         if not sampling.greedy:
-            noise, u, ub = self._draws(n, j)
-            noise.exponential_(1)
-            u.uniform_()
-            ub.uniform_()
+            e.buffer(("verify-noise", self.key, n), (n, e.args.vocab_size)).exponential_(1)
+            e.buffer(("verify-u", self.key), (self.drafter.table.shape[0], self.drafter.table.shape[1] + 1)).uniform_()
+            e.buffer(("verify-ub", self.key), (self.B,)).uniform_()
+        kv = e.kv_len(n + 1)
+        # graphs read these buffers
+        e.run(("verify", (self.key, self.fused), n, sampling, kv), lambda: self._cycle(n, sampling, kv),
+              plain_launches=self.cfg.plain_multirow)
+        return self.report
 
     def keep(self, j: int) -> None:
         """Keep the report of the cycle just verified as row j of `reports` (a group of cycles, read together)."""
@@ -282,7 +261,7 @@ class Verifier:
         """The longest chain a tree of `size` nodes holds (what its verification is measured with)."""
         return min(self.cfg.max_draft_len, size - 1)
 
-    def _cycle(self, n: int, sampling: SamplingConfig, kv, j: int = 0):
+    def _cycle(self, n: int, sampling: SamplingConfig, kv):
         e, dr = self.engine, self.drafter
         table, R, C = dr.table, e.cursor, self.chain
         t, ext = self._tree(n)
@@ -296,7 +275,7 @@ class Verifier:
                 first, b_ok = greedy_checks(pred, t)
                 samples = pred
             else:
-                first, b_ok, samples = self._sampling(logits, sampling, t, j)
+                first, b_ok, samples = self._sampling(logits, sampling, t)
             report, moves = accept_and_commit(samples, first, b_ok, t, table, C, R, e.seq)
             self.report.copy_(report)
         # K/V of accepted off-chain nodes into place; unused moves copy a scratch slot onto itself
@@ -314,12 +293,12 @@ class Verifier:
         t = tree.build(dr.table, dr.top1, self.chain, self.context[1:], self.context[:1], e.seq.index_select(0, R))
         return t, e.ext(R + t.prefix, R + t.run_lo, R + e.arange[:n], R + t.depth)
 
-    def _sampling(self, logits, sampling, t, j: int = 0):
+    def _sampling(self, logits, sampling, t):
         """Recursive rejection sampling (model/sampling.py): per depth row, the first accepted candidate (-1: none);
         per branch node, whether its child is accepted; per node, the token it emits when it is the last accepted
         node: a sample of its residual distribution (its candidates removed; a node without candidates has the
         plain distribution)."""
-        B, n = self.B, t.size
+        e, B, n = self.engine, self.B, t.size
         D = t.cand.shape[0]
         chain_rows = torch.arange(D, device=logits.device).clamp_max(n - 1)  # node d is chain node d (d <= C < n)
         nxt_b, more_b = _branch_children(t), _has_child(t)
@@ -329,87 +308,19 @@ class Verifier:
         # the candidates' target probabilities, in order
         p_c = torch.where(valid, probs.index_select(0, chain_rows).gather(1, t.ctok), 0.0)
         mass = p_c.cumsum(1) - p_c  # rejected mass before each candidate
-        noise, u, ub = self._draws(n, j)
+        u = e.buffer(("verify-u", self.key), tuple(t.cand.shape))
         first = _first(valid & (u < rules.accept_probability(p_c, mass)))
         bn = t.bnode.clamp_max(n - 1)
         p_b = probs.index_select(0, bn).gather(1, nxt_b.view(B, 1)).view(B)
+        ub = e.buffer(("verify-ub", self.key), (B,))
         b_ok = ub < rules.accept_probability(p_b, torch.zeros_like(p_b))
         rows = torch.arange(D, device=probs.device)[:, None]
         hidden = torch.where(valid, rows * V + t.ctok, n * V).flatten()  # chain nodes' candidates
         hidden_b = torch.where(more_b & (t.bnode < n), bn * V + nxt_b, n * V)  # branch nodes' children
         residual = torch.cat([probs.flatten(), probs.new_zeros(1)])
         residual = residual.index_fill_(0, torch.cat([hidden, hidden_b]), 0.0)
+        noise = e.buffer(("verify-noise", self.key, n), (n, V))
         return first, b_ok, sample_from_probs(residual[:-1].view(n, V), noise)
-
-
-class CycleGroups:
-    """Whole cycles in one graph: a group of `group` cycles, each k draft steps with a settled skip set, the
-    verification of the chain's tree and its report kept as row j of `Verifier.reports`, as one replay.
-
-    Once no search runs, a group of cycles read together (`SwiftConfig.sync_cycles`) otherwise replays two graphs per
-    cycle. Between graphs the GPU waits for each kernel to finish before the next graph's first one starts, and a
-    kernel cannot start early on the one before it (programmatic dependent launch, model/kernels/__init__.py): on a
-    small model, where a pass is some two hundred short kernels, each boundary costs a measurable share of a cycle
-    (docs/RESULTS.md). In one graph the cycles follow each other as the kernels of one pass do. The work is the same
-    kernels on the same buffers, in the same order, so the output is too.
-
-    The graphs are captured when a skip set settles (`Accelerator.settle`, untimed), one per draft length up to
-    `FUSED_DRAFTS` for the group size of the configuration; a cycle planned otherwise (a longer draft, or a smaller
-    group at the end of the token budget) replays the draft and verification graphs as before. The planned draft
-    length is the same for every cycle of a group: the planner learns only from cycles it has read."""
-
-    def __init__(self, drafter: Drafter, verifier: Verifier):
-        self.drafter, self.verifier, self.engine = drafter, verifier, drafter.engine
-        self.ready: set = set()  # (skip set, group size, sampling) whose graphs were captured
-
-    def lengths(self) -> tuple[int, ...]:
-        return tuple(k for k in self.drafter.chunks() if k <= FUSED_DRAFTS)
-
-    def _key(self, skip: LayerSkip, k: int, group: int, sampling: SamplingConfig) -> tuple:
-        dr, vf, e = self.drafter, self.verifier, self.engine
-        kv = e.kv_len(group * (k + 1) + max(vf.sizes[-1], self.drafter.cfg.max_draft_len) + 1)
-        return ("cycles", (dr.key, vf.key, dr.fused, vf.fused), k, group, sampling, kv, skip)
-
-    def has(self, skip: LayerSkip, k: int, group: int, sampling: SamplingConfig) -> bool:
-        """Whether a group of `group` cycles drafting k tokens with `skip` has its graph."""
-        return ((skip, group, sampling) in self.ready and k <= FUSED_DRAFTS
-                and self.engine.has_graph(self._key(skip, k, group, sampling), self.drafter.cfg.plain_multirow))
-
-    def capture(self, skip: LayerSkip, group: int, sampling: SamplingConfig) -> bool:
-        """Capture the graphs of groups of `group` cycles with `skip` for every fused draft length (untimed, on
-        scratch positions: a capture runs the group once first). Returns whether anything was captured."""
-        if not self.engine.cuda_graphs or (skip, group, sampling) in self.ready:
-            return False
-        for k in self.lengths():
-            self._graph(skip, k, group, sampling, capture=True)
-        self.ready.add((skip, group, sampling))
-        return True
-
-    def run(self, skip: LayerSkip, k: int, group: int, sampling: SamplingConfig) -> torch.Tensor:
-        """Run the group (its graph must exist: `has`); returns the reports [group, ...] (on the device)."""
-        self._graph(skip, k, group, sampling, capture=False)
-        return self.verifier.reports[:group]
-
-    def _graph(self, skip, k, group, sampling, capture: bool) -> None:
-        e, dr, vf = self.engine, self.drafter, self.verifier
-        n = vf.size_for(1 + k)
-        key = self._key(skip, k, group, sampling)
-        if not capture and not e.has_graph(key, dr.cfg.plain_multirow):
-            raise RuntimeError(f"no graph of {group} cycles drafting {k} tokens with this skip set")
-        dr.offset.zero_()  # every draft from depth row 0, every chain k tokens, no context branch
-        vf.chain.fill_(k)
-        vf.set_context([])
-        for j in range(group):
-            vf.draw(n, sampling, j)
-        kv = key[5]
-
-        def cycles():
-            for j in range(group):
-                dr._steps(k, skip, kv=kv)
-                vf._cycle(n, sampling, kv, j)
-                vf.reports[j].copy_(vf.report)
-
-        e.run(key, cycles, plain_launches=dr.cfg.plain_multirow)
 
 
 def fused_tails(engine: Engine, key: tuple, check) -> bool:

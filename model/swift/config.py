@@ -48,9 +48,6 @@ class SwiftConfig:
     # on the device one after the other, as they would with a read between them; the host's work of a read no
     # longer leaves the GPU idle after each cycle
     sync_cycles: int = 4
-    # such a group's cycles (drafts of up to 8 tokens with the final skip set) run as one CUDA graph, captured when the
-    # set settles, instead of a draft and a verification graph per cycle; the same kernels in the same order
-    fuse_cycles: bool = True
     max_draft_len: int = 25
     tree_rule: tuple = DEFAULT_TREE_RULE
     max_tree_nodes: int = 32
@@ -143,11 +140,6 @@ class SwiftConfig:
         """Whether cycles may be read in groups (`sync_cycles`): with the planned draft length and no context drafts;
         the confidence rules and context continuations need each cycle read."""
         return self.draft_stop == "speed" and not self.context_drafts
-
-    @property
-    def fused_group(self) -> int:
-        """The size of the groups of cycles that run as one graph (`fuse_cycles`; 0: none)."""
-        return self.sync_cycles if self.groups_cycles and self.fuse_cycles else 0
 
     @property
     def plain_multirow(self) -> bool:

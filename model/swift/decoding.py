@@ -7,8 +7,7 @@ One stream, as in the paper's algorithm box:
         draft:    k tokens with the current skip set (one graph replay; k planned for speed, or until confidence drops)
         verify:   build the tree, run the full model over it, accept the longest valid path + bonus, commit
                   (one graph replay on the smallest tree size that holds the cycle, one host sync; once no
-                  search runs, up to `sync_cycles` cycles are launched before that one sync, and once the skip
-                  set has settled such a group is one graph replay: `CycleGroups`)
+                  search runs, up to `sync_cycles` cycles are launched before that one sync)
 
 The device-side cycle lives in `acceleration.py`, the search in `layer_search.py`, the draft-length and ratio model
 in `planner.py`. With context drafts (hybrid), each cycle's chain is the context continuation or the layer-skip draft,
@@ -29,7 +28,7 @@ from model.graphs import gpu_ms
 from model.generate import GenerationResult, check_lengths, sync
 from model.llama import LayerSkip
 from model.sampling import SamplingConfig
-from model.swift.acceleration import CycleGroups, Drafter, Verifier
+from model.swift.acceleration import Drafter, Verifier
 from model.swift.config import SwiftConfig
 from model.swift.layer_search import LayerSearch, score_candidates
 from model.swift.planner import ContextRate, CostModel, DraftPlanner
@@ -152,7 +151,6 @@ class Accelerator:
         self.engine, self.cfg = engine, cfg
         self.drafter = Drafter(engine, cfg)
         self.verifier = Verifier(engine, cfg, self.drafter)
-        self.groups = CycleGroups(self.drafter, self.verifier)
         self.costs = CostModel.default(engine.args.n_layers)
         self.full_ms = None  # GPU ms of a plain step, measured at warm-up
 
@@ -177,13 +175,11 @@ class Accelerator:
         e.length = 0
 
     @torch.inference_mode()
-    def settle(self, skip: LayerSkip, sampling: SamplingConfig = SamplingConfig(),
-               cfg: SwiftConfig | None = None) -> bool:
+    def settle(self, skip: LayerSkip) -> bool:
         """Once the search has stopped: graphs of the draft with `skip` alone (`Drafter.settle`) and the measured
-        cost of its step, which the planner then uses; and, where `cfg` (the stream's settings; default: those this
-        accelerator was made with) runs groups of cycles as one graph, those graphs (`CycleGroups`). Call it untimed
-        (between answers); leaves the stream empty. Returns whether anything was captured."""
-        e, dr, cfg = self.engine, self.drafter, cfg or self.cfg
+        cost of its step, which the planner then uses. Call it untimed (between answers); leaves the stream empty.
+        Returns whether anything was captured."""
+        e, dr = self.engine, self.drafter
         if not e.cuda_graphs:
             return False
         at = self.cfg.context_window + 1
@@ -194,9 +190,6 @@ class Accelerator:
             k = max(dr.chunks())
             step = gpu_ms(lambda: dr.draft(k), 5, before=lambda: self._at(at)) / k
             self.costs.settled[skip] = step / self.full_ms
-        if cfg.fused_group and skip in dr.settled:
-            self._at(at)
-            done = self.groups.capture(skip, cfg.fused_group, sampling) or done
         e.length = 0
         return done
 
@@ -247,9 +240,7 @@ def accelerator(engine: Engine, cfg: SwiftConfig) -> Accelerator:
 class CycleProfile:
     """Per-cycle timings of `swift_generate` (scripts/profile_swift.py): host wall time of the cycle and of its parts,
     and GPU time of the draft and of the verification replays (CUDA events, read once the cycle has synced). The
-    cycles of a group read with one sync (`SwiftConfig.sync_cycles`) share the group's wall time and read evenly; the
-    cycles of a group run as one graph (`CycleGroups`) also share its launch and GPU time, which has no draft and
-    verification parts."""
+    cycles of a group read with one sync (`SwiftConfig.sync_cycles`) share the group's wall time and read evenly."""
 
     def __init__(self, cuda: bool):
         self.cuda, self.cycles, self._pending = cuda, [], []
@@ -262,22 +253,15 @@ class CycleProfile:
         return e
 
     def begin(self, t: float) -> None:
-        self._pending.append(dict(times=[t], events=[self._event()], share=1))
+        self._pending.append(([t], [self._event()]))
 
     def drafted(self, t: float) -> None:
-        p = self._pending[-1]
-        p["times"].append(t)
-        p["events"].append(self._event())
+        times, events = self._pending[-1]
+        times.append(t)
+        events.append(self._event())
 
     def verified(self) -> None:
         self.drafted(time.perf_counter())
-
-    def fused(self, group: int) -> None:
-        """The cycle begun last launched a whole group of `group` cycles in one graph: `group` cycles, each with an
-        even share of its launch and GPU time."""
-        p = self._pending.pop()
-        t0, t1, ev = p["times"][0], time.perf_counter(), p["events"] + [None, self._event()]
-        self._pending += [dict(times=[t0, t0, t1], events=ev, share=group) for _ in range(group)]
 
     def end(self, t: float, infos: list[dict]) -> None:
         """The group's cycles were read at `t`; `infos`: one dict per cycle the stream used (fewer than were launched
@@ -285,15 +269,12 @@ class CycleProfile:
         the unused ones are left out, as their tokens are)."""
         pending, self._pending = self._pending, []
         n = len(pending)
-        wall, read = (t - pending[0]["times"][0]) / n, (t - pending[-1]["times"][2]) / n
-        for info, p in zip(infos, pending):
-            (t0, t1, t2), ev, share = p["times"], p["events"], p["share"]
-            row = dict(info, group=n, wall_ms=wall * 1e3, draft_launch_ms=(t1 - t0) * 1e3 / share,
-                       verify_launch_ms=(t2 - t1) * 1e3 / share, read_and_host_ms=read * 1e3)
+        wall, read = (t - pending[0][0][0]) / n, (t - pending[-1][0][2]) / n
+        for info, ((t0, t1, t2), ev) in zip(infos, pending):
+            row = dict(info, group=n, wall_ms=wall * 1e3, draft_launch_ms=(t1 - t0) * 1e3,
+                       verify_launch_ms=(t2 - t1) * 1e3, read_and_host_ms=read * 1e3)
             if self.cuda:
-                row["gpu_cycle_ms"] = ev[0].elapsed_time(ev[2]) / share
-                if ev[1] is not None:
-                    row.update(gpu_draft_ms=ev[0].elapsed_time(ev[1]), gpu_verify_ms=ev[1].elapsed_time(ev[2]))
+                row.update(gpu_draft_ms=ev[0].elapsed_time(ev[1]), gpu_verify_ms=ev[1].elapsed_time(ev[2]))
             self.cycles.append(row)
 
 
@@ -424,7 +405,6 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     ctx_rate = ContextRate()
     sources = {"draft": 0, "context": 0}
     cycles = {"draft": 0, "context": 0, "union": 0}
-    fused_cycles = 0  # of them, cycles of groups run as one graph
     while not s.done:
         t = time.perf_counter()
         if search is not None and search.active and engine.length - 1 > gamma:  # optimize: score candidates
@@ -457,23 +437,14 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             continue
         if layers and (not skip_log or skip_log[-1][1] != current):
             skip_log.append((len(s.new), current))
-        group, k = 1, None  # cycles launched before the one read; the draft length planned for each
+        group = 1  # cycles launched before the one read
         if source == "draft" and cfg.groups_cycles and (search is None or not search.active):
-            k = planner.length(limit, current)
-            group = cycles_per_read(cfg.sync_cycles, k, max_new_tokens - len(s.new))
-        fused = k is not None and cfg.fuse_cycles and acc.groups.has(current, k, group, sampling)
+            group = cycles_per_read(cfg.sync_cycles, planner.length(limit, current), max_new_tokens - len(s.new))
         captures = engine.graph_captures
         t = time.perf_counter()
         launched = []  # per cycle: (chain length, context tokens, chain (its top-1 probabilities, or its length),
         try:  # whether a continuation was offered and the draft chosen, seconds launching the draft)
-            if fused:  # the whole group in one graph: no draft launch of its own
-                if profile:
-                    profile.begin(t)
-                acc.groups.run(current, k, group, sampling)
-                if profile:
-                    profile.fused(group)
-                launched = [(k, 0, k, False, 0.0)] * group
-            for _ in range(0 if fused else group):
+            for _ in range(group):
                 tj = time.perf_counter()
                 if profile:
                     profile.begin(tj)
@@ -498,7 +469,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
                     profile.verified()
                 launched.append((C, len(context), chain, offered, t1 - tj))
             # sync: tree, verify, accept, commit on the device; the one read of the cycle (or of the group)
-            rows = (acc.verifier.reports[:group] if group > 1 or fused else report[None]).tolist()
+            rows = (acc.verifier.reports[:group] if group > 1 else report[None]).tolist()
         finally:
             engine.ahead = 0
         s.reads += 1
@@ -509,7 +480,6 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             n_new = s.append(row[4:4 + n_new], one_step=True)  # may stop short at EOS or the budget
             accepted = n_new - 1  # as the metrics count it: the step's last token is its bonus
             cycles[source] += 1
-            fused_cycles += fused
             sources["context" if source == "context" else "draft"] += min(a, accepted) + min(leaf, max(0, accepted - a))
             sources["context"] += min(nb, max(0, accepted - a))
             if source == "context":
@@ -521,7 +491,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
                 if calibrate:
                     calibrator.update(chain, a)
             drafted += C + n_context
-            infos.append(dict(C=C, committed=n_new, accepted=a, context=n_context, source=source, fused=fused,
+            infos.append(dict(C=C, committed=n_new, accepted=a, context=n_context, source=source,
                               captures=engine.graph_captures - captures if not infos else 0,
                               searching=search is not None and search.active,
                               syncs=1 / group if isinstance(chain, int) else 1 + -(-len(chain) // cfg.draft_chunk)))
@@ -548,7 +518,6 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
              "fallback_at": None if None in tripped else max(tripped),  # plain decoding from here on
              "guard_tripped_at": {k: g.tripped_at for k, g in guards.items()},
              "guard_trips": {k: g.trips for k, g in guards.items()}, "draft_rested": rested, "cycles": cycles,
-             "fused_cycles": fused_cycles,
              "num_layers": engine.args.n_layers,
              "search": search.summary() if search is not None else None, "cache_hit": search is None,
              "final_skip": (search.best if search is not None else skip).to_dict()

@@ -8,8 +8,8 @@ plain decoding (one token per full step):
 
 `CostModel` holds c as a function of the skip set (a fixed part plus one cost per kept attention and per kept MLP
 sub-layer, measured from the draft graphs at warm-up on the GPU, an even split elsewhere) and v per tree size: a
-verification runs on the smallest tree size that holds the root and the chain (16 nodes fit one row block of the
-products, 32 nodes need two), so a short chain is verified more cheaply than a long one. `DraftPlanner` learns a_j
+verification runs on the smallest tree size that holds the root and the chain (8, 16, 32 nodes, ...: the products'
+work grows with the rows), so a short chain is verified more cheaply than a long one. `DraftPlanner` learns a_j
 per depth from the cycles of the stream (decayed counts around the rate pooled over depths), picks the k that
 maximises the expression each cycle (draft_stop="speed"), and scores a skip ratio for the layer search: with
 matchness m as a constant acceptance, the best speedup over k at that ratio's draft cost (ratio_objective="speed").
