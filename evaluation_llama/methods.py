@@ -355,8 +355,7 @@ class Swift(Method):
         add("search_proposals", f"how the layer search draws its local candidates: 'paper' swaps 1-2 "
             f"random sub-layers of the best set; 'guided' draws the swaps from a regression of the "
             f"observed matchness on the sub-layers, so the ones that cost matchness leave the set "
-            f"first, and a set that ties the best one's matchness replaces it (crossing plateaus) "
-            f"(default {d['search_proposals']})", choices=("paper", "guided"))
+            f"first (default {d['search_proposals']})", choices=("paper", "guided"))
         add("max_draft_len", f"most tokens drafted per cycle, in [1, 32] "
             f"(default {d['max_draft_len']})", type=INT)
         add("max_tree_nodes", f"most nodes of the verified token tree, in [--max-draft-len + 2, "

@@ -136,9 +136,7 @@ def build_planted(args: ModelArgs, ratio: float = 0.45, n_flips: int = 0, alphab
     # a redirected token t (no voters) starts with need - 0.5 for nxt(t) in the embedding, and `need` planted
     # sub-layers each vote for nxt(nxt(t)): all of them outvote nxt(t) by 0.5, one fewer does not. A draft must keep
     # every carrier to follow the redirection, i.e. skip as many voters instead, which costs more than it gains: the
-    # planted set stays the search's optimum. A set that keeps a redirected token's carriers sits on a plateau, though:
-    # one swap that keeps a voter back must skip a carrier (one token won, one lost), so the search must accept moves
-    # that do not gain to leave it (LayerSearch.observe, guided proposals)
+    # planted set stays the search's optimum
     if flipped and not plant:
         raise ValueError("redirected tokens need planted sub-layers to carry them: raise `ratio` or set n_flips=0")
     carry, need = {s: [] for s in plant}, min(len(plant), CARRIERS)

@@ -25,7 +25,7 @@ class SwiftConfig:
     bayes_history: int = 128  # most recent observations the Gaussian process is fitted on
     # "paper": random candidates (uniform, and 1-2 random swaps of the best) plus the Bayesian proposal; "guided": the
     # swaps are drawn from a regression of the observed scores on the sub-layers (LayerSearch.effects) and repeated
-    # sets are drawn again, and a set that ties the best one's matchness replaces it (a sideways move)
+    # sets are drawn again
     search_proposals: str = "guided"
     guide_history: int = 512  # most recent observations at the current ratio the regression is fitted on
     # automatic skip ratio

@@ -208,27 +208,21 @@ class LayerSearch:
         return [self.to_skip(b) for b in out[:n]]
 
     def observe(self, skips: list[LayerSkip], scores: list[float]) -> None:
-        """Record one step's scores. A better score makes its set the best and resets the count of steps without
-        gain; with guided proposals, the first set of a step that ties the best score also replaces the best (a
-        sideways move, so a search can cross a plateau of equal matchness) without resetting that count."""
         st, cfg = self.state, self.cfg
         if self._pending_best and st.best_skip is not None:
             st.best_score = -1.0  # the re-sized best is judged afresh
         self._pending_best = False
-        improved = moved = False
-        sideways = cfg.search_proposals == "guided"
+        improved = False
         for skip, score in zip(skips, scores):
             bits = self.to_bits(skip)
             self._obs.append((bits, score))
             self._scored.add(bits.tobytes())
             if score > st.best_score:
                 st.best_skip, st.best_score, improved = skip, float(score), True
-            elif sideways and not (improved or moved) and score == st.best_score and skip != st.best_skip:
-                st.best_skip, moved = skip, True  # a sideways move across a plateau; not an improvement
         st.n_iter += 1
         st.steps_at_ratio += 1
         st.n_stale = 0 if improved else st.n_stale + 1
-        if improved or moved:
+        if improved:
             st.history.append((st.n_iter, st.ratio, st.best_score, st.best_skip.to_dict()))
         if cfg.auto_ratio and cfg.ratio_objective == "speed":
             self._adapt_ratio_for_speed()
