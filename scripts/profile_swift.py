@@ -77,7 +77,7 @@ def kernel_table(engine: Engine, acc, skip, steps: int = 8, reps: int = 3) -> li
     off, a draft step on `skip`'s own graphs (`Accelerator.settle`), and a verification of the smallest tree size
     (a chain of one token: the draft length on the small models), the GPU time per step of the replays (CUDA events)
     next to the kernels they ran (torch.profiler: count and busy time per step, by kernel name). The difference
-    between the two is what the graph spends between and around its kernels."""
+    between the two draft steps is what the graph spends between and around its kernels."""
     from model import graphs
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
