@@ -356,6 +356,11 @@ class Swift(Method):
             f"random sub-layers of the best set; 'guided' draws the swaps from a regression of the "
             f"observed matchness on the sub-layers, so the ones that cost matchness leave the set "
             f"first (default {d['search_proposals']})", choices=("paper", "guided"))
+        add("search_tiebreak", f"how the layer search ranks skip sets of equal matchness: 'margin' "
+            f"prefers the set whose logits are closer to the followed tokens (the log-probability "
+            f"margin to the argmax, which never outweighs one matched token), so a set that is one "
+            f"step from matching one more token ranks above one that is not; 'none' ranks by "
+            f"matchness alone, as the paper (default {d['search_tiebreak']})", choices=("margin", "none"))
         add("max_draft_len", f"most tokens drafted per cycle, in [1, 32] "
             f"(default {d['max_draft_len']})", type=INT)
         add("max_tree_nodes", f"most nodes of the verified token tree, in [--max-draft-len + 2, "
@@ -403,7 +408,7 @@ class Swift(Method):
     @classmethod
     def build_config(cls, args):
         fields = [*SWIFT_FLAGS, "draft_stop", "ratio_objective", "context_tree", "search_proposals",
-                  "multirow_launches"]
+                  "search_tiebreak", "multirow_launches"]
         values = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
         given = {f: "--" + f.replace("_", "-") for f in values}
         values.update(guard=not args.no_guard, seed=args.seed,

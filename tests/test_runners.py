@@ -282,7 +282,7 @@ def test_every_flag_has_help_and_both_runners_share_the_common_flags():
                 "--draft-stop-threshold", "--max-draft-len", "--max-tree-nodes", "--no-guard",
                 "--guard-margin", "--layer-cache", "--cache-hit", "--reset-search-per-instance",
                 "--draft-chunk", "--draft-vocab", "--ratio-objective", "--context-drafts", "--context-tree",
-                "--search-proposals", "--context-retry", "--draft-rest", "--draft-stop", "--multirow-launches",
+                "--search-proposals", "--search-tiebreak", "--context-retry", "--draft-rest", "--draft-stop", "--multirow-launches",
                 "--sync-cycles"}
     assert swift_only == expected
 

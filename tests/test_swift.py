@@ -19,7 +19,7 @@ from model.swift.config import SwiftConfig
 from model.swift.decoding import CycleProfile, accelerator, cycles_per_read, score_candidates, swift_generate
 from model.swift.planner import CostModel
 from model.swift.layer_cache import load_layer_config, save_layer_config
-from model.swift.layer_search import LayerSearch
+from model.swift.layer_search import LayerSearch, candidate_scores
 from tests.helpers import FakeGraph, hf_config, hf_model, ours_from_hf, tiny_engine
 
 
@@ -304,6 +304,9 @@ def test_search_finds_planted_noops():
              [LayerSkip.of(attn=sorted(noops.attn), mlp=sorted(noops.mlp | {i})) for i in (2, 4)]
     assert score_candidates(eng, [noops], 32, plain_launches=True) == [1.0]
     assert all(s < 1.0 for s in score_candidates(eng, others, 32, plain_launches=True))
+    match, close = candidate_scores(eng, [noops, *others], 32, plain_launches=True)
+    assert match == score_candidates(eng, [noops, *others], 32, plain_launches=True)
+    assert close[0] == 1.0 and all(0.0 <= c < 1.0 for c in close[1:])  # 1 only where every followed token leads
     cfg = SwiftConfig(skip_ratio=0.5, max_score=1.0, guard=False, seed=3)
     search = LayerSearch(6, cfg)
     res = swift_generate(eng, prompt, 200, cfg=cfg, search=search)
@@ -657,6 +660,63 @@ def test_guided_swaps_find_a_planted_set_that_random_swaps_miss():
     assert all(found for found, _ in guided)
     assert not any(found for found, _ in paper)
     assert max(steps for _, steps in guided) < 200
+
+
+def _pair_landscape(n_layers: int, seed: int, alphabet: int = 20):
+    """As `_ring_landscape`, with chords past one lap as model/planted.py draws them ({a, a + T/2}), so that some
+    needed sub-layers vote for the same two tokens: skipping both loses those tokens and keeping either one back alone
+    wins nothing back. Returns the planted set and score(bits) -> (matchness, closeness), closeness being 1 - the
+    share of all votes that the skipped sub-layers take away (a model's logits move with every vote)."""
+    rng = np.random.default_rng(seed + 1000)
+    dims = 2 * (n_layers - 2)
+    planted = set(rng.choice(dims, int(round(0.45 * dims)), replace=False).tolist())
+    important = [i for i in range(dims) if i not in planted]
+    rng.shuffle(important)
+    T = alphabet
+    votes = {s: {j % T, (j + 1) % T} if j < T else {(j - T) % T, (j - T + T // 2) % T} for j, s in enumerate(important)}
+    total = sum(len(v) for v in votes.values())
+
+    def score(bits) -> tuple[float, float]:
+        on = [int(i) for i in np.flatnonzero(bits)]
+        wrong = set().union(*(votes.get(i, set()) for i in on))
+        return 1 - len(wrong) / T, 1 - sum(len(votes.get(i, ())) for i in on) / total
+
+    return planted, score
+
+
+def test_closeness_tiebreak_climbs_out_of_pair_traps():
+    """40 layers (76 sub-layers, 34 planted): matchness alone leaves the search on a plateau where two skipped
+    sub-layers are needed for the same tokens (a swap of either alone is a tie); ranking ties by closeness finds the
+    planted set in most seeds where matchness alone mostly does not."""
+    def found(seed, tiebreak):
+        planted, score = _pair_landscape(40, seed)
+        s = LayerSearch(40, SwiftConfig(skip_ratio=0.45, max_score=1.0, seed=seed, search_tiebreak=tiebreak))
+        while s.active:
+            cands = s.propose(4)
+            scores = [score(s.to_bits(c)) for c in cands]
+            s.observe(cands, [m for m, _ in scores], [c for _, c in scores])
+        assert s.state.best_score == score(s.to_bits(s.best))[0]  # best_score stays the matchness
+        return set(np.flatnonzero(s.to_bits(s.best)).tolist()) == planted
+
+    margin = [found(seed, "margin") for seed in range(6)]
+    plain = [found(seed, "none") for seed in range(6)]
+    assert sum(margin) >= 5 and sum(plain) <= 2
+
+
+def test_closeness_never_outweighs_a_matched_token():
+    s = LayerSearch(12, SwiftConfig(skip_ratio=0.45))
+    gamma = s.cfg.context_window
+    assert s.rank(0.5, 0.0) < s.rank(0.5, 0.3) < s.rank(0.5, 1.0) < s.rank(0.5 + 1 / gamma, 0.0)
+    assert s.rank(0.5, None) == 0.5
+    plain = LayerSearch(12, SwiftConfig(skip_ratio=0.45, search_tiebreak="none"))
+    assert plain.rank(0.5, 1.0) == 0.5
+    # a tie in matchness with a better closeness replaces the best; a worse matchness never does
+    a, b, c = (s.to_skip(s._random()) for _ in range(3))
+    s.observe([a], [0.5], [0.2])
+    s.observe([b], [0.5], [0.9])
+    assert s.best == b and s.state.best_score == 0.5
+    s.observe([c], [0.5 - 1 / gamma], [1.0])
+    assert s.best == b
 
 
 def test_effects_rank_the_harmful_sublayers_below_the_harmless():

@@ -28,6 +28,10 @@ class SwiftConfig:
     # sets are drawn again
     search_proposals: str = "guided"
     guide_history: int = 512  # most recent observations at the current ratio the regression is fitted on
+    # "margin": between skip sets of equal matchness, the one whose logits are closer to the followed tokens ranks
+    # higher (mean log-probability margin of the followed token to the argmax, clipped; it never outweighs one
+    # matched token), and the regression of "guided" is fitted on that score; "none" (paper): matchness alone
+    search_tiebreak: str = "margin"
     # automatic skip ratio
     ratio_init: float = 0.45
     ratio_min: float = 0.1
@@ -114,6 +118,8 @@ class SwiftConfig:
         need(self.draft_vocab >= 0, f"draft vocabulary size must be >= 0 (0 = full), got {self.draft_vocab}.")
         need(self.search_proposals in ("paper", "guided"),
              f"search proposals must be 'paper' or 'guided', got '{self.search_proposals}'.")
+        need(self.search_tiebreak in ("margin", "none"),
+             f"search tie-break must be 'margin' or 'none', got '{self.search_tiebreak}'.")
         need(self.guide_history >= 8, f"guide history must be >= 8, got {self.guide_history}.")
         need(self.ratio_objective in ("speed", "matchness"),
              f"ratio objective must be 'speed' or 'matchness', got '{self.ratio_objective}'.")

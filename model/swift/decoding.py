@@ -30,7 +30,7 @@ from model.llama import LayerSkip
 from model.sampling import SamplingConfig
 from model.swift.acceleration import Drafter, Verifier
 from model.swift.config import SwiftConfig
-from model.swift.layer_search import LayerSearch, score_candidates
+from model.swift.layer_search import LayerSearch, candidate_scores, score_candidates
 from model.swift.planner import ContextRate, CostModel, DraftPlanner
 from model.context_draft import ContextIndex
 
@@ -409,7 +409,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         t = time.perf_counter()
         if search is not None and search.active and engine.length - 1 > gamma:  # optimize: score candidates
             cands = search.propose(cfg.num_candidates)
-            search.observe(cands, score_candidates(engine, cands, gamma, plain_launches=cfg.plain_multirow))
+            search.observe(cands, *candidate_scores(engine, cands, gamma, plain_launches=cfg.plain_multirow))
             s.times["optimize"] += time.perf_counter() - t
         current = search.best if search is not None else skip
         layers = current is not None and len(current) > 0 and not guards["draft"].check(len(s.new))

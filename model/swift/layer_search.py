@@ -1,7 +1,11 @@
 """On-the-fly search for the skip set: random search, a Bayesian-optimization proposal every beta steps.
 
 Search space: 2*(L-2) bits, the attention and MLP sub-layers of layers 1..L-2 (the first and last layer are always
-kept). A candidate skips exactly round(r * 2(L-2)) sub-layers. The score is matchness (see decoding.score_candidates).
+kept). A candidate skips exactly round(r * 2(L-2)) sub-layers. The score is matchness (`candidate_scores`); with
+`search_tiebreak="margin"` the search ranks sets of equal matchness by their closeness (how near the skipped model's
+logits come to the followed tokens), so that a set one sub-layer short of matching a token ranks above one that is
+further away: without it, two skipped sub-layers that must both be kept to win a token leave a plateau that no single
+swap climbs.
 State lives in one `SearchState` per stream or task; the caller owns the `LayerSearch` and decides when to `reset()`.
 
 Automatic ratio: every `ratio_patience` steps at a ratio, a best matchness below `ratio_low_score` lowers r by
@@ -22,13 +26,15 @@ from model.llama import LayerSkip, Pass
 from model.swift.config import SwiftConfig
 
 GUIDE_DECAY = 0.6  # weight of each next rank in a guided swap's draw
+MARGIN_CLIP = 16.0  # nats: a followed token's log-probability margin to the argmax counts down to -MARGIN_CLIP
 
 
 @dataclass
 class SearchState:
     ratio: float
     best_skip: LayerSkip | None = None
-    best_score: float = -1.0
+    best_score: float = -1.0  # matchness of best_skip
+    best_rank: float = -1.0  # what the search ranks by: matchness, plus the closeness tie-break (`LayerSearch.rank`)
     n_iter: int = 0
     n_stale: int = 0
     active: bool = True
@@ -207,18 +213,27 @@ class LayerSearch:
             out.append(b)
         return [self.to_skip(b) for b in out[:n]]
 
-    def observe(self, skips: list[LayerSkip], scores: list[float]) -> None:
+    def rank(self, score: float, closeness: float | None) -> float:
+        """What the search maximises: matchness, plus with the "margin" tie-break the closeness in [0, 1] scaled to
+        under half a matched token, so that it orders sets of equal matchness and never outweighs a token."""
+        if closeness is None or self.cfg.search_tiebreak == "none":
+            return score
+        return score + min(max(closeness, 0.0), 1.0) / (2 * self.cfg.context_window)
+
+    def observe(self, skips: list[LayerSkip], scores: list[float], closeness: list[float] | None = None) -> None:
+        """Scores (matchness) of the proposed sets, and their closeness (`candidate_scores`) for the tie-break."""
         st, cfg = self.state, self.cfg
         if self._pending_best and st.best_skip is not None:
-            st.best_score = -1.0  # the re-sized best is judged afresh
+            st.best_score = st.best_rank = -1.0  # the re-sized best is judged afresh
         self._pending_best = False
         improved = False
-        for skip, score in zip(skips, scores):
+        for i, (skip, score) in enumerate(zip(skips, scores)):
             bits = self.to_bits(skip)
-            self._obs.append((bits, score))
+            r = self.rank(score, None if closeness is None else closeness[i])
+            self._obs.append((bits, r))
             self._scored.add(bits.tobytes())
-            if score > st.best_score:
-                st.best_skip, st.best_score, improved = skip, float(score), True
+            if r > st.best_rank:
+                st.best_skip, st.best_score, st.best_rank, improved = skip, float(score), r, True
         st.n_iter += 1
         st.steps_at_ratio += 1
         st.n_stale = 0 if improved else st.n_stale + 1
@@ -246,7 +261,7 @@ class LayerSearch:
         if seed_bits is not None:
             st.best_skip = self.to_skip(self._resize(seed_bits, self.n_skip()))
             self._pending_best = True
-        st.best_score = -1.0
+        st.best_score = st.best_rank = -1.0
 
     def _adapt_ratio(self) -> None:
         st, cfg = self.state, self.cfg
@@ -265,6 +280,7 @@ class LayerSearch:
             st.ratio_cap = st.ratio - step
             ratio, skip, score = st.good
             st.ratio, st.best_skip, st.best_score = ratio, skip, score
+            st.best_rank = score
             self._stop("returned to the last ratio that reached the threshold")
             return
         nxt = st.ratio - step
@@ -297,6 +313,7 @@ class LayerSearch:
             return
         st.ratio_cap = st.ratio - cfg.ratio_step
         st.ratio, st.best_skip, st.best_score = st.good
+        st.best_rank = st.best_score
         self._stop("returned to the ratio of the best predicted speed")
 
     def summary(self) -> dict:
@@ -306,13 +323,21 @@ class LayerSearch:
                 "n_skipped": len(st.best_skip) if st.best_skip else 0, "search_dims": self.dims}
 
 
-@torch.inference_mode()
 def score_candidates(engine, cands: list[LayerSkip], gamma: int, *, plain_launches: bool) -> list[float]:
-    """Matchness of each skip set: over the window of the last `gamma` committed tokens with K/V (slots
-    [R - gamma, R), R = `engine.cursor`), the share of positions where the skipped model's argmax equals the token that
-    followed. All candidates run in one forward (one graph per candidate count): candidate c is block c of the input,
-    written to scratch slots R + c*gamma.., its skip set applied by per-token gates; each block sees the committed
-    prefix before the window plus itself causally. `plain_launches`: see `Engine.run`."""
+    """Matchness of each skip set (`candidate_scores`)."""
+    return candidate_scores(engine, cands, gamma, plain_launches=plain_launches)[0]
+
+
+@torch.inference_mode()
+def candidate_scores(engine, cands: list[LayerSkip], gamma: int, *,
+                     plain_launches: bool) -> tuple[list[float], list[float]]:
+    """Matchness and closeness of each skip set. Over the window of the last `gamma` committed tokens with K/V (slots
+    [R - gamma, R), R = `engine.cursor`): matchness is the share of positions where the skipped model's argmax equals
+    the token that followed; closeness is 1 + the mean over the window of that token's log-probability margin to the
+    argmax (0 where it is the argmax, clipped at -MARGIN_CLIP nats) / MARGIN_CLIP, in [0, 1]. All candidates run in
+    one forward (one graph per candidate count): candidate c is block c of the input, written to scratch slots
+    R + c*gamma.., its skip set applied by per-token gates; each block sees the committed prefix before the window
+    plus itself causally. `plain_launches`: see `Engine.run`."""
     n, nl = len(cands), engine.args.n_layers
     keep = torch.ones(2, nl, n, gamma, dtype=torch.bool)
     for c, sk in enumerate(cands):
@@ -320,7 +345,7 @@ def score_candidates(engine, cands: list[LayerSkip], gamma: int, *, plain_launch
         keep[1, list(sk.mlp), c] = False
     gates = engine.buffer(("score-gates", n, gamma), (2, nl, n * gamma), torch.bool)
     gates.copy_(keep.view(2, nl, n * gamma))
-    scores = engine.buffer(("score", n, gamma), (n,))
+    scores = engine.buffer(("score", n, gamma), (2, n))
     kv = engine.kv_len(n * gamma)
 
     def score():
@@ -331,9 +356,14 @@ def score_candidates(engine, cands: list[LayerSkip], gamma: int, *, plain_launch
         slot = R + i
         ext = engine.ext(ws.expand(n * gamma), R + (i // gamma) * gamma, slot, (ws + w).repeat(n))
         x = engine.forward(Pass(engine.seq.index_select(0, (ws + w).repeat(n)), ext, kv), gates=(gates[0], gates[1]))
-        pred = engine.logits(x).argmax(dim=-1)
+        logits = engine.logits(x)
+        pred = logits.argmax(dim=-1)
         target = engine.seq.index_select(0, (ws + 1 + w).repeat(n))
-        scores.copy_((pred == target).view(n, gamma).float().mean(dim=1))
+        margin = logits.gather(-1, target[:, None]).float() - logits.gather(-1, pred[:, None]).float()
+        margin = margin[:, 0].clamp(min=-MARGIN_CLIP)
+        scores[0].copy_((pred == target).view(n, gamma).float().mean(dim=1))
+        scores[1].copy_(1 + margin.view(n, gamma).mean(dim=1) / MARGIN_CLIP)
 
     engine.run(("score", n, gamma, kv), score, plain_launches=plain_launches)
-    return scores.tolist()  # sync: the search's decision
+    match, close = scores.tolist()  # sync: the search's decision
+    return match, close
