@@ -226,18 +226,17 @@ class LayerSearch:
         if self._pending_best and st.best_skip is not None:
             st.best_score = st.best_rank = -1.0  # the re-sized best is judged afresh
         self._pending_best = False
-        improved, gained = False, False
+        improved = False
         for i, (skip, score) in enumerate(zip(skips, scores)):
             bits = self.to_bits(skip)
             r = self.rank(score, None if closeness is None else closeness[i])
             self._obs.append((bits, r))
             self._scored.add(bits.tobytes())
             if r > st.best_rank:
-                gained |= score > st.best_score
                 st.best_skip, st.best_score, st.best_rank, improved = skip, float(score), r, True
         st.n_iter += 1
         st.steps_at_ratio += 1
-        st.n_stale = 0 if gained else st.n_stale + 1  # a gain in closeness alone is no gain: it is noisy across windows
+        st.n_stale = 0 if improved else st.n_stale + 1
         if improved:
             st.history.append((st.n_iter, st.ratio, st.best_score, st.best_skip.to_dict()))
         if cfg.auto_ratio and cfg.ratio_objective == "speed":
