@@ -224,11 +224,12 @@ MULTIROW_HELP = ("how the graphs that pass many rows at once (the tree's verific
 
 
 # SwiftConfig fields that runs were recorded without, and the value those runs ran with
-RECORDED_BEFORE = {"multirow_launches": "dependent", "sync_cycles": 1}
+RECORDED_BEFORE = {"multirow_launches": "dependent", "sync_cycles": 1, "search_tiebreak": "none"}
 
 
-def swift_record(cfg: SwiftConfig) -> dict:
-    """A SwiftConfig as a run's configuration records it. A field of `RECORDED_BEFORE` with the value that runs from
+def swift_record(cfg: SwiftConfig, search: bool = True) -> dict:
+    """A SwiftConfig as a run's configuration records it (`search`: whether the run has a layer search, whose
+    tie-break then counts; without one, `search_tiebreak` is recorded as runs from before it existed). A field of `RECORDED_BEFORE` with the value that runs from
     before it existed ran with (recording nothing) is left out: the configuration, and its hash, of such a run stay
     as they were, so it resumes (`SwiftRun.from_dict` reads the absence back as that value). "dependent" launches are
     the default; one read per cycle (sync_cycles 1) is not, so a run with the default records its sync_cycles and
@@ -237,6 +238,8 @@ def swift_record(cfg: SwiftConfig) -> dict:
     d = cfg.to_dict()
     if not cfg.groups_cycles:  # cycles are read one by one: sync_cycles does nothing
         d["sync_cycles"] = RECORDED_BEFORE["sync_cycles"]
+    if not search:  # a fixed draft (prompt lookup, early exit, cached layers): no ties to break
+        d["search_tiebreak"] = RECORDED_BEFORE["search_tiebreak"]
     for key, before in RECORDED_BEFORE.items():
         if d[key] == before:
             del d[key]
@@ -438,7 +441,7 @@ class Swift(Method):
 
     @classmethod
     def record_config(cls, config):
-        return {"swift": swift_record(config.swift), "cache_hit": config.cache_hit,
+        return {"swift": swift_record(config.swift, search=not config.cache_hit), "cache_hit": config.cache_hit,
                 "reset_search_per_instance": config.reset_search_per_instance}
 
     @classmethod
@@ -658,7 +661,7 @@ class _FixedDrafter(Method):
 
     @classmethod
     def record_config(cls, config):
-        return {"swift": swift_record(config)}
+        return {"swift": swift_record(config, search=False)}
 
     @classmethod
     def config_from_dict(cls, data):
@@ -773,7 +776,7 @@ class EarlyExit(_FixedDrafter):
 
     @classmethod
     def record_config(cls, config):
-        return {"swift": dict(swift_record(config.swift), exit_layer=config.exit_layer)}
+        return {"swift": dict(swift_record(config.swift, search=False), exit_layer=config.exit_layer)}
 
     @classmethod
     def config_from_dict(cls, data):

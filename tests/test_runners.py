@@ -292,7 +292,7 @@ def test_swift_flags_map_one_to_one_onto_swift_config():
               "max_tolerance_iter": 9, "max_score": 0.9, "num_candidates": 3,
               "draft_stop_threshold": 0.7, "max_draft_len": 10, "max_tree_nodes": 40,
               "guard_margin": 1.2, "context_retry": 32, "draft_rest": 2, "draft_stop": "confidence",
-              "sync_cycles": 3}
+              "sync_cycles": 3, "search_tiebreak": "none"}
     argv = ["--task", "gsm8k", "--seed", "5", "--no-guard", "--context-drafts"]  # (--context-retry acts on them)
     for name, value in values.items():
         argv += ["--" + name.replace("_", "-"), str(value)]
@@ -435,18 +435,21 @@ def test_eval_codellama_script(tmp_path, smollm2_path):
 
 
 def test_runs_from_before_the_launch_and_read_settings_resume_as_they_ran():
-    """An answer file written before `multirow_launches` and `sync_cycles` existed records neither key; its graphs
-    launched dependently and it read after every cycle: the configuration with those values matches it, so the run
-    resumes; plain launches or several cycles per read (the default now) do not; reading such a record back gives
-    those values."""
+    """An answer file written before `multirow_launches`, `sync_cycles` and `search_tiebreak` existed records none of
+    these keys; its graphs launched dependently, it read after every cycle and its search ranked by matchness alone:
+    the configuration with those values matches it, so the run resumes; plain launches, several cycles per read or the
+    closeness tie-break (the defaults now) do not, except that a run without a layer search records no tie-break;
+    reading such a record back gives those values."""
     old = dataclasses.asdict(SwiftConfig())
-    del old["multirow_launches"], old["sync_cycles"]
+    del old["multirow_launches"], old["sync_cycles"], old["search_tiebreak"]
     old["tree_rule"] = [list(r) for r in old["tree_rule"]]
-    assert SwiftConfig().sync_cycles > 1
+    assert SwiftConfig().sync_cycles > 1 and SwiftConfig().search_tiebreak != "none"
     for method, wrap in ((methods.Swift, lambda c: methods.SwiftRun(c)), (methods.PromptLookup, lambda c: c),
                          (methods.EarlyExit, lambda c: methods.EarlyExitRun(c, 2))):
-        rec = method.record_config(wrap(SwiftConfig(sync_cycles=1)))["swift"]
+        rec = method.record_config(wrap(SwiftConfig(sync_cycles=1, search_tiebreak="none")))["swift"]
         assert {k: v for k, v in rec.items() if k != "exit_layer"} == old, method.name
+        rec = method.record_config(wrap(SwiftConfig(sync_cycles=1)))["swift"]
+        assert rec.get("search_tiebreak") == ("margin" if method is methods.Swift else None), method.name
         plain = method.record_config(wrap(SwiftConfig(multirow_launches="plain", sync_cycles=1)))["swift"]
         assert plain["multirow_launches"] == "plain"
         now = method.record_config(wrap(SwiftConfig()))["swift"]
@@ -456,7 +459,9 @@ def test_runs_from_before_the_launch_and_read_settings_resume_as_they_ran():
     for cfg in (methods.PromptLookup.build_config(runner.build_parser("pld").parse_args(["--task", "gsm8k"])),
                 SwiftConfig(draft_stop="confidence", sync_cycles=1), SwiftConfig(draft_stop="confidence")):
         assert "sync_cycles" not in methods.swift_record(cfg), cfg
+    cached = methods.Swift.record_config(methods.SwiftRun(SwiftConfig(), cache_hit=True))["swift"]
+    assert "search_tiebreak" not in cached  # cached layers: no search
     back = methods.SwiftRun.from_dict({"swift": old}).swift
-    assert back.multirow_launches == "dependent" and back.sync_cycles == 1
+    assert back.multirow_launches == "dependent" and back.sync_cycles == 1 and back.search_tiebreak == "none"
     plain = methods.SwiftRun.from_dict({"swift": SwiftConfig(multirow_launches="plain").to_dict()}).swift
     assert plain.multirow_launches == "plain" and plain.sync_cycles == SwiftConfig().sync_cycles

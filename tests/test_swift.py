@@ -20,7 +20,7 @@ from model.swift.decoding import CycleProfile, accelerator, cycles_per_read, sco
 from model.swift.planner import CostModel
 from model.swift.layer_cache import load_layer_config, save_layer_config
 from model.swift.layer_search import LayerSearch, candidate_scores
-from tests.helpers import FakeGraph, hf_config, hf_model, ours_from_hf, tiny_engine
+from tests.helpers import FakeGraph, hf_config, hf_model, ours_from_hf, pass_logits, tiny_engine
 
 
 def _prompt(n=40, vocab=97, seed=0):
@@ -291,6 +291,27 @@ def _planted_model():
         for i in noops.mlp:
             model.layers[i].feed_forward.w2.weight.zero_()
     return Engine(model, 512), noops
+
+
+def test_closeness_is_the_mean_clipped_log_probability_margin():
+    """`candidate_scores` against the same pass in the eager ops, with the margin taken from log_softmax: closeness =
+    1 + mean over the window of max(log p(followed) - log p(argmax), -16) / 16; matchness as before."""
+    eng, noops = _planted_model()
+    prompt = _prompt(16, seed=9)
+    full = prompt + vanilla_generate(eng, prompt, 40).tokens
+    eng.start(full[:-1])
+    R, g = len(full) - 1, 32
+    ws = R - g
+    skips = [LayerSkip.of(attn=[1, 2, 4], mlp=[1, 3]), LayerSkip.of(attn=[1, 3], mlp=[2, 4]), noops]
+    match, close = candidate_scores(eng, skips, g, plain_launches=True)
+    target = torch.tensor(full[ws + 1:R + 1])
+    for c, sk in enumerate(skips):
+        logp = torch.log_softmax(pass_logits(eng, full[ws:R], [ws] * g, [R] * g, list(range(R, R + g)),
+                                             list(range(ws, R)), skip=sk).float(), dim=-1)
+        margin = (logp.gather(1, target[:, None])[:, 0] - logp.max(dim=-1).values).clamp(min=-16.0)
+        assert match[c] == pytest.approx((logp.argmax(-1) == target).float().mean().item())
+        assert close[c] == pytest.approx(1 + margin.mean().item() / 16, abs=1e-5)
+    assert close[0] < 1.0 and close[2] == 1.0  # a harmful set, and the no-op set that matches every token
 
 
 def test_search_finds_planted_noops():
@@ -687,7 +708,7 @@ def _pair_landscape(n_layers: int, seed: int, alphabet: int = 20):
 def test_closeness_tiebreak_climbs_out_of_pair_traps():
     """40 layers (76 sub-layers, 34 planted): matchness alone leaves the search on a plateau where two skipped
     sub-layers are needed for the same tokens (a swap of either alone is a tie); ranking ties by closeness finds the
-    planted set in most seeds where matchness alone mostly does not."""
+    planted set in clearly more seeds (seeds 0-5: 5 against 1)."""
     def found(seed, tiebreak):
         planted, score = _pair_landscape(40, seed)
         s = LayerSearch(40, SwiftConfig(skip_ratio=0.45, max_score=1.0, seed=seed, search_tiebreak=tiebreak))
@@ -700,7 +721,7 @@ def test_closeness_tiebreak_climbs_out_of_pair_traps():
 
     margin = [found(seed, "margin") for seed in range(6)]
     plain = [found(seed, "none") for seed in range(6)]
-    assert sum(margin) >= 5 and sum(plain) <= 2
+    assert sum(margin) >= 5 and sum(margin) >= sum(plain) + 3
 
 
 def test_closeness_never_outweighs_a_matched_token():

@@ -131,9 +131,10 @@ class LayerSearch:
         return b
 
     def effects(self) -> np.ndarray | None:
-        """Each sub-layer's estimated change of matchness when it is skipped: a ridge regression of the scores
-        observed at the current ratio on their bits (every candidate skips the same number, so only the differences
-        between sub-layers are meaningful). None until there are enough observations."""
+        """Each sub-layer's estimated change of the search's rank (`rank`: matchness, with the closeness tie-break)
+        when it is skipped: a ridge regression of the ranks observed at the current ratio on their bits (every
+        candidate skips the same number, so only the differences between sub-layers are meaningful). None until there
+        are enough observations."""
         obs = self._obs[-self.cfg.guide_history:]
         if len(obs) < min(self.cfg.guide_history, max(8, self.dims // 4)):
             return None
@@ -218,6 +219,8 @@ class LayerSearch:
         under half a matched token, so that it orders sets of equal matchness and never outweighs a token."""
         if closeness is None or self.cfg.search_tiebreak == "none":
             return score
+        if not np.isfinite(closeness):  # a skipped model whose logits overflowed is as far as can be
+            closeness = 0.0
         return score + min(max(closeness, 0.0), 1.0) / (2 * self.cfg.context_window)
 
     def observe(self, skips: list[LayerSkip], scores: list[float], closeness: list[float] | None = None) -> None:
@@ -359,8 +362,8 @@ def candidate_scores(engine, cands: list[LayerSkip], gamma: int, *,
         logits = engine.logits(x)
         pred = logits.argmax(dim=-1)
         target = engine.seq.index_select(0, (ws + 1 + w).repeat(n))
-        margin = logits.gather(-1, target[:, None]).float() - logits.gather(-1, pred[:, None]).float()
-        margin = margin[:, 0].clamp(min=-MARGIN_CLIP)
+        margin = logits.gather(-1, target[:, None]) - logits.gather(-1, pred[:, None])
+        margin = margin[:, 0].float().nan_to_num(nan=-MARGIN_CLIP).clamp(min=-MARGIN_CLIP)
         scores[0].copy_((pred == target).view(n, gamma).float().mean(dim=1))
         scores[1].copy_(1 + margin.view(n, gamma).mean(dim=1) / MARGIN_CLIP)
 
