@@ -647,14 +647,20 @@ def test_paper_confidence_stop_is_available_and_lossless():
         SwiftConfig(draft_stop="sometimes")
 
 
-def _ring_landscape(n_layers: int, seed: int, alphabet: int = 32):
-    """A planted-like matchness landscape without a model: 45% of the sub-layers are no-ops, every other one is needed
-    for two of `alphabet` tokens in the window (ring edges, chords past one lap), as in model/planted.py."""
+def _planted_dims(n_layers: int, seed: int) -> tuple[set, list]:
+    """45% of the sub-layers drawn as no-ops (the planted set), and the others in a random order."""
     rng = np.random.default_rng(seed + 1000)
     dims = 2 * (n_layers - 2)
     planted = set(rng.choice(dims, int(round(0.45 * dims)), replace=False).tolist())
     important = [i for i in range(dims) if i not in planted]
     rng.shuffle(important)
+    return planted, important
+
+
+def _ring_landscape(n_layers: int, seed: int, alphabet: int = 32):
+    """A planted-like matchness landscape without a model: 45% of the sub-layers are no-ops, every other one is needed
+    for two of `alphabet` tokens in the window (ring edges, chords past one lap), as in model/planted.py."""
+    planted, important = _planted_dims(n_layers, seed)
     votes = {s: {j % alphabet, (j + 1) % alphabet} for j, s in enumerate(important)}
 
     def score(bits) -> float:
@@ -688,11 +694,7 @@ def _pair_landscape(n_layers: int, seed: int, alphabet: int = 20):
     needed sub-layers vote for the same two tokens: skipping both loses those tokens and keeping either one back alone
     wins nothing back. Returns the planted set and score(bits) -> (matchness, closeness), closeness being 1 - the
     share of all votes that the skipped sub-layers take away (a model's logits move with every vote)."""
-    rng = np.random.default_rng(seed + 1000)
-    dims = 2 * (n_layers - 2)
-    planted = set(rng.choice(dims, int(round(0.45 * dims)), replace=False).tolist())
-    important = [i for i in range(dims) if i not in planted]
-    rng.shuffle(important)
+    planted, important = _planted_dims(n_layers, seed)
     T = alphabet
     votes = {s: {j % T, (j + 1) % T} if j < T else {(j - T) % T, (j - T + T // 2) % T} for j, s in enumerate(important)}
     total = sum(len(v) for v in votes.values())

@@ -219,8 +219,6 @@ class LayerSearch:
         under half a matched token, so that it orders sets of equal matchness and never outweighs a token."""
         if closeness is None or self.cfg.search_tiebreak == "none":
             return score
-        if not np.isfinite(closeness):  # a skipped model whose logits overflowed is as far as can be
-            closeness = 0.0
         return score + min(max(closeness, 0.0), 1.0) / (2 * self.cfg.context_window)
 
     def observe(self, skips: list[LayerSkip], scores: list[float], closeness: list[float] | None = None) -> None:
@@ -230,9 +228,9 @@ class LayerSearch:
             st.best_score = st.best_rank = -1.0  # the re-sized best is judged afresh
         self._pending_best = False
         improved = False
-        for i, (skip, score) in enumerate(zip(skips, scores)):
+        for skip, score, close in zip(skips, scores, closeness or [None] * len(scores)):
             bits = self.to_bits(skip)
-            r = self.rank(score, None if closeness is None else closeness[i])
+            r = self.rank(score, close)
             self._obs.append((bits, r))
             self._scored.add(bits.tobytes())
             if r > st.best_rank:
@@ -363,6 +361,7 @@ def candidate_scores(engine, cands: list[LayerSkip], gamma: int, *,
         pred = logits.argmax(dim=-1)
         target = engine.seq.index_select(0, (ws + 1 + w).repeat(n))
         margin = logits.gather(-1, target[:, None]) - logits.gather(-1, pred[:, None])
+        # NaN (logits that overflowed) counts as far as can be: the search never sees a non-finite closeness
         margin = margin[:, 0].float().nan_to_num(nan=-MARGIN_CLIP).clamp(min=-MARGIN_CLIP)
         scores[0].copy_((pred == target).view(n, gamma).float().mean(dim=1))
         scores[1].copy_(1 + margin.view(n, gamma).mean(dim=1) / MARGIN_CLIP)
