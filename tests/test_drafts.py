@@ -414,6 +414,78 @@ def test_planner_forgets_failures_at_depths_it_no_longer_drafts():
     assert planned[0] == 1 and max(planned[-20:]) >= 8
 
 
+def test_hybrid_gate_takes_a_plain_step_where_the_draft_does_not_pay():
+    """Without a context continuation, the hybrid drafts only while the planner predicts the draft faster than a
+    plain step (draft_gate); a draft held back by a bad streak is tried again once its evidence has faded to the set's
+    prior (its matchness). SWIFT alone, and the hybrid with --no-draft-gate, always draft."""
+    from model.swift.decoding import choose_source
+    from model.swift.planner import ContextRate, CostModel, DraftPlanner
+
+    costs = CostModel(fixed=0.5, attn=0.02, mlp=0.02, verify=((16, 1.3), (32, 1.5)), n_layers=12, measured=True)
+    skip = LayerSkip.of(attn=range(1, 6), mlp=range(1, 6))  # a draft step costs 0.7 of a plain step
+    hybrid, ungated = SwiftConfig(context_drafts=True), SwiftConfig(context_drafts=True, draft_gate=False)
+    rate = ContextRate()
+    planner = DraftPlanner(costs, (1, 2, 4, 8))
+    planner.use(skip, 0.95)  # the search's matchness for the set: its prior acceptance
+    assert planner.alpha == 0.95 and planner.best(8, skip)[0] > 1.0
+    assert choose_source(hybrid, True, [], planner, skip, 8, rate, costs) == "draft"
+    for _ in range(30):
+        planner.observe(4, 0)  # every chain rejected at its first token
+    assert planner.best(8, skip)[0] < 1.0
+    assert choose_source(hybrid, True, [], planner, skip, 8, rate, costs) is None
+    assert choose_source(ungated, True, [], planner, skip, 8, rate, costs) == "draft"
+    assert choose_source(SwiftConfig(), True, [], planner, skip, 8, rate, costs) == "draft"
+    idle = 0
+    while choose_source(hybrid, True, [], planner, skip, 8, rate, costs) is None and idle < 1000:
+        planner.idle()
+        idle += 1
+    assert 20 < idle < 300  # retried, but not every few cycles
+    other = LayerSkip.of(attn=range(1, 5), mlp=range(1, 6))
+    planner.use(other, 0.3)  # a set of low matchness: held back from the start
+    assert choose_source(hybrid, True, [], planner, other, 8, rate, costs) is None
+    planner.use(skip)  # no matchness known: the prior as constructed
+    assert planner.alpha == planner.alpha0 == 0.8
+
+
+def test_hybrid_gate_is_lossless_and_holds_back_a_draft_predicted_slow():
+    """On a tiny model: a planner whose prior acceptance makes the draft slower than plain steps keeps every cycle
+    without a continuation a plain step (no draft cycle at all); without the gate, or with a confident prior, the
+    same stream drafts. The tokens are vanilla's in every case."""
+    from model.swift.planner import DraftPlanner
+
+    eng, _ = tiny_engine(seed=0, scale=6, num_hidden_layers=6, vocab_size=24)
+    prompt = _prompt(40, 24, seed=3)
+    want = vanilla_generate(eng, prompt, 100).tokens
+    skip = LayerSkip.of(attn=range(1, 5), mlp=range(1, 5))
+    cfg = SwiftConfig(guard=False, context_drafts=True)
+    chunks = accelerator(eng, cfg).drafter.chunks()
+    out = {}
+    for name, c, alpha in (("held", cfg, 0.2), ("ungated", dataclasses.replace(cfg, draft_gate=False), 0.2),
+                           ("confident", cfg, 1.0)):
+        planner = DraftPlanner(accelerator(eng, c).costs, chunks, alpha=alpha)
+        out[name] = res = swift_generate(eng, prompt, 100, cfg=c, skip=skip, planner=planner)
+        assert res.tokens == want, name
+    assert out["held"].stats["cycles"]["draft"] == 0 and out["held"].stats["accepted_from"]["draft"] == 0
+    assert out["ungated"].stats["cycles"]["draft"] > 0 and out["confident"].stats["cycles"]["draft"] > 0
+
+
+def test_hybrid_gate_starts_a_searched_set_from_its_matchness():
+    """In the hybrid the planner's prior acceptance for the search's set is that set's matchness when adopted (the
+    search's history records it); SWIFT alone keeps the prior as constructed."""
+    from model.swift.planner import DraftPlanner
+
+    eng, _ = tiny_engine(seed=1, scale=6, num_hidden_layers=6, vocab_size=24)
+    prompt = _prompt(40, 24, seed=1)
+    for drafts in (True, False):
+        cfg = SwiftConfig(guard=False, context_drafts=drafts, context_window=16, skip_ratio=0.25, seed=1)
+        search = LayerSearch(6, cfg)
+        planner = DraftPlanner(accelerator(eng, cfg).costs, accelerator(eng, cfg).drafter.chunks())
+        swift_generate(eng, prompt, 120, cfg=cfg, search=search, planner=planner)
+        assert planner.skip == search.best
+        adopted = [h[2] for h in search.state.history if h[3] == search.best.to_dict() and h[2] >= 0]
+        assert planner.alpha == (adopted[-1] if drafts else planner.alpha0), drafts
+
+
 def test_planner_starts_again_from_the_prior_for_a_new_skip_set():
     """Acceptance belongs to a skip set: the counts of the set the search has left do not hold the next set's chains
     short; the same set keeps its counts."""
