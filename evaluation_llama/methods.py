@@ -224,15 +224,12 @@ MULTIROW_HELP = ("how the graphs that pass many rows at once (the tree's verific
 
 
 # SwiftConfig fields that runs were recorded without, and the value those runs ran with
-RECORDED_BEFORE = {"multirow_launches": "dependent", "sync_cycles": 1, "search_tiebreak": "none",
-                   "draft_gate": False}
+RECORDED_BEFORE = {"multirow_launches": "dependent", "sync_cycles": 1, "search_tiebreak": "none"}
 
 
-def swift_record(cfg: SwiftConfig, search: bool = True, layers: bool = True) -> dict:
+def swift_record(cfg: SwiftConfig, search: bool = True) -> dict:
     """A SwiftConfig as a run's configuration records it (`search`: whether the run has a layer search, whose
-    tie-break then counts; without one, `search_tiebreak` is recorded as runs from before it existed; `layers`:
-    whether it drafts with a skip set, which with context drafts the gate holds back; without both, `draft_gate` is
-    recorded likewise). A field of
+    tie-break then counts; without one, `search_tiebreak` is recorded as runs from before it existed). A field of
     `RECORDED_BEFORE` with the value that runs from before it existed ran with (recording nothing) is left out: the
     configuration, and its hash, of such a run stay as they were, so it resumes (`SwiftRun.from_dict` reads the absence back as that value). "dependent" launches are
     the default; one read per cycle (sync_cycles 1) is not, so a run with the default records its sync_cycles and
@@ -243,8 +240,6 @@ def swift_record(cfg: SwiftConfig, search: bool = True, layers: bool = True) -> 
         d["sync_cycles"] = RECORDED_BEFORE["sync_cycles"]
     if not search:  # a fixed draft (prompt lookup, early exit, cached layers): no ties to break
         d["search_tiebreak"] = RECORDED_BEFORE["search_tiebreak"]
-    if not (cfg.context_drafts and layers):  # the gate acts only in the hybrid
-        d["draft_gate"] = RECORDED_BEFORE["draft_gate"]
     for key, before in RECORDED_BEFORE.items():
         if d[key] == before:
             del d[key]
@@ -384,11 +379,6 @@ class Swift(Method):
             f"plain decoding in bf16); 'union' verifies the layer-skip chain with the continuation as a "
             f"branch in one tree, accepting from both (in bf16 a branch node can differ from plain "
             f"decoding in the last bits) (default {d['context_tree']})", choices=("select", "union"))
-        g.add_argument("--no-draft-gate", action="store_true",
-                       help="with --context-drafts: a cycle without a context continuation always drafts "
-                            "with the layer-skip set (default: only while the draft is predicted faster "
-                            "than a plain step, from the measured pass costs and the acceptance seen, "
-                            "starting from the set's matchness; else a plain step)")
         g.add_argument("--no-guard", action="store_true",
                        help="disable the speed guard that falls back to plain decoding when SWIFT "
                             "is slower than plain steps of the same answer; the guard decides from "
@@ -426,10 +416,7 @@ class Swift(Method):
         given = {f: "--" + f.replace("_", "-") for f in values}
         values.update(guard=not args.no_guard, seed=args.seed,
                       context_drafts=bool(getattr(args, "context_drafts", False)))
-        if getattr(args, "no_draft_gate", False):
-            values["draft_gate"], given["draft_gate"] = False, "--no-draft-gate"
-        idle = [given[f] for f in ("context_tree", "context_retry", "draft_gate")
-                if f in given and not values["context_drafts"]]
+        idle = [given[f] for f in ("context_tree", "context_retry") if f in given and not values["context_drafts"]]
         if idle:  # they would do nothing, yet enter the run's configuration (a rerun without them: "another one")
             raise UserError(f"{' and '.join(idle)} only act{'s' if len(idle) == 1 else ''} on the context drafts of "
                             f"the hybrid: add --context-drafts or drop {'it' if len(idle) == 1 else 'them'}.")
@@ -503,7 +490,6 @@ class Swift(Method):
         super().__init__(config, run)
         cfg, n_layers = config.swift, run.model_args.n_layers
         self.fixed_skip = None
-        self.fixed_matchness = None  # the cached set's matchness: the hybrid's gate starts from it (`_new_planner`)
         self.keeper: Optional[LayerCacheKeeper] = None
         if config.skip is not None:
             from model.llama import LayerSkip
@@ -514,8 +500,6 @@ class Swift(Method):
 
             self.fixed_skip, info = load_layer_config(str(config.layer_cache), run.model_id,
                                                       n_layers, run.task)
-            if isinstance(info.get("matchness"), (int, float)) and 0 <= info["matchness"] <= 1:
-                self.fixed_matchness = float(info["matchness"])
             run.note(f"cache hit: skip set from {config.layer_cache} (ratio "
                      f"{info.get('skip_ratio')}, matchness {info.get('matchness')}): "
                      f"{fmt_skip(self.fixed_skip.to_dict())}")
@@ -557,10 +541,7 @@ class Swift(Method):
         from model.swift.decoding import accelerator
         from model.swift.planner import DraftPlanner
 
-        cfg = self.config.swift
-        acc = accelerator(self.engine, cfg)
-        if cfg.context_drafts and cfg.draft_gate and self.fixed_matchness is not None:
-            return DraftPlanner(acc.costs, acc.drafter.chunks(), alpha=self.fixed_matchness)
+        acc = accelerator(self.engine, self.config.swift)
         return DraftPlanner(acc.costs, acc.drafter.chunks())
 
     def warm_generate(self, prompt_ids, max_new_tokens):
@@ -751,10 +732,6 @@ class PromptLookup(_FixedDrafter):
         n = values.get("context_len", 10)
         values.update(cls.swift_values(args), context_drafts=True, max_draft_len=n, max_tree_nodes=max(16, n + 2))
         return swift_config(values, given, "prompt lookup settings")
-
-    @classmethod
-    def record_config(cls, config):
-        return {"swift": swift_record(config, search=False, layers=False)}  # no skip set for the gate to hold back
 
     def skip(self):
         from model.llama import NO_SKIP

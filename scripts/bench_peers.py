@@ -77,13 +77,12 @@ HF_METHODS = ("hf-generate", "hf-early-exit", "hf-prompt-lookup")
 # settings of ours -> the methods they apply to: the guard of context drafts, the guard's verdict on a layer-skip
 # draft, the layer-skip draft's LM head, the speed guard itself (--no-guard; guard=0 in a --variant), and how the
 # verification and search graphs launch (multirow-launches=plain or dependent in a --variant), and how many
-# layer-skip draft cycles are read with one sync (sync-cycles), and the hybrid's gate on its layer-skip draft (draft-gate=0:
-# --no-draft-gate)
+# layer-skip draft cycles are read with one sync (sync-cycles)
 KNOBS = {"context_retry": ("pld", "hybrid"), "draft_rest": ("swift", "swift-cached", "hybrid", "early-exit"),
          "draft_vocab": ("swift", "swift-cached", "hybrid"),
          "guard": ("pld", "early-exit", "swift", "swift-cached", "hybrid"),
          "multirow_launches": ("pld", "early-exit", "swift", "swift-cached", "hybrid"),
-         "sync_cycles": ("swift", "swift-cached", "early-exit"), "draft_gate": ("hybrid",)}
+         "sync_cycles": ("swift", "swift-cached", "early-exit")}
 VARIANT_BASES = ("pld", "early-exit", "swift", "hybrid")  # methods of ours a --variant may change
 LENGTH_METHODS = ("vanilla", "swift", "swift-cached")
 PROMPT_LOOKUP_TOKENS = 10
@@ -128,8 +127,8 @@ class Variant(NamedTuple):
     knobs: tuple[tuple[str, int | bool | str], ...]
 
     def describe(self) -> str:
-        return ", ".join((f"--no-{k.replace('_', '-')}" if not v else f"{k.replace('_', ' ')} on")
-                         if k in ("guard", "draft_gate") else f"--{k.replace('_', '-')} {v}" for k, v in self.knobs)
+        return ", ".join(("--no-guard" if not v else "guard on") if k == "guard" else f"--{k.replace('_', '-')} {v}"
+                         for k, v in self.knobs)
 
 
 def _variant(text: str) -> Variant:
@@ -158,7 +157,7 @@ def _variant(text: str) -> Variant:
             knobs[key] = value.strip()
             continue
         knobs[key] = NONNEG_INT(value.strip())
-        if key in ("guard", "draft_gate"):
+        if key == "guard":
             knobs[key] = bool(knobs[key])
     return Variant(label, method, tuple(sorted(knobs.items())))
 
@@ -253,17 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-guard", dest="guard", action="store_const", const=False, default=None,
                     help="our drafting methods never fall back to plain decoding (SwiftConfig guard off): for "
                          "checks that every method drafts, not for speed; a --variant sets it as guard=0")
-    ap.add_argument("--no-draft-gate", dest="draft_gate", action="store_const", const=False, default=None,
-                    help="the hybrid's cycles without a context continuation always draft with the layer-skip set "
-                         "(SwiftConfig draft_gate off; default: only while that draft is predicted faster than a "
-                         "plain step); a --variant sets it as draft-gate=0")
     ap.add_argument("--variant", type=_variant, action="append", default=[], metavar="LABEL=METHOD:FLAG=VALUE,...",
                     help=f"also run METHOD (one of {', '.join(VARIANT_BASES)}) as a row named LABEL with these "
                          f"settings instead of the command line's, in the same run and against the same vanilla: an "
                          f"A/B of a setting (e.g. swift-rest0=swift:draft-rest=0, "
                          f"hybrid-r0=hybrid:context-retry=0,draft-rest=0); FLAG is one of "
-                         f"{', '.join(k.replace('_', '-') for k in KNOBS)} (guard=0: --no-guard; draft-gate=0: "
-                         f"--no-draft-gate); repeat for more "
+                         f"{', '.join(k.replace('_', '-') for k in KNOBS)} (guard=0: --no-guard); repeat for more "
                          f"rows; "
                          f"METHOD runs too. Not in --lengths mode")
     ap.add_argument("--lengths", type=_int_list, default=None, metavar="L1,L2,...",

@@ -147,11 +147,7 @@ def test_variant_flag_parses_and_overrides_the_command_line(bench):
     b = type("B", (), {"a": a})()
     assert bench.Bench.knobs(b, "swift") == {"sync_cycles": 8} and bench.Bench.knobs(b, "s1") == {"sync_cycles": 1}
     assert bench.Bench.knobs(b, "early-exit") == {"sync_cycles": 8} and bench.Bench.knobs(b, "pld") == {}
-    a = parse(["--variant", "h0=hybrid:draft-gate=0"])
-    b = type("B", (), {"a": a})()
-    assert bench.Bench.knobs(b, "h0") == {"draft_gate": False} and bench.Bench.knobs(b, "hybrid") == {}
-    assert a.variant[0].describe() == "--no-draft-gate"
-    for bad, why in (("s=swift:draft-gate=0", "has no setting"), ("s0=swift", "expected LABEL"), ("swift=swift:draft-rest=0", "other than a method"),
+    for bad, why in (("s0=swift", "expected LABEL"), ("swift=swift:draft-rest=0", "other than a method"),
                      ("S 0=swift:draft-rest=0", "lower-case"), ("v=vanilla:draft-rest=0", "not one of"),
                      ("c=swift-cached:draft-rest=0", "not one of"), ("p=pld:draft-rest=0", "has no setting"),
                      ("s=swift:draft-rest=-1", ""), ("s=swift:multirow-launches=pdl", "plain or dependent"),

@@ -283,7 +283,7 @@ def test_every_flag_has_help_and_both_runners_share_the_common_flags():
                 "--guard-margin", "--layer-cache", "--cache-hit", "--reset-search-per-instance",
                 "--draft-chunk", "--draft-vocab", "--ratio-objective", "--context-drafts", "--context-tree",
                 "--search-proposals", "--search-tiebreak", "--context-retry", "--draft-rest", "--draft-stop", "--multirow-launches",
-                "--sync-cycles", "--no-draft-gate"}
+                "--sync-cycles"}
     assert swift_only == expected
 
 
@@ -300,14 +300,7 @@ def test_swift_flags_map_one_to_one_onto_swift_config():
     cfg = settings.check_flags(args, methods.get("swift")).swift
     for name, value in values.items():
         assert getattr(cfg, name) == value, name
-    from model.errors import UserError
-    assert cfg.guard is False and cfg.seed == 5 and cfg.draft_gate is True
-    gated = settings.check_flags(runner.build_parser("swift").parse_args(argv + ["--no-draft-gate"]),
-                                 methods.get("swift")).swift
-    assert gated.draft_gate is False and gated.context_drafts
-    with pytest.raises(UserError, match="--no-draft-gate only acts on the context drafts"):
-        settings.check_flags(runner.build_parser("swift").parse_args(["--task", "gsm8k", "--no-draft-gate"]),
-                             methods.get("swift"))
+    assert cfg.guard is False and cfg.seed == 5
     default = settings.check_flags(runner.build_parser("swift").parse_args(["--task", "gsm8k"]),
                                    methods.get("swift")).swift
     assert dataclasses.asdict(default) == dataclasses.asdict(SwiftConfig())
@@ -448,7 +441,7 @@ def test_runs_from_before_the_launch_and_read_settings_resume_as_they_ran():
     closeness tie-break (the defaults now) do not, except that a run without a layer search records no tie-break;
     reading such a record back gives those values."""
     old = dataclasses.asdict(SwiftConfig())
-    del old["multirow_launches"], old["sync_cycles"], old["search_tiebreak"], old["draft_gate"]
+    del old["multirow_launches"], old["sync_cycles"], old["search_tiebreak"]
     old["tree_rule"] = [list(r) for r in old["tree_rule"]]
     assert SwiftConfig().sync_cycles > 1 and SwiftConfig().search_tiebreak != "none"
     for method, wrap in ((methods.Swift, lambda c: methods.SwiftRun(c)), (methods.PromptLookup, lambda c: c),
@@ -468,17 +461,6 @@ def test_runs_from_before_the_launch_and_read_settings_resume_as_they_ran():
         assert "sync_cycles" not in methods.swift_record(cfg), cfg
     cached = methods.Swift.record_config(methods.SwiftRun(SwiftConfig(), cache_hit=True))["swift"]
     assert "search_tiebreak" not in cached  # cached layers: no search
-    # the hybrid's gate on its layer-skip draft: recorded where it acts (a skip set beside context drafts), so a
-    # hybrid run without the gate (--no-draft-gate) resumes an answer file from before the gate existed
-    pld = methods.PromptLookup.build_config(runner.build_parser("pld").parse_args(["--task", "gsm8k"]))
-    assert "draft_gate" not in methods.PromptLookup.record_config(pld)["swift"]
-    assert "draft_gate" not in methods.Swift.record_config(methods.SwiftRun(SwiftConfig()))["swift"]
-    for cache_hit in (False, True):
-        hybrid = methods.SwiftRun(SwiftConfig(context_drafts=True), cache_hit=cache_hit)
-        assert methods.Swift.record_config(hybrid)["swift"]["draft_gate"] is True
-        ungated = methods.SwiftRun(SwiftConfig(context_drafts=True, draft_gate=False), cache_hit=cache_hit)
-        assert "draft_gate" not in methods.Swift.record_config(ungated)["swift"]
-    assert methods.SwiftRun.from_dict({"swift": old}).swift.draft_gate is False
     back = methods.SwiftRun.from_dict({"swift": old}).swift
     assert back.multirow_launches == "dependent" and back.sync_cycles == 1 and back.search_tiebreak == "none"
     plain = methods.SwiftRun.from_dict({"swift": SwiftConfig(multirow_launches="plain").to_dict()}).swift

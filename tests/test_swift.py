@@ -174,7 +174,7 @@ def test_no_group_while_the_search_runs_or_with_context_drafts():
     res = swift_generate(eng, prompt, 80, cfg=cfg, search=LayerSearch(6, cfg), profile=prof)
     assert res.tokens == want and res.stats["search"]["active"] and prof.cycles
     assert {c["group"] for c in prof.cycles} == {1}
-    hybrid = SwiftConfig(guard=False, sync_cycles=8, context_drafts=True, draft_gate=False)  # it drafts (one sub-layer skipped)
+    hybrid = SwiftConfig(guard=False, sync_cycles=8, context_drafts=True)
     prof = CycleProfile(cuda=False)
     res = swift_generate(eng, prompt, 80, cfg=hybrid, skip=LayerSkip.of(mlp=[2]), profile=prof)
     assert res.tokens == want and res.stats["cycles"]["draft"] > 0 and res.stats["cycles"]["context"] > 0

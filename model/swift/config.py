@@ -68,11 +68,6 @@ class SwiftConfig:
     # chain with the continuation as a branch off it, acceptance over both (a branch node deeper than one token
     # reduces its branch ancestors in another order than plain decoding: not bit-identical in bf16)
     context_tree: str = "select"
-    # hybrid: a cycle without a context continuation drafts with the layer-skip set only while the planner predicts
-    # that draft faster than a plain step (its expected speed >= 1, from the measured costs and the acceptance seen,
-    # starting from the set's matchness); else it takes a plain step, and the draft's evidence fades towards that
-    # prior, so it is tried again. False: such a cycle always drafts (the guard alone stops a draft that does not pay)
-    draft_gate: bool = True
     context_len: int = 10  # most tokens of a context continuation
     ngram_max: int = 3  # longest suffix matched against the context (prompt lookup), down to ngram_min
     ngram_min: int = 1

@@ -315,13 +315,11 @@ def plain_steps(engine: Engine, s: _Stream, n: int, sampling: SamplingConfig) ->
 def choose_source(cfg: SwiftConfig, layers: bool, context: list[int], planner: DraftPlanner, skip: LayerSkip | None,
                   limit: int, ctx_rate: ContextRate, costs: CostModel) -> str | None:
     """This cycle's chain: "draft" (the layer-skip draft), "context" (the context continuation), "union" (the draft
-    chain with the continuation as a branch, context_tree="union"), or None (a plain step: no source, or in the
-    hybrid no continuation and a draft predicted slower than a plain step, `draft_gate`)."""
+    chain with the continuation as a branch, context_tree="union"), or None (a plain step)."""
     if not layers:
         return "context" if context else None
-    if not context:  # the hybrid's gate: the draft only where it is predicted to beat a plain step
-        gated = cfg.context_drafts and cfg.draft_gate and planner.best(limit, skip)[0] < 1.0
-        return None if gated else "draft"
+    if not context:
+        return "draft"
     if cfg.context_tree == "union":
         return "union"
     draft_value = planner.best(limit, skip)[0]
@@ -381,7 +379,6 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
     dev, gamma = engine.device, cfg.context_window
     s = _Stream(cfg, frozenset(eos_ids), max_new_tokens)
     guards = {"draft": SpeedGuard(cfg), "context": SpeedGuard(cfg, cfg.context_retry)}  # one per source of chains
-    gate = cfg.context_drafts and cfg.draft_gate
     has_draft = search is not None or (skip is not None and len(skip) > 0)
     search_done = search is None or not search.active  # a running search keeps the guard from judging the draft
     rested = bool(cfg.guard and rest is not None and has_draft and search_done and rest.begin())
@@ -416,9 +413,8 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
             s.times["optimize"] += time.perf_counter() - t
         current = search.best if search is not None else skip
         layers = current is not None and len(current) > 0 and not guards["draft"].check(len(s.new))
-        if layers:  # the hybrid's gate starts a new set's acceptance from its matchness
-            known = gate and search is not None and search.state.best_score >= 0  # -1: judged afresh
-            planner.use(current, search.state.best_score if known else None)
+        if layers:
+            planner.use(current)
         context = []
         if ctx is not None:  # a continuation of the root from the context (prompt lookup)
             ctx.extend(s.new[len(ctx.tokens) - len(prompt_ids):])
@@ -431,9 +427,7 @@ def swift_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int,
         limit = min(cfg.max_draft_len, max_new_tokens - len(s.new) - 1)
         source = choose_source(cfg, layers, context[:limit], planner, current, limit, ctx_rate, acc.costs) \
             if limit >= 1 else None
-        if source is None:  # nothing to draft with, every source's guard tripped, or the gate held the draft back
-            if layers:
-                planner.idle()
+        if source is None:  # nothing to draft with, or every source's guard tripped
             t = time.perf_counter()
             # one step at a time while the search runs or a continuation may turn up, else chunks of up to 8
             wait = guards["context"].until_rearm(len(s.new)) if ctx is not None else None

@@ -112,23 +112,19 @@ class DraftPlanner:
         self.acc = [0.0] * depth  # decayed accepted / tested chain tokens per depth
         self.n = [0.0] * depth
         self.alpha, self.prior, self.decay = alpha, prior, decay
-        self.alpha0 = alpha  # the prior acceptance of a skip set without a matchness of its own (`use`)
         self.skip = None  # the skip set the counts belong to (`use`)
-        self._idle = 0  # calls of `idle`
         # `best` per (limit, extra, draft cost, verification costs), valid until the counts change: a hybrid stream
         # asks every cycle and observes only its draft cycles, so most cycles' choice costs one lookup
         self._best: dict = {}
 
-    def use(self, skip, matchness: float | None = None) -> None:
+    def use(self, skip) -> None:
         """Plan for the skip set `skip` from now on. Acceptance belongs to a skip set: when the search moves to a new
         one, the counts start again from the prior, instead of holding the new set's chains to the old set's
-        failures for tens of cycles. `matchness` (the layer search's for the set, where known) becomes the prior
-        acceptance of the new set; without it the prior is `alpha` as constructed."""
+        failures for tens of cycles."""
         if skip != self.skip:
             if self.skip is not None:
                 self.acc, self.n = [0.0] * len(self.acc), [0.0] * len(self.n)
-            self.alpha = self.alpha0 if matchness is None else min(1.0, max(0.0, float(matchness)))
-            self._best.clear()
+                self._best.clear()
             self.skip = skip
 
     def rates(self) -> list[float]:
@@ -162,20 +158,6 @@ class DraftPlanner:
         for j in range(len(self.n)):
             self.acc[j] = self.acc[j] * self.decay + (j < accepted)
             self.n[j] = self.n[j] * self.decay + (j < tested)
-
-    IDLE_BATCH = 8  # idle cycles whose decay is applied at once (the expected speed is recomputed once per batch)
-
-    def idle(self) -> None:
-        """A cycle in which the draft could have run and did not (`draft_gate`): every depth's counts decay as in
-        `observe`, with nothing tested, so the estimates drift back to the prior and a draft held back by a bad
-        streak is tried again (after some tens of such cycles, at decay 0.98). Applied every `IDLE_BATCH` calls, as
-        that many decays: in between the remembered `best` answers the gate's question without a recomputation."""
-        self._idle += 1
-        if self._idle % self.IDLE_BATCH == 0 and self.n[0] > 1e-3:  # below that nothing moves: nothing to recompute
-            self._best.clear()
-            d = self.decay ** self.IDLE_BATCH
-            self.acc = [a * d for a in self.acc]
-            self.n = [n * d for n in self.n]
 
     def value(self, matchness: float, n_skipped: int) -> float:
         """Predicted speedup of a skip set of `n_skipped` sub-layers whose matchness is `matchness`."""
