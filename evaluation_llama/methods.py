@@ -228,13 +228,13 @@ RECORDED_BEFORE = {"multirow_launches": "dependent", "sync_cycles": 1, "search_t
 
 
 def swift_record(cfg: SwiftConfig, search: bool = True) -> dict:
-    """A SwiftConfig as a run's configuration records it (`search`: whether the run has a layer search, whose
-    tie-break then counts; without one, `search_tiebreak` is recorded as runs from before it existed). A field of
+    """A SwiftConfig as a run's configuration records it (`search`: whether the run has a layer search, whose tie-break
+    then counts; without one, `search_tiebreak` is recorded as runs from before it existed). A field of
     `RECORDED_BEFORE` with the value that runs from before it existed ran with (recording nothing) is left out: the
-    configuration, and its hash, of such a run stay as they were, so it resumes (`SwiftRun.from_dict` reads the absence back as that value). "dependent" launches are
-    the default; one read per cycle (sync_cycles 1) is not, so a run with the default records its sync_cycles and
-    does not resume answers timed with a read after every cycle, unless its cycles are read one by one anyway
-    (context drafts, or a confidence rule for the draft length)."""
+    configuration, and its hash, of such a run stay as they were, so it resumes (`SwiftRun.from_dict` reads the absence
+    back as that value). "dependent" launches are the default; one read per cycle (sync_cycles 1) is not, so a run with
+    the default records its sync_cycles and does not resume answers timed with a read after every cycle, unless its
+    cycles are read one by one anyway (context drafts, or a confidence rule for the draft length)."""
     d = cfg.to_dict()
     if not cfg.groups_cycles:  # cycles are read one by one: sync_cycles does nothing
         d["sync_cycles"] = RECORDED_BEFORE["sync_cycles"]

@@ -57,6 +57,7 @@ from model.swift.decoding import accelerator, swift_generate  # noqa: E402
 
 SHAPES = {"smollm2-135m": SMOLLM2_135M_SHAPE, "qwen2.5-0.5b": QWEN25_05B_SHAPE, "llama-2-7b": LLAMA2_7B_SHAPE}
 C = G.Config
+# block_n, block_k, warps, stages, K ranges (split)
 CANDIDATES = [C(16, 256, 4, 3), C(16, 128, 4, 3), C(16, 64, 4, 4), C(32, 64, 4, 4), C(32, 128, 4, 3), C(64, 64, 4, 3),
               C(32, 64, 8, 4), C(16, 64, 4, 4, 2), C(16, 64, 4, 4, 4), C(32, 64, 4, 4, 4), C(16, 128, 4, 3, 4),
               C(16, 256, 4, 3, 8),
@@ -64,7 +65,6 @@ CANDIDATES = [C(16, 256, 4, 3), C(16, 128, 4, 3), C(16, 64, 4, 4), C(32, 64, 4, 
               # batch-invariant products, whose autotuner tried slices of up to 1024, reached 84% of the 7B
               # shape's roofline on an H100); all four compile for sm_90 with dependent launches
               C(16, 512, 4, 3), C(16, 512, 8, 3), C(32, 256, 8, 3), C(32, 256, 4, 3, 4)]
-# block_n, block_k, warps, stages, K ranges (split)
 TUNE_ROWS = (1, 16, 32)  # a decode or draft step, and verification trees
 
 
