@@ -10,7 +10,8 @@ Qwen2.5-0.5B and LLaMA-2-7B shapes (bf16). Exits non-zero on any failed check. I
 3. GPU time of each product per block shape (`--tune`, first: 1, 16 and 32 rows, CUDA-graph replay with the
    weights cycled beyond the L2 cache) next to cuBLAS: the table `model/kernels/gemm.py` TUNED comes from; the
    checks of 1. and 4. then run with the chosen shapes, which go to `tuned.json` in --out (use it with
-   SWIFT_GEMM_TUNED=path/tuned.json before the table is in the code);
+   SWIFT_GEMM_TUNED=path/tuned.json before the table is in the code); with `--norm-modes`, the products with the
+   RMSNorm per norm pass (SWIFT_GEMM_NORM: two-pass, rows, row-kernel), without the norm, and cuBLAS's bare one;
 4. the engine: decode tokens/s with the Triton kernels vs the PyTorch ops (+ torch.compile), and on Hopper with
    the Triton kernels launched dependently (SWIFT_PDL=1, the default) between two runs without: the same tokens, the draft graphs
    of a skip set equal to an eager draft, and greedy SWIFT equal to vanilla with the same acceptances. (The engine
@@ -191,6 +192,38 @@ def gemm_tuning(shape: str, args: ModelArgs) -> None:
               f"({row['best_TBps_M1']} TB/s at M=1); cuBLAS {[row[f'cublas_us_{M}'] for M in TUNE_ROWS]} us",
               flush=True)
         print(f"TUNED {row['line']}", flush=True)
+
+
+def norm_timing(shape: str, args: ModelArgs, rows=(1, 16, 32)) -> None:
+    """GPU time of each product with the RMSNorm (q/k/v, gate/up, head) per norm pass (SWIFT_GEMM_NORM: two-pass,
+    rows, row-kernel; the row kernel's launch included), without the norm, and cuBLAS's bare product at one row: what
+    the norm's pass costs. Weights cycled beyond the L2 cache; the shapes of `config`."""
+    saved = {k: os.environ.pop(k, None) for k in ("SWIFT_GEMM_NORM", "SWIFT_GEMM_NORM_BLOCK")}
+    try:
+        for name, N, K, flags in products(args):
+            if not flags.get("norm"):
+                continue
+            w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
+            copies = beyond_l2(w)
+            x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+            row = dict(shape=shape, product=name, N=N, K=K, MB=w.numel() * 2 / 1e6, cfg=G.config(N, K).name,
+                       cublas_us_1=round(graph_time([lambda v=v: F.linear(x, v) for v in copies]) * 1e3, 2))
+            for label, fl in (("two-pass", flags), ("rows", flags), ("row-kernel", flags),
+                              ("no-norm", dict(flags, norm=False))):
+                os.environ["SWIFT_GEMM_NORM"] = label if fl.get("norm") else "two-pass"
+                for M in rows:
+                    row[f"{label}_us_{M}"] = round(
+                        graph_time([make_call(N, K, fl, M, v)[0] for v in copies]) * 1e3, 2)
+            RESULTS.setdefault("norm_timing", []).append(row)
+            print(f"norm {shape} {name} {N}x{K} ({row['cfg']}): " + ", ".join(
+                f"{label} {[row[f'{label}_us_{M}'] for M in rows]}" for label in
+                ("two-pass", "rows", "row-kernel", "no-norm")) + f" us at M={rows}; cuBLAS {row['cublas_us_1']} us "
+                f"at M=1", flush=True)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
 
 
 def row_block_timing(shape: str, args: ModelArgs, rows=(16, 32, 64)) -> None:
@@ -474,6 +507,8 @@ def main() -> int:
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {', '.join(SHAPES)}")
     ap.add_argument("--tune", action="store_true", help="time every candidate block shape per product (slow)")
     ap.add_argument("--skip-engine", action="store_true", help="kernel checks only")
+    ap.add_argument("--norm-modes", action="store_true",
+                    help="time the products with the RMSNorm per norm pass (SWIFT_GEMM_NORM), without it, and cuBLAS")
     ap.add_argument("--new-tokens", type=int, default=256, help="tokens per timed generation in the engine check")
     ap.add_argument("--compare-torch", action="store_true",
                     help="also time decoding with the PyTorch ops + torch.compile (slow to compile)")
@@ -489,7 +524,8 @@ def main() -> int:
     compile_checks()
     for shape in a.shapes.split(","):
         args = ModelArgs.from_hf_config(SHAPES[shape])
-        for part in (([gemm_tuning] if a.tune else []) + [gemm_checks, row_block_timing, attention_checks]
+        for part in (([gemm_tuning] if a.tune else []) + ([norm_timing] if a.norm_modes else [])
+                     + [gemm_checks, row_block_timing, attention_checks]
                      + ([] if a.skip_engine else [lambda s, ar: engine_checks(s, ar, a.new_tokens, a.compare_torch)])):
             try:
                 part(shape, args)

@@ -375,6 +375,62 @@ def test_the_row_by_row_norm_pass_keeps_rows_batch_invariant(glu, block, monkeyp
         product(x[:1])
 
 
+@pytest.mark.parametrize("glu", [False, True])
+def test_the_norm_from_a_row_kernel_keeps_rows_batch_invariant(glu, monkeypatch):
+    """SWIFT_GEMM_NORM=row-kernel: each row's rstd from a kernel of its own (`_rstd_kernel`), read by the product: the
+    same product as the default pass to rounding; each row's bits the same for 1, 9 and 33 rows, with one row block
+    per program or two; and the same rstd as the row-by-row pass inside the product, whose sums it repeats."""
+    x, product = _normed_product(glu, 33, seed=9)
+    tile = product(x)
+    monkeypatch.setenv("SWIFT_GEMM_NORM", "rows")
+    inside = product(x, rb=2)
+    monkeypatch.setenv("SWIFT_GEMM_NORM", "row-kernel")
+    pre = product(x, rb=2)
+    _close(pre, tile, torch.float32)
+    assert not torch.equal(pre, tile)  # another summation order: the mode did change the pass
+    assert torch.equal(pre, inside)
+    assert torch.equal(product(x, rb=1), pre)
+    for rows in (slice(4, 5), slice(0, 9), slice(20, 29)):
+        assert torch.equal(product(x[rows]), pre[rows])
+
+
+def test_wide_rows_take_the_norm_from_the_row_kernel_by_default(monkeypatch):
+    """Unless SWIFT_GEMM_NORM says otherwise, rows of ROW_KERNEL_MIN_K columns or more get their rstd from the row
+    kernel (one launch, one program per row) and narrower rows from the pass inside the product: chosen by the
+    weight's width, so a row's bits stay the same for every row count."""
+    from model.kernels import gemm as G
+    monkeypatch.delenv("SWIFT_GEMM_NORM", raising=False)
+    assert G.norm_mode(G.ROW_KERNEL_MIN_K) == "row-kernel" and G.norm_mode(4096) == "row-kernel"
+    assert G.norm_mode(G.ROW_KERNEL_MIN_K - 1) == "two-pass" and G.norm_mode(576) == "two-pass"
+    launches = []
+    kernel = G._rstd_kernel
+
+    class Recorder:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+    monkeypatch.setattr(G, "_rstd_kernel", Recorder())
+    g = torch.Generator().manual_seed(11)
+
+    def product(k, rows):
+        w = torch.randn(16, k, generator=g) / 32
+        nw = torch.randn(k, generator=g)
+        x = torch.randn(rows, k, generator=g) * 30
+        return lambda xs: gemm(xs, w, norm=nw, eps=1e-6, cfg=Config(16, 256, 1, 1)), x
+    wide, x = product(G.ROW_KERNEL_MIN_K, 5)
+    default = wide(x)
+    assert launches == [(5,)]
+    assert torch.equal(wide(x[2:3])[0], default[2]) and launches[-1] == (1,)
+    monkeypatch.setenv("SWIFT_GEMM_NORM", "row-kernel")
+    assert torch.equal(wide(x), default)
+    monkeypatch.setenv("SWIFT_GEMM_NORM", "two-pass")
+    _close(wide(x), default, torch.float32)
+    narrow, xn = product(576, 3)
+    monkeypatch.delenv("SWIFT_GEMM_NORM")
+    narrow(xn)
+    assert len(launches) == 3  # the two-pass calls, wide and narrow, launched no row kernel
+
+
 def test_attention_reads_expanded_extents_as_their_values():
     """The layer search scores its candidates with one window start for every row, passed as an expanded (stride 0)
     view; the kernels must see that value in every row, as with a materialised copy."""

@@ -21,10 +21,11 @@ order -- the `Config` -- is chosen from the weight shape (N, K) alone, never fro
 * `split`: K is cut into `split` fixed ranges (from K and BLOCK_K only); each range's partial sum goes to a float32
   workspace, and the last program of a tile to arrive (an atomic counter) adds the partials in range order
   0, 1, .., split-1 and applies the epilogue. More programs for a long K, the same bits for every M;
-* the RMSNorm's sum of squares is a short pass over the row before the weight loop, in the same BLOCK_K slices
-  (or wider ones: `norm_block`; or row by row, `SWIFT_GEMM_NORM=rows`; `SWIFT_GEMM_NORM=one-pass` instead
-  accumulates it in the K loop and scales the sums by rstd, as norm(x) @ w.T = rstd * ((x * norm_w) @ w.T); measured
-  slower; see `norm_mode`).
+* the RMSNorm's sum of squares is a short pass over the row before the weight loop, in the same BLOCK_K slices,
+  for rows under ROW_KERNEL_MIN_K columns; wider rows get it once per row from a kernel of their own before the
+  product (`norm_mode`). Other passes, by SWIFT_GEMM_NORM: wider slices (`norm_block`); row by row, `rows`;
+  `one-pass`, which accumulates the squares in the K loop and scales the sums by rstd, as
+  norm(x) @ w.T = rstd * ((x * norm_w) @ w.T) (measured slower).
 
 The SiLU gating is an epilogue of the gate/up product, not a prologue of the down product: a prologue is recomputed
 by every program of the down product at every K step, in the loop that should only stream weights, and it made that
@@ -106,22 +107,31 @@ def config(n: int, k: int) -> Config:
     return _tuned_file().get((n, k)) or TUNED.get((n, k)) or heuristic(n, k)
 
 
-NORM_MODES = ("two-pass", "rows", "one-pass")
+NORM_MODES = ("two-pass", "rows", "one-pass", "row-kernel")
+ROW_KERNEL_MIN_K = 2048  # the default norm pass: `row-kernel` for rows this wide, `two-pass` for narrower ones
 
 
-def norm_mode() -> str:
-    """How a product with the RMSNorm prologue gets each row's rstd (SWIFT_GEMM_NORM; the bits differ between modes,
-    another summation order, but in every mode a row's bits are the same for every row count):
+def norm_mode(k: int = 0) -> str:
+    """How a product with the RMSNorm prologue over rows of k columns gets each row's rstd: SWIFT_GEMM_NORM when set,
+    else `row-kernel` for k >= ROW_KERNEL_MIN_K and `two-pass` below (a choice by the weight's shape, never by the row
+    count). The bits differ between modes, another summation order, but in every mode a row's bits are the same for
+    every row count:
 
-    * `two-pass` (default): a pass over the 16-row tile of x before the weights, BLOCK_K columns per step
-      (`norm_block`);
+    * `two-pass` (the default for narrow rows): a pass over the 16-row tile of x before the weights, BLOCK_K columns
+      per step (`norm_block`). At k = 4096 (the LLaMA-2-7B shape, 64 steps of dependent loads in every program) it
+      made the q/k/v product 7.5 µs slower than the same product without the norm on an H100 (46.6 against 39.1 µs);
     * `rows`: the same pass one present row at a time, up to 4096 columns per load (`_row_rstd_by_row`): a decode
-      step reads its one row of x in one load instead of K / BLOCK_K dependent ones (64 for K = 4096). Not yet
-      measured on a GPU;
+      step reads its one row of x in one load instead of K / BLOCK_K dependent ones (64 for K = 4096), but a
+      program of 16 rows reads them one after another;
+    * `row-kernel` (the default for wide rows): the sums of `rows`, computed once per row by a kernel of its own
+      before the product (one program per row, `_rstd_kernel`); the product's programs read each row's rstd instead
+      of summing the row again. One more launch per normed product, and no pass over x in any program of the
+      product: the 7B shape decodes 3.8% faster than with `two-pass` on an H100 (179.7 against 173.1 tok/s, twice;
+      docs/RESULTS.md). Not measured on narrow rows, where the pass is short and the launch would weigh more;
     * `one-pass`: the squares summed in the product's own K loop and rstd applied to the sums. Measured slower on an
       H200 (docs/RESULTS.md): the loop that should only stream weights then also converts and reduces x, and its
       loads are no longer pipelined as well."""
-    mode = os.environ.get("SWIFT_GEMM_NORM") or "two-pass"
+    mode = os.environ.get("SWIFT_GEMM_NORM") or ("row-kernel" if k >= ROW_KERNEL_MIN_K else "two-pass")
     if mode not in NORM_MODES:
         raise ValueError(f"SWIFT_GEMM_NORM must be one of {', '.join(NORM_MODES)}, got {mode!r}")
     return mode
@@ -131,8 +141,8 @@ def norm_block(k: int, block_k: int, by_row: bool = False) -> int:
     """The slice width of the RMSNorm's pass over x: the product's BLOCK_K by default (`two-pass`), the whole row up
     to 4096 columns with `rows`; SWIFT_GEMM_NORM_BLOCK=W (a power of two) sums W columns per step instead. The
     two-pass norm is a loop of dependent small loads that every program runs before its weights stream (64 steps for
-    K = 4096 at BLOCK_K = 64), which may be what makes the 7B q/k/v product with the norm slower than cuBLAS without
-    it; a wider slice makes it 8 steps. The bits change with W (another summation order) but stay the same for every
+    K = 4096 at BLOCK_K = 64; measured to cost the 7B q/k/v product 7.5 µs on an H100, `norm_mode`); a wider slice
+    makes it 8 steps. The bits change with W (another summation order) but stay the same for every
     row count. Measured on the H200: 512 made the 7B shape slower with `two-pass` (49.9% of the memory roofline
     against 70.7%, a [16, 512] tile per step; docs/RESULTS.md), so it stays opt-in."""
     w = _norm_block_setting()
@@ -201,6 +211,19 @@ if triton is not None:
                 ss += x * x
             rstd = tl.where(ri == r, 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps), rstd)
         return rstd
+
+    @triton.jit
+    def _rstd_kernel(X, RS, K, stride_xm, eps, CHUNK: tl.constexpr, PDL: tl.constexpr):
+        """RS[row] = 1 / sqrt(mean(x[row]^2) + eps) for row = the program's id (SWIFT_GEMM_NORM=row-kernel): the
+        row read in CHUNK-wide slices, the squares summed per column and then across, as `_row_rstd_by_row` does."""
+        enter(PDL)
+        row = tl.program_id(0)
+        rc = tl.arange(0, CHUNK)
+        ss = tl.zeros([CHUNK], tl.float32)
+        for k0 in range(0, K, CHUNK):
+            x = tl.load(X + row * stride_xm + k0 + rc, mask=k0 + rc < K, other=0.0).to(tl.float32)
+            ss += x * x
+        tl.store(RS + row, 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps))
 
     @triton.jit
     def _x_tile(X, NW, rows, rk, rstd, M, K, stride_xm, NORM: tl.constexpr):
@@ -307,10 +330,11 @@ if triton is not None:
         _epilogue(acc, up, Y, B, R, KEEP, rows, rn, M, N, stride_ym, stride_rm, HAS_BIAS, GLU, RESID, GATED)
 
     @triton.jit
-    def _gemm_kernel(X, NW, W, B, R, KEEP, Y, WS, LOCK, M, N, K, eps, stride_xm, stride_wn, stride_rm, stride_ym,
-                     M_PAD, NORM: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr, RESID: tl.constexpr,
-                     GATED: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr,
-                     ONE_PASS: tl.constexpr, BY_ROW: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr,
+    def _gemm_kernel(X, NW, W, B, R, KEEP, Y, WS, LOCK, RS, M, N, K, eps, stride_xm, stride_wn, stride_rm,
+                     stride_ym, M_PAD, NORM: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     RESID: tl.constexpr, GATED: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
+                     SPLIT: tl.constexpr, ONE_PASS: tl.constexpr, BY_ROW: tl.constexpr, PRE: tl.constexpr,
+                     RB: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, NORM_BK: tl.constexpr, PDL: tl.constexpr):
         """RB (1 or 2) blocks of 16 rows x BLOCK_N output columns x one K range. Each weight tile is loaded once and
         multiplied into every row block by that block's own [16, BLOCK_K] x [BLOCK_K, BLOCK_N] `tl.dot`, so a row's
@@ -330,7 +354,11 @@ if triton is not None:
         # a pass over x before the weights); so does float16, whose x * nw could overflow where norm(x) * nw does not
         rstd = tl.full([16], 1.0, tl.float32)
         rstd2 = rstd
-        if NORM and BY_ROW:
+        if NORM and PRE:  # each row's rstd from `_rstd_kernel`, which ran before this kernel
+            rstd = tl.load(RS + rows, mask=rows < M, other=1.0)
+            if RB == 2:
+                rstd2 = tl.load(RS + rows2, mask=rows2 < M, other=1.0)
+        elif NORM and BY_ROW:
             rstd = _row_rstd_by_row(X, pid_m * (16 * RB), M, K, stride_xm, eps, NORM_BK)
             if RB == 2:
                 rstd2 = _row_rstd_by_row(X, pid_m * (16 * RB) + 16, M, K, stride_xm, eps, NORM_BK)
@@ -410,9 +438,10 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         assert residual.shape == (M, N) and residual.stride(-1) == 1
         y, stride_ym, r, stride_rm = residual, 0, residual, residual.stride(0)
     even = N % cfg.block_n == 0 and K % cfg.block_k == 0
-    mode = norm_mode() if norm is not None else "two-pass"
+    mode = norm_mode(K) if norm is not None else "two-pass"
     one_pass = mode == "one-pass" and cfg.split == 1 and x.dtype != torch.float16
     by_row = mode == "rows"
+    pre = mode == "row-kernel"
     rb = 1 if one_pass else (rb or row_blocks(M, w.shape[0], K))
     assert rb in (1, 2), rb
     grid = (triton.cdiv(M, ROWS * rb), triton.cdiv(N, cfg.block_n), cfg.split)
@@ -422,13 +451,18 @@ def gemm(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         lock = _lock_buffer(x.device)
         assert grid[0] * grid[1] <= LOCKS, "more tiles than arrival counters"
         ws = torch.empty(cfg.split, 2 if glu else 1, m_pad, N, dtype=torch.float32, device=x.device)
+    rs = ws
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        if pre:
+            rs = torch.empty(M, dtype=torch.float32, device=x.device)
+            _rstd_kernel[(M,)](x, rs, K, x.stride(0), float(eps), CHUNK=norm_block(K, cfg.block_k, by_row=True),
+                               num_warps=4, **launch(x.device))
         _gemm_kernel[grid](x, norm if norm is not None else w, w, bias if bias is not None else w, r,
-                           keep if keep is not None else x, y, ws, lock, M, N, K, float(eps), x.stride(0),
+                           keep if keep is not None else x, y, ws, lock, rs, M, N, K, float(eps), x.stride(0),
                            w.stride(0), stride_rm, stride_ym, m_pad,
                            NORM=norm is not None, GLU=glu, HAS_BIAS=bias is not None, RESID=residual is not None,
                            GATED=keep is not None, IEEE=w.dtype == torch.float32, EVEN=even, SPLIT=cfg.split,
-                           ONE_PASS=one_pass, BY_ROW=by_row, RB=rb, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                           ONE_PASS=one_pass, BY_ROW=by_row, PRE=pre, RB=rb, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                            NORM_BK=norm_block(K, cfg.block_k, by_row), num_warps=cfg.num_warps,
                            num_stages=1 if w.dtype == torch.float32 else cfg.num_stages,  # fp32 tiles: no room
                            **launch(x.device))
