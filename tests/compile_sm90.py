@@ -27,10 +27,10 @@ def signature(names: str, kind: str, **special) -> dict:
     return {**{n: kind for n in names.split()}, **special, "PDL": "constexpr"}
 
 
-GEMM = signature("X NW W B R Y", "*bf16", KEEP="*i1", WS="*fp32", LOCK="*i32", RS="*fp32", M="i32", N="i32", K="i32",
-                 eps="fp32", stride_xm="i32", stride_wn="i32", stride_rm="i32", stride_ym="i32", M_PAD="i32",
-                 **{c: "constexpr" for c in "NORM GLU HAS_BIAS RESID GATED IEEE EVEN SPLIT ONE_PASS BY_ROW PRE RB BLOCK_N "
-                                            "BLOCK_K NORM_BK".split()})
+GEMM = signature("X NW W B R Y", "*bf16", KEEP="*i1", WS="*fp32", LOCK="*i32", RS="*fp32", M="i32", N="i32",
+                 K="i32", eps="fp32", stride_xm="i32", stride_wn="i32", stride_rm="i32", stride_ym="i32", M_PAD="i32",
+                 **{c: "constexpr" for c in "NORM GLU HAS_BIAS RESID GATED IEEE EVEN SPLIT ONE_PASS BY_ROW PRE RB "
+                                            "BLOCK_N BLOCK_K NORM_BK".split()})
 GEMM_FLAGS = dict(NORM=False, GLU=False, HAS_BIAS=False, RESID=False, GATED=False, IEEE=False, EVEN=True, SPLIT=1,
                   ONE_PASS=False, BY_ROW=False, PRE=False, RB=1, BLOCK_N=32, BLOCK_K=64, NORM_BK=64)
 ATTN = dict(Q="*bf16", K="*bf16", V="*bf16", PREFIX="*i64", POS="*i64", Op="*fp32", Mp="*fp32", Lp="*fp32", R="i32",
@@ -42,7 +42,7 @@ KERNELS = {
     "product + norm + SiLU gating": (gemm._gemm_kernel, GEMM, dict(GEMM_FLAGS, NORM=True, GLU=True)),
     "product + norm, row by row": (gemm._gemm_kernel, GEMM, dict(GEMM_FLAGS, NORM=True, BY_ROW=True, NORM_BK=4096)),
     "product + norm from the row kernel": (gemm._gemm_kernel, GEMM, dict(GEMM_FLAGS, NORM=True, GLU=True, PRE=True,
-                                                                        RB=2)),
+                                                                        SPLIT=4, RB=2)),
     "row rstd": (gemm._rstd_kernel, signature("X", "*bf16", RS="*fp32", K="i32", stride_xm="i32", eps="fp32",
                                               CHUNK="constexpr"), dict(CHUNK=4096)),
     "product in K ranges + gated residual": (gemm._gemm_kernel, GEMM, dict(GEMM_FLAGS, RESID=True, GATED=True,

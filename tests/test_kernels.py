@@ -421,6 +421,10 @@ def test_wide_rows_take_the_norm_from_the_row_kernel_by_default(monkeypatch):
     default = wide(x)
     assert launches == [(5,)]
     assert torch.equal(wide(x[2:3])[0], default[2]) and launches[-1] == (1,)
+    w_ranges = torch.randn(16, G.ROW_KERNEL_MIN_K, generator=g) / 32  # the product in 2 K ranges: the same rstd
+    ranges = [gemm(xs, w_ranges, norm=torch.ones(G.ROW_KERNEL_MIN_K), eps=1e-6, cfg=Config(16, 256, 1, 1, split=2))
+              for xs in (x, x[3:4])]
+    assert torch.equal(ranges[1][0], ranges[0][3]) and launches[-2:] == [(5,), (1,)]
     monkeypatch.setenv("SWIFT_GEMM_NORM", "row-kernel")
     assert torch.equal(wide(x), default)
     monkeypatch.setenv("SWIFT_GEMM_NORM", "two-pass")
@@ -428,7 +432,7 @@ def test_wide_rows_take_the_norm_from_the_row_kernel_by_default(monkeypatch):
     narrow, xn = product(576, 3)
     monkeypatch.delenv("SWIFT_GEMM_NORM")
     narrow(xn)
-    assert len(launches) == 3  # the two-pass calls, wide and narrow, launched no row kernel
+    assert len(launches) == 5  # the two-pass calls, wide and narrow, launched no row kernel
 
 
 def test_attention_reads_expanded_extents_as_their_values():

@@ -4,7 +4,9 @@ Every kernel here gives each output row a result that depends on that row's inpu
 order whatever the number of rows in the call and whatever the other rows hold:
 
 * `gemm.py`: y = epilogue(prologue(x) @ w.T) for up to a few hundred rows, one block shape per weight shape (never
-  per row count), no split reductions; the RMSNorm of the input, SiLU-gating, bias and the residual add are fused in.
+  per row count), no split of K that depends on the row count; the RMSNorm of the input, SiLU-gating, bias and the
+  residual add are fused in (for rows of 2048 columns or more, the norm's rstd comes from a small kernel of its own
+  run before the product).
 * `rope.py`: rotary embedding of q and k, and the key/value write into the cache, one program per (token, head).
 * `attention.py`: attention over the cache where a query row sees the slots `[0, prefix)` (reduced in fixed chunks
   aligned to absolute slots, merged in slot order) and then a short run of slots ending with its own (merged one
@@ -52,6 +54,7 @@ except ImportError:  # pragma: no cover - older Triton, or none
 
 PDL_ENV = "SWIFT_PDL"
 _launches = threading.local()  # .dependent: True or False inside `dependent_launches`, else SWIFT_PDL decides
+ROW_KERNEL_MIN_K = 2048  # gemm.norm_mode's default: the RMSNorm's rstd from a kernel of its own for rows this wide
 SETTINGS_ENV = ("SWIFT_GEMM_NORM", "SWIFT_GEMM_NORM_BLOCK", "SWIFT_GEMM_TUNED")  # recorded when set
 
 
@@ -114,9 +117,13 @@ def dependent_launches(on: bool):
 
 
 def settings() -> dict:
-    """The kernel settings this process runs with (the environment variables of this package that are set, and
-    whether dependent launches are asked for), for benchmarks to record beside their numbers."""
-    return {k: os.environ[k] for k in SETTINGS_ENV if os.environ.get(k)} | {PDL_ENV: "1" if pdl_requested() else "0"}
+    """The kernel settings this process runs with (the environment variables of this package that are set, the
+    RMSNorm pass when SWIFT_GEMM_NORM leaves it to the default, and whether dependent launches are asked for), for
+    benchmarks to record beside their numbers."""
+    norm = {} if os.environ.get("SWIFT_GEMM_NORM") else {
+        "norm_pass": f"two-pass below {ROW_KERNEL_MIN_K} columns, row-kernel from {ROW_KERNEL_MIN_K}"}
+    return ({k: os.environ[k] for k in SETTINGS_ENV if os.environ.get(k)} | norm
+            | {PDL_ENV: "1" if pdl_requested() else "0"})
 
 
 if triton is None:  # the kernel modules import `enter` and define nothing with it

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.kernels import enter, interpreting, launch, tl, triton
+from model.kernels import ROW_KERNEL_MIN_K, enter, interpreting, launch, tl, triton
 
 ROWS = 16  # rows per tensor-core block: fixed, so a row's arithmetic never depends on the call's row count
 LOCKS = 1 << 18  # arrival counters of split products: (row blocks x column tiles) of one call at most
@@ -108,7 +108,6 @@ def config(n: int, k: int) -> Config:
 
 
 NORM_MODES = ("two-pass", "rows", "one-pass", "row-kernel")
-ROW_KERNEL_MIN_K = 2048  # the default norm pass: `row-kernel` for rows this wide, `two-pass` for narrower ones
 
 
 def norm_mode(k: int = 0) -> str:
@@ -123,11 +122,12 @@ def norm_mode(k: int = 0) -> str:
     * `rows`: the same pass one present row at a time, up to 4096 columns per load (`_row_rstd_by_row`): a decode
       step reads its one row of x in one load instead of K / BLOCK_K dependent ones (64 for K = 4096), but a
       program of 16 rows reads them one after another;
-    * `row-kernel` (the default for wide rows): the sums of `rows`, computed once per row by a kernel of its own
-      before the product (one program per row, `_rstd_kernel`); the product's programs read each row's rstd instead
-      of summing the row again. One more launch per normed product, and no pass over x in any program of the
-      product: the 7B shape decodes 3.8% faster than with `two-pass` on an H100 (179.7 against 173.1 tok/s, twice;
-      docs/RESULTS.md). Not measured on narrow rows, where the pass is short and the launch would weigh more;
+    * `row-kernel` (the default for wide rows): the sums of `rows` in the same order (the bits can still differ from
+      `rows` on a GPU where the warps differ), computed once per row by a kernel of its own before the product (one
+      program per row, `_rstd_kernel`); the product's programs read each row's rstd instead of summing the row again.
+      One more launch per normed product, and no pass over x in any program of the product: the 7B shape decodes
+      3.8% faster than with `two-pass` on an H100 (179.7 against 173.1 tok/s, twice; docs/RESULTS.md). Not
+      measured on narrow rows, where the pass is short and the launch would weigh more;
     * `one-pass`: the squares summed in the product's own K loop and rstd applied to the sums. Measured slower on an
       H200 (docs/RESULTS.md): the loop that should only stream weights then also converts and reduces x, and its
       loads are no longer pipelined as well."""
@@ -410,8 +410,11 @@ def row_blocks(m: int, n: int, k: int) -> int:
     """Row blocks per program for m rows of an [n, k] weight (n: all its rows, both halves of a gate/up weight): two
     when there are more than 16 rows and the weight is large enough (>= 4M elements) that reading it once instead of
     once per row block pays more than the halved number of programs costs (measured on an H200: faster for every
-    LLaMA-2-7B product at 64 rows and for all but q/k/v at 32, whose RMSNorm prologue then runs twice per program;
-    `scripts/gpu_selftest.py`). Any choice gives the same bits (each row block has its own dot); only speed changes."""
+    LLaMA-2-7B product at 64 rows and for all but q/k/v at 32, whose RMSNorm prologue then ran twice per program;
+    `scripts/gpu_selftest.py`). With the norm's row kernel (rows of ROW_KERNEL_MIN_K columns or more) that reason is
+    gone, and on an H100 two blocks made the 7B q/k/v faster at 32 rows and slower at 64 (62.8 against 72.2 µs, 113.4
+    against 103.7 µs); not re-tuned. Any choice gives the same bits (each row block has its own dot); only speed
+    changes."""
     return 2 if m > ROWS and n * k >= 1 << 22 else 1
 
 
