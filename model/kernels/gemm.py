@@ -197,33 +197,33 @@ if triton is not None:
         return 1.0 / tl.sqrt(ss / K + eps)
 
     @triton.jit
-    def _row_rstd_by_row(X, row0, M, K, stride_xm, eps, CHUNK: tl.constexpr):
-        """`_row_rstd` one row at a time (SWIFT_GEMM_NORM=rows): each present row of the block [row0, row0 + 16) is
-        read in CHUNK-wide slices (one slice when K <= CHUNK), so a decode step's single row costs one load of x
-        instead of K / BLOCK_K dependent loads of a 16-row tile. The same instructions for a row wherever it sits."""
-        ri = tl.arange(0, 16)
-        rc = tl.arange(0, CHUNK)
-        rstd = tl.full([16], 1.0, tl.float32)
-        for r in range(0, tl.minimum(M - row0, 16)):
-            ss = tl.zeros([CHUNK], tl.float32)
-            for k0 in range(0, K, CHUNK):
-                x = tl.load(X + (row0 + r) * stride_xm + k0 + rc, mask=k0 + rc < K, other=0.0).to(tl.float32)
-                ss += x * x
-            rstd = tl.where(ri == r, 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps), rstd)
-        return rstd
-
-    @triton.jit
-    def _rstd_kernel(X, RS, K, stride_xm, eps, CHUNK: tl.constexpr, PDL: tl.constexpr):
-        """RS[row] = 1 / sqrt(mean(x[row]^2) + eps) for row = the program's id (SWIFT_GEMM_NORM=row-kernel): the
-        row read in CHUNK-wide slices, the squares summed per column and then across, as `_row_rstd_by_row` does."""
-        enter(PDL)
-        row = tl.program_id(0)
+    def _one_row_rstd(X, row, K, stride_xm, eps, CHUNK: tl.constexpr):
+        """1 / sqrt(mean(x[row]^2) + eps), the row read in CHUNK-wide slices (one slice when K <= CHUNK), the squares
+        summed per column and then across."""
         rc = tl.arange(0, CHUNK)
         ss = tl.zeros([CHUNK], tl.float32)
         for k0 in range(0, K, CHUNK):
             x = tl.load(X + row * stride_xm + k0 + rc, mask=k0 + rc < K, other=0.0).to(tl.float32)
             ss += x * x
-        tl.store(RS + row, 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps))
+        return 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+
+    @triton.jit
+    def _row_rstd_by_row(X, row0, M, K, stride_xm, eps, CHUNK: tl.constexpr):
+        """`_row_rstd` one row at a time (SWIFT_GEMM_NORM=rows): each present row of the block [row0, row0 + 16) by
+        `_one_row_rstd`, so a decode step's single row costs one load of x instead of K / BLOCK_K dependent loads of
+        a 16-row tile. The same instructions for a row wherever it sits."""
+        ri = tl.arange(0, 16)
+        rstd = tl.full([16], 1.0, tl.float32)
+        for r in range(0, tl.minimum(M - row0, 16)):
+            rstd = tl.where(ri == r, _one_row_rstd(X, row0 + r, K, stride_xm, eps, CHUNK), rstd)
+        return rstd
+
+    @triton.jit
+    def _rstd_kernel(X, RS, K, stride_xm, eps, CHUNK: tl.constexpr, PDL: tl.constexpr):
+        """RS[row] = `_one_row_rstd` of row = the program's id (SWIFT_GEMM_NORM=row-kernel)."""
+        enter(PDL)
+        row = tl.program_id(0)
+        tl.store(RS + row, _one_row_rstd(X, row, K, stride_xm, eps, CHUNK))
 
     @triton.jit
     def _x_tile(X, NW, rows, rk, rstd, M, K, stride_xm, NORM: tl.constexpr):
